@@ -1,0 +1,22 @@
+//! memtrace's kernel side. One file per hook family:
+//! - `syscalls`: mmap, munmap, mremap and brk, host-wide, results read at exit;
+//! - `process`: process exit and exec;
+//! - `malloc`: uprobes and uretprobes on the malloc family, attached per process by the agent.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod malloc;
+mod process;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// bpf_probe_read_user and the stack helpers are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

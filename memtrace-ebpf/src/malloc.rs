@@ -1,0 +1,184 @@
+//! Uprobes on the malloc family. Entry probes keep the arguments by thread in `INFLIGHT`; one return
+//! probe, attached to every function's return, sends the event once the result is known.
+//!
+//! glibc calls its own public entry points internally (`realloc(NULL, n)` calls `malloc`,
+//! `memalign` with a small alignment calls `malloc`, `realloc(p, 0)` calls `free`), so a call that
+//! starts while another allocator call of the same thread is in flight only bumps a depth counter:
+//! the outer call accounts for it.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use memtrace_common::{
+    COUNTER_INFLIGHT_FULL, COUNTER_NESTED, COUNTER_RETURN_WITHOUT_ENTRY, InFlight, KIND_ALIGNED_ALLOC,
+    KIND_CALLOC, KIND_FREE, KIND_MALLOC, KIND_MEMALIGN, KIND_POSIX_MEMALIGN, KIND_PVALLOC,
+    KIND_REALLOC, KIND_VALLOC,
+};
+
+use crate::maps::{INFLIGHT, bump, current, emit, event, now, stack_id};
+
+/// An in-flight entry older than this belongs to a thread that died inside the allocator; its id
+/// has been reused, so the entry is replaced rather than treated as an outer call.
+const STALE_NS: u64 = 5_000_000_000;
+
+#[inline(always)]
+fn caller(ctx: &ProbeContext) -> u64 {
+    // SAFETY: at function entry the return address is the word at the stack pointer; the read goes
+    // through bpf_probe_read_user and yields 0 on failure.
+    unsafe {
+        let sp = (*ctx.regs).rsp;
+        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
+    }
+}
+
+/// True when an outer allocator call of this thread is in flight (then this call is skipped). With
+/// `has_return`, the outer call's depth counts this call until its return probe undoes it.
+#[inline(always)]
+fn nested(id: u64, has_return: bool) -> bool {
+    let Some(outer) = INFLIGHT.get_ptr_mut(&id) else { return false };
+    // SAFETY: the pointer comes from a successful lookup in a map only this thread writes for
+    // this key.
+    unsafe {
+        if now().saturating_sub((*outer).ts_ns) > STALE_NS {
+            return false;
+        }
+        if has_return {
+            (*outer).depth += 1;
+        }
+    }
+    bump(COUNTER_NESTED);
+    true
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, kind: u32, size: u64, old_addr: u64, old_size: u64) -> u32 {
+    let Some(id) = current() else { return 0 };
+    if nested(id, true) {
+        return 0;
+    }
+    let state = InFlight {
+        kind,
+        depth: 0,
+        size,
+        old_addr,
+        old_size,
+        caller: caller(ctx),
+        stack_id: stack_id(ctx),
+        ts_ns: now(),
+    };
+    if INFLIGHT.insert(&id, &state, 0).is_err() {
+        bump(COUNTER_INFLIGHT_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_MALLOC, arg(&ctx, 0), 0, 0)
+}
+
+/// `calloc(nmemb, size)`: `nmemb` travels in `size`, the element size in `old_size`; the agent
+/// multiplies with an overflow check.
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_CALLOC, arg(&ctx, 0), 0, arg(&ctx, 1))
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_REALLOC, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+/// `posix_memalign(memptr, alignment, size)`: the out-parameter is read at return.
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1))
+}
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_ALIGNED_ALLOC, arg(&ctx, 1), 0, arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_MEMALIGN, arg(&ctx, 1), 0, arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_VALLOC, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, KIND_PVALLOC, arg(&ctx, 0), 0, 0)
+}
+
+/// `free` needs no return probe: the event is sent at entry, before the memory can be reused.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let Some(id) = current() else { return 0 };
+    let ptr = arg(&ctx, 0);
+    if ptr == 0 || nested(id, false) {
+        return 0;
+    }
+    let mut ev = event(KIND_FREE, id);
+    ev.old_addr = ptr;
+    emit(&ev);
+    0
+}
+
+/// The return probe of every allocating function.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let Some(id) = current() else { return 0 };
+    let Some(state) = INFLIGHT.get_ptr_mut(&id) else {
+        bump(COUNTER_RETURN_WITHOUT_ENTRY);
+        return 0;
+    };
+    // SAFETY: the pointer comes from a successful lookup; only this thread uses this key.
+    let state = unsafe {
+        if (*state).depth > 0 {
+            (*state).depth -= 1;
+            return 0;
+        }
+        *state
+    };
+    let _ = INFLIGHT.remove(&id);
+    let ret: u64 = ctx.ret();
+    let mut ev = event(state.kind, id);
+    ev.addr = match state.kind {
+        KIND_POSIX_MEMALIGN => {
+            if ret as u32 != 0 {
+                return 0;
+            }
+            // SAFETY: user memory read through the helper; a failure sends nothing.
+            match unsafe { bpf_probe_read_user(state.old_addr as *const u64) } {
+                Ok(addr) => addr,
+                Err(_) => return 0,
+            }
+        }
+        _ => ret,
+    };
+    // A failed allocation changes nothing; `realloc` returning NULL is decided by the agent (it is
+    // a free when the size was 0, a failure otherwise).
+    if ev.addr == 0 && state.kind != KIND_REALLOC {
+        return 0;
+    }
+    ev.size = state.size;
+    ev.old_addr = if state.kind == KIND_POSIX_MEMALIGN { 0 } else { state.old_addr };
+    ev.old_size = state.old_size;
+    ev.caller = state.caller;
+    ev.stack_id = state.stack_id;
+    ev.ts_ns = state.ts_ns;
+    emit(&ev);
+    0
+}

@@ -1,0 +1,104 @@
+//! Maps, load-time configuration and the helpers every hook shares.
+
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use memtrace_common::{COUNTERS_LEN, Event, InFlight, SyscallArgs};
+
+/// The agent's own process id: it is never traced.
+#[unsafe(no_mangle)]
+pub static SELF_TGID: Global<u32> = Global::new(0);
+
+/// 1 to capture a user stack id with each allocator call and each `mmap`.
+#[unsafe(no_mangle)]
+pub static CAPTURE_STACKS: Global<u32> = Global::new(1);
+
+/// Every event goes through this ring buffer. Its size is set by the agent at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU counters indexed by `memtrace_common::COUNTER_*`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Allocator calls between entry and return, by thread. Sized by the agent at load time.
+#[map]
+pub static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16384, 0);
+
+/// Syscall arguments between `sys_enter_*` and `sys_exit_*`, by thread.
+#[map]
+pub static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Deduplicated user stacks; events carry their ids.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup and only this CPU writes
+        // its slot; the program runs with preemption disabled.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Current `pid_tgid`, or `None` for the agent itself.
+#[inline(always)]
+pub fn current() -> Option<u64> {
+    let id = bpf_get_current_pid_tgid();
+    if (id >> 32) as u32 == SELF_TGID.load() {
+        None
+    } else {
+        Some(id)
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Builds the common part of an event.
+#[inline(always)]
+pub fn event(kind: u32, id: u64) -> Event {
+    Event {
+        kind,
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        ts_ns: now(),
+        stack_id: memtrace_common::NO_STACK,
+        ..Event::default()
+    }
+}
+
+/// Sends an event to the agent, counting it, or counting the drop when the ring buffer is full.
+#[inline(always)]
+pub fn emit(event: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+            bump(memtrace_common::COUNTER_EVENTS);
+        }
+        None => bump(memtrace_common::COUNTER_RINGBUF_DROPS),
+    }
+}
+
+/// The id of the current user stack in `STACKS`, or `NO_STACK` when capture is off or failed.
+#[inline(always)]
+pub fn stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i64 {
+    if CAPTURE_STACKS.load() == 0 {
+        return memtrace_common::NO_STACK;
+    }
+    match ctx.get_stackid(&STACKS, u64::from(aya_ebpf::bindings::BPF_F_USER_STACK)) {
+        Ok(id) => id,
+        Err(_) => {
+            bump(memtrace_common::COUNTER_STACK_FAILURES);
+            memtrace_common::NO_STACK
+        }
+    }
+}

@@ -1,0 +1,4 @@
+pub mod snapshot;
+
+/// The eBPF object, built by build.rs.
+pub static EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
