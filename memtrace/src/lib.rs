@@ -1,4 +1,16 @@
+//! memtrace: an eBPF host memory tracer. The modules follow an event from the kernel to a figure:
+//! `probes` (load and attach) -> `events` (ring buffer, decoding) -> `accounting` (exact
+//! per-process figures) -> `snapshot` (what is reported); `session`, `trace` and `agent` drive them.
+
+pub mod accounting;
+pub mod agent;
+pub mod events;
+pub mod launch;
+pub mod probes;
+pub mod procfs;
+pub mod session;
 pub mod snapshot;
+pub mod trace;
 
 /// The eBPF object, built by build.rs.
 pub static EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));

@@ -1,0 +1,598 @@
+//! Exact per-process accounting, kept current from kernel events: live heap (malloc family), direct
+//! mappings (mmap, munmap, mremap), the program break, and per call site figures that attribution
+//! turns into consumers. RSS comes from the kernel at snapshot time.
+
+pub mod heap;
+pub mod mappings;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use memtrace_common::{Event, MAP_ANONYMOUS};
+
+use self::{
+    heap::{Change, Heap, LiveAlloc},
+    mappings::{MapKind, Mappings, NO_SITE, Removed},
+};
+use crate::{
+    events::Kind,
+    procfs::{self, MapLine, Stat, Status},
+    snapshot::{HostSnapshot, ProcessSnapshot},
+};
+
+/// `mremap` flag: keep the old range mapped.
+const MREMAP_DONTUNMAP: u32 = 4;
+
+/// How a site got its memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteClass {
+    Malloc,
+    Mmap,
+    Brk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    pub class: SiteClass,
+    /// User stack id in the kernel's stack map, or -1.
+    pub stack_id: i64,
+    /// Return address at the allocator's entry (0 for syscalls).
+    pub caller: u64,
+}
+
+/// Figures of one call site (one stack, or one caller when stacks are off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteStats {
+    pub key: SiteKey,
+    pub live_bytes: u64,
+    pub live_count: u64,
+    pub peak_bytes: u64,
+    pub total_calls: u64,
+    pub total_bytes: u64,
+}
+
+/// Call sites of one process. Past `max` sites, new ones share one overflow site per class, and
+/// the overflow is counted.
+#[derive(Clone, Debug)]
+pub struct Sites {
+    stats: Vec<SiteStats>,
+    index: HashMap<SiteKey, u32>,
+    max: usize,
+    pub overflowed: u64,
+}
+
+impl Sites {
+    fn new(max: usize) -> Self {
+        Self { stats: Vec::new(), index: HashMap::new(), max: max.max(3), overflowed: 0 }
+    }
+
+    fn intern(&mut self, key: SiteKey) -> u32 {
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let key = if self.stats.len() + 3 >= self.max {
+            self.overflowed += 1;
+            SiteKey { class: key.class, stack_id: -2, caller: 0 }
+        } else {
+            key
+        };
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let id = self.stats.len() as u32;
+        self.stats.push(SiteStats { key, live_bytes: 0, live_count: 0, peak_bytes: 0, total_calls: 0, total_bytes: 0 });
+        self.index.insert(key, id);
+        id
+    }
+
+    fn add(&mut self, site: u32, bytes: u64, call: bool) {
+        if let Some(stats) = self.stats.get_mut(site as usize) {
+            stats.live_bytes = stats.live_bytes.saturating_add(bytes);
+            stats.live_count += 1;
+            stats.peak_bytes = stats.peak_bytes.max(stats.live_bytes);
+            if call {
+                stats.total_calls += 1;
+                stats.total_bytes = stats.total_bytes.saturating_add(bytes);
+            }
+        }
+    }
+
+    fn sub(&mut self, site: u32, bytes: u64) {
+        if let Some(stats) = self.stats.get_mut(site as usize) {
+            stats.live_bytes = stats.live_bytes.saturating_sub(bytes);
+            stats.live_count = stats.live_count.saturating_sub(1);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &SiteStats)> {
+        self.stats.iter().enumerate().map(|(i, s)| (i as u32, s))
+    }
+
+    pub fn get(&self, site: u32) -> Option<&SiteStats> {
+        self.stats.get(site as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+}
+
+/// The program break: where it started and where it is.
+#[derive(Clone, Debug, Default)]
+pub struct Brk {
+    pub start: Option<u64>,
+    pub current: Option<u64>,
+    /// Growth by site, most recent last; shrinking gives back the most recent growth first.
+    growth: Vec<(u32, u64)>,
+}
+
+impl Brk {
+    pub fn bytes(&self) -> u64 {
+        match (self.start, self.current) {
+            (Some(start), Some(current)) => current.saturating_sub(start),
+            _ => 0,
+        }
+    }
+}
+
+/// Everything memtrace knows about one process.
+#[derive(Clone, Debug)]
+pub struct ProcessState {
+    pub pid: u32,
+    pub comm: String,
+    pub start_time: u64,
+    pub heap: Heap,
+    pub mappings: Mappings,
+    pub brk: Brk,
+    pub sites: Sites,
+    pub heap_traced: bool,
+    pub status: Status,
+}
+
+/// Where the accounting learns what a process looked like before its events: `/proc` in the agent,
+/// nothing in unit tests.
+pub trait ProcessSource: Send {
+    fn stat(&self, pid: u32) -> Option<Stat>;
+    fn maps(&self, pid: u32) -> Option<Vec<MapLine>>;
+    fn status(&self, pid: u32) -> Option<Status>;
+}
+
+pub struct Procfs;
+
+impl ProcessSource for Procfs {
+    fn stat(&self, pid: u32) -> Option<Stat> {
+        procfs::stat(pid).ok()
+    }
+
+    fn maps(&self, pid: u32) -> Option<Vec<MapLine>> {
+        procfs::maps(pid).ok()
+    }
+
+    fn status(&self, pid: u32) -> Option<Status> {
+        procfs::status(pid).ok()
+    }
+}
+
+/// A source that knows nothing (synthetic events in tests).
+pub struct NoSource;
+
+impl ProcessSource for NoSource {
+    fn stat(&self, _: u32) -> Option<Stat> {
+        None
+    }
+
+    fn maps(&self, _: u32) -> Option<Vec<MapLine>> {
+        None
+    }
+
+    fn status(&self, _: u32) -> Option<Status> {
+        None
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccountingStats {
+    /// Events applied.
+    pub applied: u64,
+    pub processes_seen: u64,
+    pub processes_exited: u64,
+    /// States reset because the PID now belongs to another process.
+    pub pid_reuses: u64,
+}
+
+pub struct Accounting {
+    procs: HashMap<u32, ProcessState>,
+    source: Box<dyn ProcessSource>,
+    page: u64,
+    max_sites: usize,
+    /// Processes whose malloc family is traced (their heap figures are known).
+    traced: HashSet<u32>,
+    trace_all: bool,
+    /// Last figures of processes that exited, most recent last (bounded).
+    exited: VecDeque<ProcessSnapshot>,
+    pub stats: AccountingStats,
+}
+
+const EXITED_KEPT: usize = 256;
+
+impl Accounting {
+    pub fn new(source: Box<dyn ProcessSource>) -> Self {
+        Self {
+            procs: HashMap::new(),
+            source,
+            page: procfs::page_size(),
+            max_sites: 65536,
+            traced: HashSet::new(),
+            trace_all: false,
+            exited: VecDeque::new(),
+            stats: AccountingStats::default(),
+        }
+    }
+
+    pub fn with_max_sites(mut self, max_sites: usize) -> Self {
+        self.max_sites = max_sites;
+        self
+    }
+
+    /// Marks a process's heap as traced (its malloc-family probes are attached) or not.
+    pub fn set_traced(&mut self, pid: u32, traced: bool) {
+        if traced {
+            self.traced.insert(pid);
+        } else {
+            self.traced.remove(&pid);
+        }
+        if let Some(state) = self.procs.get_mut(&pid) {
+            state.heap_traced = traced || self.trace_all;
+        }
+    }
+
+    pub fn set_trace_all(&mut self, all: bool) {
+        self.trace_all = all;
+    }
+
+    pub fn process(&self, pid: u32) -> Option<&ProcessState> {
+        self.procs.get(&pid)
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessState> {
+        self.procs.values()
+    }
+
+    pub fn exited(&self) -> impl DoubleEndedIterator<Item = &ProcessSnapshot> {
+        self.exited.iter()
+    }
+
+    /// The state of `pid`, created (and seeded from the source) on first sight.
+    pub fn state(&mut self, pid: u32) -> &mut ProcessState {
+        let Self { procs, source, page, max_sites, traced, trace_all, stats, .. } = self;
+        procs.entry(pid).or_insert_with(|| {
+            stats.processes_seen += 1;
+            new_state(source.as_ref(), pid, *page, *max_sites, *trace_all || traced.contains(&pid))
+        })
+    }
+
+    pub fn apply_batch(&mut self, batch: &[(Kind, Event)]) {
+        for (kind, event) in batch {
+            self.apply(*kind, event);
+        }
+    }
+
+    pub fn apply(&mut self, kind: Kind, ev: &Event) {
+        self.stats.applied += 1;
+        let pid = ev.tgid;
+        match kind {
+            Kind::Exit => {
+                if let Some(mut state) = self.procs.remove(&pid) {
+                    self.stats.processes_exited += 1;
+                    let snapshot = snapshot_of(&mut state, None);
+                    if self.exited.len() == EXITED_KEPT {
+                        self.exited.pop_front();
+                    }
+                    self.exited.push_back(snapshot);
+                }
+                return;
+            }
+            Kind::Exec => {
+                // The address space was replaced: start over from what the kernel shows now.
+                self.procs.remove(&pid);
+                self.state(pid);
+                return;
+            }
+            _ => {}
+        }
+        let born_s = (ev.ts_ns / 1_000_000_000) as u32;
+        let page = self.page;
+        let state = self.state(pid);
+        if kind.is_heap() {
+            state.heap_traced = true;
+            let site = state.sites.intern(SiteKey { class: SiteClass::Malloc, stack_id: ev.stack_id, caller: ev.caller });
+            let alloc = LiveAlloc { size: ev.size, site, born_s };
+            let change = match kind {
+                Kind::Malloc | Kind::PosixMemalign | Kind::AlignedAlloc | Kind::Memalign | Kind::Valloc | Kind::Pvalloc => {
+                    state.heap.alloc(ev.addr, alloc)
+                }
+                Kind::Calloc => state.heap.calloc(ev.addr, ev.size, ev.old_size, site, born_s),
+                Kind::Realloc => state.heap.realloc(ev.old_addr, ev.addr, alloc),
+                Kind::Free => state.heap.free(ev.old_addr),
+                _ => Change::default(),
+            };
+            if let Some(removed) = change.removed {
+                state.sites.sub(removed.site, removed.size);
+            }
+            if let Some(added) = change.added {
+                state.sites.add(added.site, added.size, true);
+            }
+            return;
+        }
+        match kind {
+            Kind::Mmap => {
+                let map_kind = if ev.flags & MAP_ANONYMOUS != 0 { MapKind::Anon } else { MapKind::File };
+                let site = state.sites.intern(SiteKey { class: SiteClass::Mmap, stack_id: ev.stack_id, caller: ev.caller });
+                let removed = state.mappings.insert(ev.addr, ev.size, map_kind, site);
+                give_back(&mut state.sites, &removed);
+                let bytes = ev.size.div_ceil(page) * page;
+                state.sites.add(site, bytes, true);
+            }
+            Kind::Munmap => {
+                let removed = state.mappings.remove(ev.old_addr, ev.size);
+                give_back(&mut state.sites, &removed);
+            }
+            Kind::Mremap => {
+                let keep_old = ev.flags & MREMAP_DONTUNMAP != 0;
+                let (removed, added, _, site) = state.mappings.remap(ev.old_addr, ev.old_size, ev.addr, ev.size, keep_old);
+                give_back(&mut state.sites, &removed);
+                if site != NO_SITE {
+                    state.sites.add(site, added, false);
+                }
+            }
+            Kind::Brk => {
+                let previous = state.brk.current.unwrap_or(ev.addr);
+                state.brk.start.get_or_insert(ev.addr);
+                state.brk.current = Some(ev.addr);
+                if ev.addr > previous {
+                    let site = state.sites.intern(SiteKey { class: SiteClass::Brk, stack_id: ev.stack_id, caller: ev.caller });
+                    let grown = ev.addr - previous;
+                    state.sites.add(site, grown, true);
+                    state.brk.growth.push((site, grown));
+                } else {
+                    let mut shrink = previous - ev.addr;
+                    while shrink > 0 {
+                        let Some((site, bytes)) = state.brk.growth.pop() else { break };
+                        let taken = bytes.min(shrink);
+                        if let Some(stats) = state.sites.stats.get_mut(site as usize) {
+                            stats.live_bytes = stats.live_bytes.saturating_sub(taken);
+                        }
+                        if bytes > taken {
+                            state.brk.growth.push((site, bytes - taken));
+                        }
+                        shrink -= taken;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads the kernel's figures for `pid` and returns its snapshot. A PID now held by another
+    /// process (start time changed) has its old state dropped first.
+    pub fn snapshot(&mut self, pid: u32) -> Option<ProcessSnapshot> {
+        let stat = self.source.stat(pid);
+        if let (Some(stat), Some(state)) = (&stat, self.procs.get(&pid)) {
+            if state.start_time != 0 && stat.start_time != state.start_time {
+                self.procs.remove(&pid);
+                self.stats.pid_reuses += 1;
+            }
+        }
+        let status = self.source.status(pid);
+        if stat.is_none() && status.is_none() && !self.procs.contains_key(&pid) {
+            return None;
+        }
+        let state = self.state(pid);
+        Some(snapshot_of(state, status))
+    }
+
+    /// Snapshot of every process on the host that has memory (kernel threads are skipped). States of
+    /// processes that are gone (an exit event was lost) are dropped.
+    pub fn host_snapshot(&mut self, timestamp_ms: u64) -> HostSnapshot {
+        let info = procfs::meminfo().unwrap_or_default();
+        let pids = procfs::pids().unwrap_or_default();
+        let alive: HashSet<u32> = pids.iter().copied().collect();
+        self.procs.retain(|pid, _| alive.contains(pid));
+        let mut processes = Vec::new();
+        for pid in pids {
+            let Some(status) = self.source.status(pid) else { continue };
+            if !status.has_mm {
+                continue;
+            }
+            if let Some(snapshot) = self.snapshot(pid) {
+                processes.push(snapshot);
+            }
+        }
+        processes.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes));
+        HostSnapshot { timestamp: timestamp_ms, mem_total_bytes: info.total, mem_available_bytes: info.available, processes }
+    }
+}
+
+/// A new process state, seeded with what the kernel shows of the process now.
+fn new_state(source: &dyn ProcessSource, pid: u32, page: u64, max_sites: usize, heap_traced: bool) -> ProcessState {
+    let stat = source.stat(pid).unwrap_or_default();
+    let mut state = ProcessState {
+        pid,
+        comm: stat.comm,
+        start_time: stat.start_time,
+        heap: Heap::default(),
+        mappings: Mappings::new(page),
+        brk: Brk::default(),
+        sites: Sites::new(max_sites),
+        heap_traced,
+        status: Status::default(),
+    };
+    if stat.start_brk != 0 {
+        state.brk.start = Some(stat.start_brk);
+    }
+    for line in source.maps(pid).unwrap_or_default() {
+        if line.path == "[heap]" {
+            state.brk.current.get_or_insert(line.end);
+        } else if !line.is_special() {
+            let kind = if line.is_file() { MapKind::File } else { MapKind::Anon };
+            state.mappings.insert(line.start, line.end - line.start, kind, NO_SITE);
+        }
+    }
+    if state.brk.current.is_none() {
+        state.brk.current = state.brk.start;
+    }
+    state
+}
+
+fn give_back(sites: &mut Sites, removed: &[Removed]) {
+    for piece in removed {
+        if piece.site != NO_SITE {
+            if let Some(stats) = sites.stats.get_mut(piece.site as usize) {
+                stats.live_bytes = stats.live_bytes.saturating_sub(piece.bytes);
+            }
+        }
+    }
+}
+
+fn snapshot_of(state: &mut ProcessState, status: Option<Status>) -> ProcessSnapshot {
+    if let Some(status) = status {
+        state.status = status;
+    }
+    let status = state.status;
+    let mut snapshot = ProcessSnapshot {
+        pid: state.pid,
+        comm: state.comm.clone(),
+        rss_bytes: status.rss,
+        rss_anon_bytes: status.rss_anon,
+        rss_file_bytes: status.rss_file,
+        rss_shmem_bytes: status.rss_shmem,
+        swap_bytes: status.swap,
+        heap_traced: state.heap_traced,
+        heap_live_bytes: state.heap.live_bytes,
+        heap_live_count: state.heap.live_count(),
+        heap_peak_bytes: state.heap.peak_bytes,
+        heap_total_allocs: state.heap.total_allocs,
+        heap_total_frees: state.heap.total_frees,
+        heap_unknown_frees: state.heap.unknown_frees,
+        mapped_anon_bytes: state.mappings.anon_bytes(),
+        mapped_file_bytes: state.mappings.file_bytes(),
+        brk_bytes: state.brk.bytes(),
+        external_bytes: None,
+        external_ratio: None,
+        libraries: Vec::new(),
+    };
+    snapshot.derive_external();
+    snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_common::NO_STACK;
+
+    use super::*;
+
+    fn ev(kind: Kind, pid: u32, addr: u64, size: u64, old_addr: u64) -> (Kind, Event) {
+        (kind, Event { tgid: pid, tid: pid, addr, size, old_addr, stack_id: NO_STACK, ..Event::default() })
+    }
+
+    fn acct() -> Accounting {
+        Accounting::new(Box::new(NoSource))
+    }
+
+    #[test]
+    fn heap_events_per_process() {
+        let mut a = acct();
+        a.apply_batch(&[
+            ev(Kind::Malloc, 1, 0x1000, 100, 0),
+            ev(Kind::Malloc, 1, 0x2000, 200, 0),
+            ev(Kind::Malloc, 2, 0x1000, 50, 0),
+            ev(Kind::Free, 1, 0, 0, 0x1000),
+            ev(Kind::Realloc, 1, 0x3000, 400, 0x2000),
+        ]);
+        let p1 = a.process(1).expect("pid 1");
+        assert_eq!((p1.heap.live_bytes, p1.heap.live_count()), (400, 1));
+        assert_eq!(p1.heap.peak_bytes, 400);
+        assert!(p1.heap_traced);
+        assert_eq!(a.process(2).expect("pid 2").heap.live_bytes, 50);
+        // Per-site figures follow the allocations.
+        let site_live: u64 = p1.sites.iter().map(|(_, s)| s.live_bytes).sum();
+        assert_eq!(site_live, 400);
+    }
+
+    #[test]
+    fn calloc_uses_both_factors() {
+        let mut a = acct();
+        let mut e = ev(Kind::Calloc, 1, 0x1000, 10, 0);
+        e.1.old_size = 24;
+        a.apply(e.0, &e.1);
+        assert_eq!(a.process(1).expect("pid").heap.live_bytes, 240);
+    }
+
+    #[test]
+    fn mappings_anon_file_and_partial() {
+        let mut a = acct();
+        let page = procfs::page_size();
+        let mut anon = ev(Kind::Mmap, 1, 0x100000, 4 * page, 0);
+        anon.1.flags = MAP_ANONYMOUS;
+        let file = ev(Kind::Mmap, 1, 0x900000, 2 * page, 0);
+        a.apply_batch(&[anon, file, ev(Kind::Munmap, 1, 0, page, 0x100000 + page)]);
+        let mut remap = ev(Kind::Mremap, 1, 0x500000, 8 * page, 0x900000);
+        remap.1.old_size = 2 * page;
+        a.apply(remap.0, &remap.1);
+        let p = a.process(1).expect("pid");
+        assert_eq!(p.mappings.anon_bytes(), 3 * page);
+        assert_eq!(p.mappings.file_bytes(), 8 * page);
+    }
+
+    #[test]
+    fn brk_extent_and_attribution() {
+        let mut a = acct();
+        a.apply_batch(&[
+            ev(Kind::Brk, 1, 0x10000, 0, 0),
+            ev(Kind::Brk, 1, 0x30000, 0, 0),
+            ev(Kind::Brk, 1, 0x38000, 0, 0),
+            ev(Kind::Brk, 1, 0x20000, 0, 0),
+        ]);
+        let p = a.process(1).expect("pid");
+        assert_eq!(p.brk.bytes(), 0x10000);
+        let live: u64 = p.sites.iter().filter(|(_, s)| s.key.class == SiteClass::Brk).map(|(_, s)| s.live_bytes).sum();
+        assert_eq!(live, 0x10000);
+    }
+
+    #[test]
+    fn exit_drops_state_and_keeps_final_figures() {
+        let mut a = acct();
+        a.apply_batch(&[ev(Kind::Malloc, 7, 0x1000, 64, 0), ev(Kind::Exit, 7, 0, 0, 0)]);
+        assert!(a.process(7).is_none());
+        let last = a.exited().last().expect("kept");
+        assert_eq!((last.pid, last.heap_live_bytes), (7, 64));
+        // A new process with the same PID starts from nothing.
+        a.apply_batch(&[ev(Kind::Malloc, 7, 0x5000, 8, 0)]);
+        assert_eq!(a.process(7).expect("pid").heap.live_bytes, 8);
+    }
+
+    #[test]
+    fn exec_resets() {
+        let mut a = acct();
+        a.apply_batch(&[ev(Kind::Malloc, 3, 0x1000, 64, 0), ev(Kind::Exec, 3, 0, 0, 0)]);
+        assert_eq!(a.process(3).expect("pid").heap.live_bytes, 0);
+    }
+
+    #[test]
+    fn site_overflow_is_counted() {
+        let mut a = acct().with_max_sites(8);
+        for i in 0..20u64 {
+            let mut e = ev(Kind::Malloc, 1, 0x1000 + i * 16, 1, 0);
+            e.1.caller = 0x400000 + i;
+            a.apply(e.0, &e.1);
+        }
+        let p = a.process(1).expect("pid");
+        assert!(p.sites.len() <= 8);
+        assert!(p.sites.overflowed > 0);
+        assert_eq!(p.sites.iter().map(|(_, s)| s.live_bytes).sum::<u64>(), 20);
+    }
+}

@@ -1,0 +1,101 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, about = "eBPF host memory tracer: which process and which library holds memory, and how it grows")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the long-lived agent: host-wide accounting, snapshots, analysis, alerts, HTTP.
+    Agent(AgentArgs),
+    /// Trace one process (a PID, or a command after --) and report its memory exactly.
+    Trace(TraceCli),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_buffer_mb: u32,
+    /// Allocator calls that can be in flight at once (in-flight map entries).
+    #[arg(long, default_value_t = 16384)]
+    pub inflight_entries: u32,
+    /// Distinct user stacks kept in the kernel's stack map.
+    #[arg(long, default_value_t = 16384)]
+    pub stack_entries: u32,
+    /// Do not capture user stacks (cheaper; no call-site attribution).
+    #[arg(long)]
+    pub no_stacks: bool,
+}
+
+impl ProbeArgs {
+    pub fn options(&self) -> memtrace::probes::ProbeOptions {
+        memtrace::probes::ProbeOptions {
+            ring_buffer_bytes: self.ring_buffer_mb << 20,
+            inflight_entries: self.inflight_entries,
+            stack_entries: self.stack_entries,
+            capture_stacks: !self.no_stacks,
+        }
+    }
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let mib: u32 = s.parse().map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    if mib == 0 || !mib.is_power_of_two() || mib > 1024 {
+        return Err(format!("{mib} MiB: the ring buffer must be a power of two between 1 and 1024 MiB"));
+    }
+    Ok(mib)
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Trace the malloc family of this process (repeatable). Other processes pay nothing.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Trace the malloc family of every process on the host. Every malloc and free then costs a
+    /// uprobe hit (about 0.5 µs): allocation-heavy programs slow down many times.
+    #[arg(long)]
+    pub malloc_all: bool,
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Seconds between snapshots.
+    #[arg(long)]
+    pub snapshot_interval: Option<u64>,
+    /// Processes shown in the periodic summary.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceCli {
+    /// Process to trace.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Stop after this many seconds (default: when the process exits, or on Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the report to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// Command to start and trace from its first instruction (after --).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,373 @@
+//! Loading the eBPF object and attaching its programs: the host-wide syscall and process
+//! tracepoints at load, and the malloc-family uprobes per process (or host-wide on request).
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    io,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+};
+use memtrace_common::COUNTERS_LEN;
+
+use crate::procfs;
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Tracepoints attached at load: (category, name, program).
+const TRACEPOINTS: [(&str, &str); 9] = [
+    ("syscalls", "sys_enter_mmap"),
+    ("syscalls", "sys_exit_mmap"),
+    ("syscalls", "sys_enter_munmap"),
+    ("syscalls", "sys_exit_munmap"),
+    ("syscalls", "sys_enter_mremap"),
+    ("syscalls", "sys_exit_mremap"),
+    ("syscalls", "sys_exit_brk"),
+    ("sched", "sched_process_exit"),
+    ("sched", "sched_process_exec"),
+];
+
+/// Allocator functions: (symbol, entry program, has a return probe, required).
+const ALLOCATOR: [(&str, &str, bool, bool); 9] = [
+    ("malloc", "malloc_enter", true, true),
+    ("calloc", "calloc_enter", true, true),
+    ("realloc", "realloc_enter", true, true),
+    ("free", "free_enter", false, true),
+    ("posix_memalign", "posix_memalign_enter", true, true),
+    ("aligned_alloc", "aligned_alloc_enter", true, true),
+    ("memalign", "memalign_enter", true, true),
+    ("valloc", "valloc_enter", true, false),
+    ("pvalloc", "pvalloc_enter", true, false),
+];
+
+const RETURN_PROGRAM: &str = "alloc_return";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed (memtrace needs root, or \
+         CAP_SYS_ADMIN, to mount it)"
+    )]
+    Tracefs(#[source] io::Error),
+    #[error(
+        "the kernel refused to load memtrace's eBPF programs: memtrace must run as root (or with \
+         CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
+    )]
+    Privileges(#[source] EbpfError),
+    #[error("loading the eBPF object")]
+    Load(#[source] EbpfError),
+    #[error("the eBPF object has no program or map named {0}")]
+    Missing(&'static str),
+    #[error("loading eBPF program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching to tracepoint {category}:{name}")]
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching a uprobe to {symbol} in {}", library.display())]
+    Uprobe {
+        symbol: &'static str,
+        library: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("process {pid}: no allocator found (no libc mapped and no malloc in its executable)")]
+    NoAllocator { pid: u32 },
+    #[error("process {0} does not exist")]
+    NoProcess(u32),
+    #[error("memtrace does not trace itself (pid {0})")]
+    SelfTrace(u32),
+    #[error("reading map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Sizes and switches fixed at load time.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes (a power of two multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Allocator calls in flight at once (entries of the in-flight map).
+    pub inflight_entries: u32,
+    /// Distinct user stacks kept (entries of the stack map).
+    pub stack_entries: u32,
+    pub capture_stacks: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self { ring_buffer_bytes: 16 << 20, inflight_entries: 16384, stack_entries: 16384, capture_stacks: true }
+    }
+}
+
+/// Unmounts tracefs on drop when memtrace mounted it.
+struct TracefsMount {
+    mounted_here: bool,
+}
+
+impl TracefsMount {
+    fn ensure() -> Result<Self, ProbeError> {
+        let path = Path::new(TRACEFS);
+        let populated = path.read_dir().map(|mut entries| entries.next().is_some()).unwrap_or(false);
+        if populated {
+            return Ok(Self { mounted_here: false });
+        }
+        let target = CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
+        let fstype = c"tracefs";
+        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
+        let ret = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        if ret != 0 {
+            return Err(ProbeError::Tracefs(io::Error::last_os_error()));
+        }
+        log::info!("tracefs was not mounted: mounted it at {TRACEFS} (it is unmounted on exit)");
+        Ok(Self { mounted_here: true })
+    }
+}
+
+impl Drop for TracefsMount {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            if let Ok(target) = CString::new(TRACEFS) {
+                // SAFETY: valid NUL-terminated path. MNT_DETACH: users of the mount keep it until done.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that charge BPF maps to it (< 5.11). Newer kernels charge
+/// the memory cgroup instead, so a failure is only logged.
+fn raise_memlock() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: `limit` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed ({}); not needed on kernels >= 5.11, going on",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Where the malloc family of a process lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocatorTarget {
+    pub pid: Option<u32>,
+    /// Path of the object (through `/proc/PID/root` for a process, so containers work).
+    pub path: PathBuf,
+}
+
+/// Finds the object that provides `malloc` for `pid`: libc as mapped by the process, or the
+/// executable itself when it exports its own malloc (static binaries, a linked-in allocator).
+pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
+    let maps = procfs::maps(pid).map_err(|_| ProbeError::NoProcess(pid))?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let in_root = |path: &str| root.join(path.trim_start_matches('/'));
+    let libc = maps.iter().find(|line| {
+        Path::new(&line.path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("libc.so") || (name.starts_with("libc-") && name.ends_with(".so")))
+    });
+    if let Some(line) = libc {
+        return Ok(AllocatorTarget { pid: Some(pid), path: in_root(&line.path) });
+    }
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    if exports_malloc(&exe) {
+        return Ok(AllocatorTarget { pid: Some(pid), path: exe });
+    }
+    Err(ProbeError::NoAllocator { pid })
+}
+
+fn exports_malloc(path: &Path) -> bool {
+    // A cheap check for the symbol name in the file; the attach itself resolves it properly.
+    std::fs::read(path).map(|bytes| bytes.windows(7).any(|w| w == b"malloc\0")).unwrap_or(false)
+}
+
+/// libc of the agent itself, used for host-wide malloc tracing.
+pub fn host_libc() -> Result<AllocatorTarget, ProbeError> {
+    let me = std::process::id();
+    let mut target = allocator_of(me)?;
+    target.pid = None;
+    target.path = PathBuf::from(target.path.to_string_lossy().replace(&format!("/proc/{me}/root"), ""));
+    Ok(target)
+}
+
+/// The loaded object with its tracepoints attached, and the uprobe links per traced process.
+pub struct Probes {
+    ebpf: Ebpf,
+    _tracefs: TracefsMount,
+    links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+/// What attaching the malloc family did.
+#[derive(Clone, Debug, Default)]
+pub struct AttachReport {
+    pub attached: Vec<&'static str>,
+    /// Optional functions the allocator does not have.
+    pub missing: Vec<&'static str>,
+}
+
+impl Probes {
+    /// Loads the object with the given options, never tracing this process, and attaches the
+    /// host-wide tracepoints.
+    pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        let tracefs = TracefsMount::ensure()?;
+        raise_memlock();
+        let self_tgid = std::process::id();
+        let capture = u32::from(options.capture_stacks);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("CAPTURE_STACKS", &capture, true)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .map_max_entries("INFLIGHT", options.inflight_entries)
+            .map_max_entries("STACKS", options.stack_entries)
+            .load(crate::EBPF)
+            .map_err(|err| if is_permission(&err) { ProbeError::Privileges(err) } else { ProbeError::Load(err) })?;
+        for (category, name) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::Missing(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program.load().map_err(|source| ProbeError::Program { name, source })?;
+            program.attach(category, name).map_err(|source| ProbeError::Tracepoint { category, name, source })?;
+        }
+        for (_, name, _, _) in ALLOCATOR {
+            load_uprobe(&mut ebpf, name)?;
+        }
+        load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
+        Ok(Self { ebpf, _tracefs: tracefs, links: HashMap::new() })
+    }
+
+    /// Attaches the malloc family of `target`, scoped to its process (or host-wide when `pid` is
+    /// `None`). Optional functions that are absent are reported, not fatal.
+    pub fn attach_allocator(&mut self, target: &AllocatorTarget) -> Result<AttachReport, ProbeError> {
+        if target.pid == Some(std::process::id()) {
+            return Err(ProbeError::SelfTrace(std::process::id()));
+        }
+        let scope = match target.pid.and_then(NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        self.detach_allocator(target.pid);
+        let mut report = AttachReport::default();
+        let mut links = Vec::new();
+        let result = (|| {
+            for (symbol, entry, has_return, required) in ALLOCATOR {
+                let attach = |ebpf: &mut Ebpf, program: &'static str| -> Result<UProbeLinkId, ProbeError> {
+                    let uprobe: &mut UProbe = ebpf
+                        .program_mut(program)
+                        .ok_or(ProbeError::Missing(program))?
+                        .try_into()
+                        .map_err(|source| ProbeError::Program { name: program, source })?;
+                    uprobe
+                        .attach(symbol, &target.path, scope)
+                        .map_err(|source| ProbeError::Uprobe { symbol, library: target.path.clone(), source })
+                };
+                match attach(&mut self.ebpf, entry) {
+                    Ok(link) => links.push((entry, link)),
+                    Err(err) if !required => {
+                        log::warn!("{err}: skipping the optional {symbol}");
+                        report.missing.push(symbol);
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
+                if has_return {
+                    links.push((RETURN_PROGRAM, attach(&mut self.ebpf, RETURN_PROGRAM)?));
+                }
+                report.attached.push(symbol);
+            }
+            Ok(())
+        })();
+        self.links.insert(target.pid, links);
+        if let Err(err) = result {
+            self.detach_allocator(target.pid);
+            return Err(err);
+        }
+        Ok(report)
+    }
+
+    /// Detaches the malloc family of `pid` (`None`: the host-wide attachment). Returns whether
+    /// anything was attached.
+    pub fn detach_allocator(&mut self, pid: Option<u32>) -> bool {
+        let Some(links) = self.links.remove(&pid) else { return false };
+        for (program, link) in links {
+            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
+                if let Err(err) = uprobe.detach(link) {
+                    log::debug!("detaching {program}: {err}");
+                }
+            }
+        }
+        true
+    }
+
+    /// Processes whose malloc family is attached (`None` is the host-wide attachment).
+    pub fn traced(&self) -> impl Iterator<Item = Option<u32>> + '_ {
+        self.links.keys().copied()
+    }
+
+    /// Takes the ring buffer, for the reader task.
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+    }
+
+    /// Kernel-side counters summed over CPUs, indexed by `memtrace_common::COUNTER_*`.
+    pub fn counters(&self) -> Result<[u64; COUNTERS_LEN as usize], ProbeError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS"))?;
+        let array = PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let mut out = [0u64; COUNTERS_LEN as usize];
+        for (index, slot) in out.iter_mut().enumerate() {
+            let values = array.get(&(index as u32), 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The stack map, to resolve the stack ids that events carry.
+    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>, ProbeError> {
+        let map = self.ebpf.map("STACKS").ok_or(ProbeError::Missing("STACKS"))?;
+        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name: "STACKS", source })
+    }
+}
+
+fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::Missing(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program.load().map_err(|source| ProbeError::Program { name, source })
+}
+
+fn is_permission(err: &EbpfError) -> bool {
+    let text = format!("{err:?}");
+    text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("Operation not permitted")
+}
+
+/// Human names of the kernel counters, for reports and metrics.
+pub const COUNTER_NAMES: [&str; 6] = [
+    "ring_buffer_full",
+    "inflight_map_full",
+    "return_without_entry",
+    "events",
+    "nested_allocator_calls",
+    "stack_failures",
+];

@@ -1,0 +1,228 @@
+//! What the kernel already counts, read from `/proc`: RSS and its parts, swap, the start of the
+//! program break, process start times (to tell a reused PID from the process it replaced) and the
+//! mappings a process had before memtrace saw it.
+//!
+//! Parsers take `&str` so they are tested on sample text; readers add the file I/O.
+
+use std::{fs, io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcfsError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: unexpected format ({what})")]
+    Format { path: PathBuf, what: &'static str },
+}
+
+fn read(path: PathBuf) -> Result<String, ProcfsError> {
+    fs::read_to_string(&path).map_err(|source| ProcfsError::Read { path, source })
+}
+
+/// Memory figures of `/proc/PID/status`, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+    pub swap: u64,
+    /// Kernel threads have no memory figures at all.
+    pub has_mm: bool,
+}
+
+pub fn parse_status(text: &str) -> Status {
+    let mut status = Status::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let field = match key {
+            "VmRSS" => &mut status.rss,
+            "RssAnon" => &mut status.rss_anon,
+            "RssFile" => &mut status.rss_file,
+            "RssShmem" => &mut status.rss_shmem,
+            "VmSwap" => &mut status.swap,
+            _ => continue,
+        };
+        let kb = value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+        *field = kb.saturating_mul(1024);
+        if key == "VmRSS" {
+            status.has_mm = true;
+        }
+    }
+    status
+}
+
+pub fn status(pid: u32) -> Result<Status, ProcfsError> {
+    read(PathBuf::from(format!("/proc/{pid}/status"))).map(|text| parse_status(&text))
+}
+
+/// Fields of `/proc/PID/stat` memtrace needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    /// Start time after boot, in clock ticks (field 22): with the PID, identifies a process.
+    pub start_time: u64,
+    /// Address above which the program break grows (field 47).
+    pub start_brk: u64,
+}
+
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    // The command name is in parentheses and may itself contain spaces and parentheses.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    // Fields after the command name start at field 3 (state).
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat { comm, start_time: field(22)?, start_brk: field(47).unwrap_or(0) })
+}
+
+pub fn stat(pid: u32) -> Result<Stat, ProcfsError> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = read(path.clone())?;
+    parse_stat(&text).ok_or(ProcfsError::Format { path, what: "stat fields" })
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub inode: u64,
+    /// The path or pseudo-name (`[heap]`, `[stack]`, ...); empty for anonymous mappings.
+    pub path: String,
+}
+
+impl MapLine {
+    /// Mappings the kernel or the loader made that are not `mmap` calls of the program: the heap
+    /// (counted as brk), stacks and the vDSO.
+    pub fn is_special(&self) -> bool {
+        self.path.starts_with('[') && !self.path.starts_with("[anon")
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.inode != 0
+    }
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapLine> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(6, ' ');
+            let (start, end) = parts.next()?.split_once('-')?;
+            let _perms = parts.next()?;
+            let offset = parts.next()?;
+            let _dev = parts.next()?;
+            let inode = parts.next()?;
+            let path = parts.next().unwrap_or("").trim().to_string();
+            Some(MapLine {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                offset: u64::from_str_radix(offset, 16).ok()?,
+                inode: inode.parse().ok()?,
+                path,
+            })
+        })
+        .collect()
+}
+
+pub fn maps(pid: u32) -> Result<Vec<MapLine>, ProcfsError> {
+    read(PathBuf::from(format!("/proc/{pid}/maps"))).map(|text| parse_maps(&text))
+}
+
+/// Host memory from `/proc/meminfo`, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    pub total: u64,
+    pub available: u64,
+}
+
+pub fn parse_meminfo(text: &str) -> MemInfo {
+    let mut info = MemInfo::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let bytes = value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024;
+        match key {
+            "MemTotal" => info.total = bytes,
+            "MemAvailable" => info.available = bytes,
+            _ => {}
+        }
+    }
+    info
+}
+
+pub fn meminfo() -> Result<MemInfo, ProcfsError> {
+    read(PathBuf::from("/proc/meminfo")).map(|text| parse_meminfo(&text))
+}
+
+/// Process ids currently in `/proc`.
+pub fn pids() -> Result<Vec<u32>, ProcfsError> {
+    let entries = fs::read_dir("/proc")
+        .map_err(|source| ProcfsError::Read { path: PathBuf::from("/proc"), source })?;
+    Ok(entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect())
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&size| size > 0).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_in_bytes() {
+        let text = "Name:\tcat\nVmRSS:\t    1924 kB\nRssAnon:\t      88 kB\nRssFile:\t    1836 kB\n\
+                    RssShmem:\t       0 kB\nVmSwap:\t       4 kB\n";
+        let status = parse_status(text);
+        assert_eq!(status.rss, 1924 * 1024);
+        assert_eq!(status.rss_anon, 88 * 1024);
+        assert_eq!(status.rss_file, 1836 * 1024);
+        assert_eq!(status.rss_shmem, 0);
+        assert_eq!(status.swap, 4096);
+        assert!(status.has_mm);
+        assert!(!parse_status("Name:\tkthreadd\nThreads:\t1\n").has_mm);
+    }
+
+    #[test]
+    fn stat_with_parentheses_in_comm() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[0] = "S".into();
+        let text = format!("1234 (a (b) c) {}", fields.join(" "));
+        let stat = parse_stat(&text).expect("parses");
+        assert_eq!(stat.comm, "a (b) c");
+        assert_eq!(stat.start_time, 22);
+        assert_eq!(stat.start_brk, 47);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn maps_lines() {
+        let text = "55d0c0a00000-55d0c0a02000 r--p 00000000 fe:01 1234     /usr/bin/cat\n\
+                    55d0c1000000-55d0c1021000 rw-p 00000000 00:00 0        [heap]\n\
+                    7f0000000000-7f0000100000 rw-p 00000000 00:00 0 \n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0        [stack]\n";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 4);
+        assert_eq!(maps[0].start, 0x55d0c0a00000);
+        assert!(maps[0].is_file());
+        assert!(maps[1].is_special());
+        assert_eq!(maps[2].path, "");
+        assert!(!maps[2].is_file() && !maps[2].is_special());
+    }
+
+    #[test]
+    fn meminfo_fields() {
+        let info = parse_meminfo("MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   23000000 kB\n");
+        assert_eq!(info.total, 24_000_000 * 1024);
+        assert_eq!(info.available, 23_000_000 * 1024);
+    }
+}

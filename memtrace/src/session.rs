@@ -1,0 +1,94 @@
+//! A tracing session driven synchronously: the probes, their ring buffer and the accounting in one
+//! value. `memtrace trace` and the integration tests use it; `poll` drains every event the kernel
+//! has submitted so far, so figures read right after it are exact.
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    accounting::{Accounting, Procfs},
+    events::{self, Batch, PipelineStats},
+    probes::{AllocatorTarget, AttachReport, ProbeError, ProbeOptions, Probes, allocator_of},
+};
+
+pub struct Session {
+    pub probes: Probes,
+    ring: RingBuf<MapData>,
+    pub accounting: Accounting,
+    pub stats: Arc<PipelineStats>,
+    batch: Batch,
+    /// Only events of these processes are applied (all when empty).
+    only: Vec<u32>,
+}
+
+impl Session {
+    pub fn start(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        let mut probes = Probes::load(options)?;
+        let ring = probes.take_ring_buffer()?;
+        Ok(Self {
+            probes,
+            ring,
+            accounting: Accounting::new(Box::new(Procfs)),
+            stats: Arc::new(PipelineStats::default()),
+            batch: Vec::with_capacity(4096),
+            only: Vec::new(),
+        })
+    }
+
+    /// Applies only the events of these processes from now on (cheaper when the host is busy).
+    pub fn only(&mut self, pids: &[u32]) {
+        self.only = pids.to_vec();
+    }
+
+    /// Starts tracing the malloc family of `pid`, scoped to that process. Its state is seeded from
+    /// `/proc` first, so mappings it already has are known.
+    pub fn trace_pid(&mut self, pid: u32) -> Result<AttachReport, ProbeError> {
+        let target = allocator_of(pid)?;
+        self.trace_target(pid, &target)
+    }
+
+    pub fn trace_target(&mut self, pid: u32, target: &AllocatorTarget) -> Result<AttachReport, ProbeError> {
+        self.accounting.state(pid);
+        let report = self.probes.attach_allocator(target)?;
+        self.accounting.set_traced(pid, true);
+        Ok(report)
+    }
+
+    pub fn untrace_pid(&mut self, pid: u32) {
+        self.probes.detach_allocator(Some(pid));
+        self.accounting.set_traced(pid, false);
+    }
+
+    /// Drains the ring buffer and applies every event. Returns how many records were read.
+    pub fn poll(&mut self) -> usize {
+        self.batch.clear();
+        let read = events::drain(&mut self.ring, &mut self.batch, &self.stats);
+        if self.only.is_empty() {
+            self.accounting.apply_batch(&self.batch);
+        } else {
+            for (kind, event) in &self.batch {
+                if self.only.contains(&event.tgid) {
+                    self.accounting.apply(*kind, event);
+                }
+            }
+        }
+        read
+    }
+
+    /// Waits until the kernel signals events or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut fd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, ms) };
+    }
+
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}

@@ -1,0 +1,166 @@
+//! `memtrace trace`: trace one process (an existing PID, or a command started under the tracer)
+//! for a while and report its memory exactly.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    launch::{GatedChild, LaunchError},
+    probes::{COUNTER_NAMES, ProbeError, ProbeOptions},
+    session::Session,
+    snapshot::ProcessSnapshot,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("starting the command")]
+    Launch(#[from] LaunchError),
+    #[error("give either --pid or a command after --, not both")]
+    Target,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TraceArgs {
+    pub pid: Option<u32>,
+    pub command: Vec<String>,
+    /// Stop after this long (default: until the process exits, or Ctrl-C).
+    pub duration: Option<Duration>,
+    pub options: ProbeOptions,
+}
+
+/// What `trace` prints (`--json` prints this as JSON).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceReport {
+    pub pid: u32,
+    pub comm: String,
+    pub duration_seconds: f64,
+    /// The process exited while traced; the figures are its last ones.
+    pub exited: bool,
+    pub exit_code: Option<i32>,
+    pub process: ProcessSnapshot,
+    /// Allocator functions attached, and optional ones the allocator lacks.
+    pub attached: Vec<&'static str>,
+    pub missing: Vec<&'static str>,
+    /// Kernel-side counters (events sent, events lost because the ring buffer was full, ...).
+    pub kernel: serde_json::Map<String, serde_json::Value>,
+    pub events_received: u64,
+    pub events_undecodable: u64,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_interrupts() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
+pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
+    let mut child = match (&args.pid, args.command.is_empty()) {
+        (Some(_), false) | (None, true) => return Err(TraceError::Target),
+        (None, false) => Some(GatedChild::spawn(&args.command)?),
+        (Some(_), true) => None,
+    };
+    let pid = match (&child, args.pid) {
+        (Some(child), _) => child.pid,
+        (None, Some(pid)) => pid,
+        (None, None) => return Err(TraceError::Target),
+    };
+    let mut session = Session::start(&args.options)?;
+    session.only(&[pid]);
+    let report = session.trace_pid(pid)?;
+    catch_interrupts();
+    if let Some(child) = child.as_mut() {
+        child.release();
+    }
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d);
+    let mut exit_code = None;
+    let mut last = session.accounting.snapshot(pid);
+    let mut last_refresh = Instant::now();
+    let exited = loop {
+        session.wait(Duration::from_millis(100));
+        session.poll();
+        let gone = session.accounting.process(pid).is_none() && session.accounting.exited().any(|p| p.pid == pid);
+        if let Some(child) = child.as_mut() {
+            if let Some(code) = child.try_wait() {
+                exit_code = Some(code);
+            }
+        }
+        if gone || exit_code.is_some() {
+            session.poll();
+            break true;
+        }
+        if last_refresh.elapsed() >= Duration::from_millis(500) {
+            last = session.accounting.snapshot(pid).or(last);
+            last_refresh = Instant::now();
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            session.poll();
+            break false;
+        }
+    };
+    let process = if exited {
+        session.accounting.exited().rev().find(|p| p.pid == pid).cloned().or(last).unwrap_or_default()
+    } else {
+        session.accounting.snapshot(pid).or(last).unwrap_or_default()
+    };
+    let counters = session.probes.counters()?;
+    let kernel = COUNTER_NAMES.iter().zip(counters).map(|(name, value)| (name.to_string(), value.into())).collect();
+    Ok(TraceReport {
+        pid,
+        comm: process.comm.clone(),
+        duration_seconds: started.elapsed().as_secs_f64(),
+        exited,
+        exit_code,
+        process,
+        attached: report.attached,
+        missing: report.missing,
+        kernel,
+        events_received: session.stats.received.load(Ordering::Relaxed),
+        events_undecodable: session.stats.undecodable.load(Ordering::Relaxed),
+    })
+}
+
+pub fn render_text(report: &TraceReport) -> String {
+    use std::fmt::Write as _;
+    let p = &report.process;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pid {} ({}) traced for {:.1}s{}",
+        report.pid,
+        report.comm,
+        report.duration_seconds,
+        if report.exited { format!(", exited (code {})", report.exit_code.map_or("?".into(), |c| c.to_string())) } else { String::new() }
+    );
+    let _ = writeln!(out, "  rss          {:>14} bytes (anon {}, file {}, shmem {}), swap {}", p.rss_bytes, p.rss_anon_bytes, p.rss_file_bytes, p.rss_shmem_bytes, p.swap_bytes);
+    let _ = writeln!(out, "  heap live    {:>14} bytes in {} allocations (peak {})", p.heap_live_bytes, p.heap_live_count, p.heap_peak_bytes);
+    let _ = writeln!(out, "  heap calls   {:>14} allocations, {} frees, {} frees of memory allocated before tracing", p.heap_total_allocs, p.heap_total_frees, p.heap_unknown_frees);
+    let _ = writeln!(out, "  mmap anon    {:>14} bytes", p.mapped_anon_bytes);
+    let _ = writeln!(out, "  mmap file    {:>14} bytes", p.mapped_file_bytes);
+    let _ = writeln!(out, "  brk          {:>14} bytes", p.brk_bytes);
+    if let Some(external) = p.external_bytes {
+        let ratio = p.external_ratio.map_or("-".to_string(), |r| format!("{r:.2}"));
+        let _ = writeln!(out, "  external     {:>14} bytes (rss - heap), external/heap {ratio}", external);
+    }
+    let lost = report.kernel.get("ring_buffer_full").and_then(|v| v.as_u64()).unwrap_or(0);
+    let _ = writeln!(out, "  events       {:>14} received, {} lost (ring buffer full)", report.events_received, lost);
+    if !report.missing.is_empty() {
+        let _ = writeln!(out, "  not in this allocator: {}", report.missing.join(", "));
+    }
+    out
+}
