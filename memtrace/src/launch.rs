@@ -83,9 +83,18 @@ impl GatedChild {
 
     /// Reaps the child if it has exited: `Some(exit code)` (128 + signal when killed).
     pub fn try_wait(&mut self) -> Option<i32> {
+        self.reap(libc::WNOHANG)
+    }
+
+    /// Waits for the child to exit (it is known to be exiting).
+    pub fn wait(&mut self) -> Option<i32> {
+        self.reap(0)
+    }
+
+    fn reap(&mut self, flags: libc::c_int) -> Option<i32> {
         let mut status = 0;
         // SAFETY: `status` is a valid out-pointer; the pid is our child.
-        let ret = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        let ret = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, flags) };
         if ret != self.pid as libc::pid_t {
             return None;
         }

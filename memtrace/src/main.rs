@@ -9,7 +9,9 @@ use cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log)).init();
+    // An empty RUST_LOG counts as unset.
+    let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| cli.log.clone());
+    env_logger::Builder::new().parse_filters(&filter).init();
     match cli.command {
         Command::Agent(args) => {
             let options = memtrace::agent::AgentOptions {

@@ -53,6 +53,9 @@ impl Session {
     }
 
     pub fn trace_target(&mut self, pid: u32, target: &AllocatorTarget) -> Result<AttachReport, ProbeError> {
+        if pid == std::process::id() {
+            return Err(ProbeError::SelfTrace(pid));
+        }
         self.accounting.state(pid);
         let report = self.probes.attach_allocator(target)?;
         self.accounting.set_traced(pid, true);

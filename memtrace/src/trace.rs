@@ -82,6 +82,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     let mut session = Session::start(&args.options)?;
     session.only(&[pid]);
     let report = session.trace_pid(pid)?;
+    log::info!("tracing pid {pid}: attached to {} in its allocator", report.attached.join(", "));
     catch_interrupts();
     if let Some(child) = child.as_mut() {
         child.release();
@@ -96,9 +97,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         session.poll();
         let gone = session.accounting.process(pid).is_none() && session.accounting.exited().any(|p| p.pid == pid);
         if let Some(child) = child.as_mut() {
-            if let Some(code) = child.try_wait() {
-                exit_code = Some(code);
-            }
+            exit_code = if gone { child.wait() } else { child.try_wait() };
         }
         if gone || exit_code.is_some() {
             session.poll();

@@ -1,1 +1,235 @@
-fn main(){}
+//! `cargo xtask`: bootstrap the eBPF toolchain, build, run, test and benchmark memtrace.
+//!
+//! Every command bootstraps what it needs, idempotently: the nightly's `rust-src` (for
+//! `-Z build-std=core`) and bpf-linker, built from crates.io against the nightly's own libLLVM into
+//! a cache that later runs reuse while its version matches.
+
+mod bench;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release that builds against the nightly's LLVM here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF object needs (rust-src, bpf-linker); idempotent.
+    Bootstrap,
+    /// Build the agent (and the eBPF object it embeds).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the agent with its defaults (arguments after -- go to `memtrace`, default `agent`).
+    Run {
+        #[arg(long)]
+        debug: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the integration tests that load the real eBPF object.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmark suite and print ratios (see docs/benchmarks.md).
+    Bench {
+        /// Write the JSON results here as well.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Shorter runs (for a quick look, not for the record).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// clippy on the agent and, separately, on the eBPF crate; rustfmt check.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Bootstrap => {
+            let path = bootstrap()?;
+            println!("bpf-linker ready in {}", path.display());
+            Ok(())
+        }
+        Task::Build { release } => build(&root, release).map(|_| ()),
+        Task::Run { debug, args } => {
+            let binary = build(&root, !debug)?;
+            let args = if args.is_empty() { vec!["agent".to_string()] } else { args };
+            let status = Command::new(&binary).args(&args).status().with_context(|| format!("running {}", binary.display()))?;
+            if !status.success() {
+                bail!("memtrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => test(&root, &args),
+        Task::Bench { json, quick } => {
+            let binary = build(&root, true)?;
+            bench::run(&root, &binary, json.as_deref(), quick)
+        }
+        Task::Lint => lint(&root),
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("xtask has no parent directory"))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cache_dir() -> PathBuf {
+    env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("memtrace")
+}
+
+/// Makes sure the nightly has rust-src and a bpf-linker matching it is cached. Returns the
+/// directory holding `bpf-linker`.
+fn bootstrap() -> anyhow::Result<PathBuf> {
+    let version = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"]))
+        .context("the nightly toolchain is needed to build the eBPF crate (`rustup toolchain list` should show it)")?;
+    let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?);
+    let rust_src = sysroot.join("lib/rustlib/src/rust/library/core");
+    if !rust_src.exists() {
+        eprintln!("xtask: adding rust-src to the {NIGHTLY} toolchain");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+
+    // The nightly ships its LLVM as a shared library; bpf-linker links against that very library.
+    let lib_dir = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("listing {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find(|name| name.starts_with("libLLVM-") && name.ends_with(".so"))
+        .ok_or_else(|| anyhow!("no libLLVM-*.so in {}: this nightly does not ship LLVM as a library", lib_dir.display()))?;
+    let dylib = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let major = dylib.trim_start_matches("LLVM-").split('-').next().unwrap_or_default().to_string();
+    if major.parse::<u32>().is_err() {
+        bail!("cannot tell the LLVM version from {llvm}");
+    }
+
+    // One cache entry per bpf-linker version and nightly, so a new nightly gets a new build.
+    let tag: String = version.split_whitespace().skip(1).collect::<Vec<_>>().join("-").replace(['(', ')'], "");
+    let dir = cache_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-{tag}"));
+    let binary = dir.join("bin/bpf-linker");
+    if binary.exists() {
+        let found = output(Command::new(&binary).arg("--version")).unwrap_or_default();
+        if found.contains(BPF_LINKER_VERSION) {
+            return Ok(dir.join("bin"));
+        }
+        eprintln!("xtask: cached bpf-linker reports {found:?}, expected {BPF_LINKER_VERSION}: rebuilding");
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm} into {} (about a minute)", dir.display());
+    let rustflags = format!(
+        "-L {lib} -l dylib={dylib} -C link-arg=-Wl,-rpath,{lib}",
+        lib = lib_dir.display()
+    );
+    run(Command::new("cargo")
+        .args([
+            &format!("+{NIGHTLY}"),
+            "install",
+            "bpf-linker",
+            "--version",
+            &format!("={BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major},no-llvm-linking"),
+            "--root",
+        ])
+        .arg(&dir)
+        .env("RUSTFLAGS", rustflags))?;
+    Ok(dir.join("bin"))
+}
+
+/// PATH with bpf-linker's directory first.
+fn path_with(dir: &Path) -> anyhow::Result<OsString> {
+    let mut paths = vec![dir.to_path_buf()];
+    if let Some(path) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&path));
+    }
+    env::join_paths(paths).context("building PATH")
+}
+
+fn cargo(root: &Path, linker_dir: &Path) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root).env("PATH", path_with(linker_dir)?);
+    Ok(cmd)
+}
+
+/// Builds the agent; returns the binary's path.
+fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    let linker = bootstrap()?;
+    let mut cmd = cargo(root, &linker)?;
+    cmd.args(["build", "--package", "memtrace", "--bin", "memtrace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(target_dir(root).join(if release { "release" } else { "debug" }).join("memtrace"))
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let linker = bootstrap()?;
+    // Unit tests: pure logic on synthetic data, no privileges needed.
+    let mut unit = cargo(root, &linker)?;
+    unit.args(["test", "--workspace", "--exclude", "memtrace-integration", "--exclude", "memtrace-ebpf", "--"]).args(args);
+    run(&mut unit)?;
+    // The CLI tests run the binary itself.
+    run(cargo(root, &linker)?.args(["build", "--package", "memtrace", "--bin", "memtrace"]))?;
+    // Integration tests share kernel state (probes, tracefs), so one at a time.
+    let mut integration = cargo(root, &linker)?;
+    integration.args(["test", "--package", "memtrace-integration", "--", "--test-threads=1"]).args(args);
+    run(&mut integration)?;
+    Ok(())
+}
+
+fn lint(root: &Path) -> anyhow::Result<()> {
+    let linker = bootstrap()?;
+    run(cargo(root, &linker)?.args(["clippy", "--workspace", "--exclude", "memtrace-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo(root, &linker)?
+        .args([&format!("+{NIGHTLY}"), "clippy", "--package", "memtrace-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"]))?;
+    run(cargo(root, &linker)?.args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
+    Ok(())
+}
