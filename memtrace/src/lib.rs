@@ -1,3 +1,4 @@
+pub mod analysis;
 pub mod snapshot;
 
 /// The eBPF object, built by build.rs.
