@@ -55,11 +55,16 @@
 //! **Forecast**: minutes until the highest of the last quarter of samples reaches the limit, at the
 //! fitted rate (by doubling time for exponential growth); only for growth patterns.
 
+mod limits;
 mod pattern;
 mod stats;
 #[cfg(test)]
 mod synth;
 
+pub use limits::{
+    cgroup_dirs, cgroup_limit, mem_total, parse_cgroup_v2_path, parse_mem_total, parse_memory_max,
+    process_limit,
+};
 pub use pattern::{
     detect_pattern, forecast_minutes_to_limit, Pattern, PatternConfig, PatternType, Sample,
     Severity, MB, MIN_POINTS,
