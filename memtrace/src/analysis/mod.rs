@@ -57,9 +57,12 @@
 
 mod limits;
 mod pattern;
+mod series;
 mod stats;
 #[cfg(test)]
 mod synth;
+
+use std::path::PathBuf;
 
 pub use limits::{
     cgroup_dirs, cgroup_limit, mem_total, parse_cgroup_v2_path, parse_mem_total, parse_memory_max,
@@ -69,3 +72,24 @@ pub use pattern::{
     detect_pattern, forecast_minutes_to_limit, Pattern, PatternConfig, PatternType, Sample,
     Severity, MB, MIN_POINTS,
 };
+pub use series::{
+    analyze_process, analyze_snapshots, extract_series, read_snapshots_jsonl, render_text,
+    LibraryPattern, Metric, ProcessPattern, ProcessSeries,
+};
+
+/// Errors of the analysis (reading snapshot files).
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("cannot open snapshot file {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read snapshot file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
