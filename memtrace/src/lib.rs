@@ -1,9 +1,11 @@
 //! memtrace: an eBPF host memory tracer. The modules follow an event from the kernel to a figure:
 //! `probes` (load and attach) -> `events` (ring buffer, decoding) -> `accounting` (exact
-//! per-process figures) -> `snapshot` (what is reported); `session`, `trace` and `agent` drive them.
+//! per-process figures) -> `snapshot` (what is reported) -> `analysis` (growth patterns);
+//! `session`, `trace` and `agent` drive them.
 
 pub mod accounting;
 pub mod agent;
+pub mod analysis;
 pub mod events;
 pub mod launch;
 pub mod probes;
