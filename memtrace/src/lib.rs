@@ -1,3 +1,4 @@
+pub mod config;
 pub mod snapshot;
 
 /// The eBPF object, built by build.rs.
