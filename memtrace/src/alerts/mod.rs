@@ -5,7 +5,7 @@
 //! The engine is pure: it takes the time as an argument and returns [`AlertEvent`]s; the caller hands
 //! those to the dispatcher.
 
-
+pub mod channels;
 mod engine;
 
 use serde::{Deserialize, Serialize};
