@@ -135,10 +135,11 @@ impl AlertEngine {
         now_ms: u64,
     ) -> Vec<AlertEvent> {
         let mut events = Vec::new();
-        let reused = self
-            .active
-            .values()
-            .any(|a| a.alert.context.pid == process.pid && a.alert.context.comm != process.comm);
+        // An empty name (the process raced away before it was read) proves nothing.
+        let reused = !process.comm.is_empty()
+            && self.active.values().any(|a| {
+                a.alert.context.pid == process.pid && a.alert.context.comm != process.comm
+            });
         if reused {
             events.extend(self.process_gone(process.pid, now_ms));
         }
@@ -275,7 +276,8 @@ impl AlertEngine {
             .collect()
     }
 
-    /// Resolves an active alert by id (`resolvedBy: "manual"`).
+    /// Resolves an active alert by id (`resolvedBy: "manual"`). The caller delivers
+    /// `AlertEvent::Resolved(alert)` to the channels like any other event.
     pub fn resolve(&mut self, id: &str, now_ms: u64) -> Result<Alert, AlertError> {
         let key = self
             .active
