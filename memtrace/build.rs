@@ -1,7 +1,7 @@
 //! Builds the eBPF object (the `memtrace` binary of `memtrace-ebpf`, for `bpfel-unknown-none`, with the
 //! nightly toolchain and bpf-linker) into OUT_DIR, where `probes` embeds it.
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
@@ -13,11 +13,7 @@ fn main() -> anyhow::Result<()> {
     }
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../memtrace-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "memtrace-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "memtrace-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::Nightly,
     )
     .context("building the eBPF object (memtrace-ebpf)")
