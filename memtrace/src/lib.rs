@@ -5,13 +5,16 @@
 
 pub mod accounting;
 pub mod agent;
+pub mod alerts;
 pub mod analysis;
+pub mod config;
 pub mod events;
 pub mod launch;
 pub mod probes;
 pub mod procfs;
 pub mod session;
 pub mod snapshot;
+pub mod store;
 pub mod trace;
 
 /// The eBPF object, built by build.rs.

@@ -1,0 +1,714 @@
+//! Delivery of alert events to the configured channels.
+//!
+//! - console: one log line per event (`warn` for warning and critical creations, `info` otherwise);
+//! - file: one JSON line per event appended to `<dataDir>/alerts.jsonl` through the [`Store`];
+//! - webhook: an HTTP POST of the alert JSON (`Content-Type: application/json`) from a dedicated
+//!   thread, so that a slow or dead endpoint never blocks [`Dispatcher::send`]. Events wait in a
+//!   bounded queue; when it is full the oldest waiting event is dropped (counted). Each POST has a
+//!   time limit; failed POSTs are retried with exponential backoff; an event whose every attempt
+//!   failed is counted as a failure. Plain `http://` only: this build has no TLS.
+//!
+//! Both creations and resolutions are delivered; the body tells them apart (`"resolved": true`).
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{Alert, AlertEvent, Severity};
+use crate::{
+    config::{AlertingConfig, Channel},
+    store::Store,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("cannot start the webhook thread")]
+    SpawnWebhook(#[source] std::io::Error),
+}
+
+/// Counters of the webhook channel (all zero when it is inactive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// Events delivered (a 2xx answer).
+    pub sent_total: u64,
+    /// Events given up on after every attempt failed (error, timeout, non-2xx answer).
+    pub failures_total: u64,
+    /// Events dropped because the queue was full, or still queued at shutdown.
+    pub dropped_total: u64,
+    /// Events waiting now.
+    pub queued: u64,
+}
+
+/// Delivers alert events to every configured channel.
+pub struct Dispatcher {
+    console: bool,
+    file: Option<Arc<Store>>,
+    webhook: Option<Webhook>,
+    file_failures_total: AtomicU64,
+}
+
+impl Dispatcher {
+    /// Channels from `alerting.channels`: the file channel needs `store`, the webhook channel a URL.
+    pub fn new(config: &AlertingConfig, store: Option<Arc<Store>>) -> Result<Self, ChannelError> {
+        let file = store.filter(|_| config.has_channel(Channel::File));
+        let webhook = WebhookOptions::from_config(config)
+            .map(Webhook::start)
+            .transpose()?;
+        Ok(Self {
+            console: config.has_channel(Channel::Console),
+            file,
+            webhook,
+            file_failures_total: AtomicU64::new(0),
+        })
+    }
+
+    /// Delivers one event. Never waits for the webhook; the file channel is one small append.
+    pub fn send(&self, event: &AlertEvent) {
+        if self.console {
+            log_event(event);
+        }
+        if let Some(store) = &self.file {
+            if let Err(e) = store.append_alert(event.alert()) {
+                self.file_failures_total.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "alert {} not written: {}",
+                    event.alert().id,
+                    error_chain(&e)
+                );
+            }
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.send(event.alert());
+        }
+    }
+
+    pub fn send_all<'a>(&self, events: impl IntoIterator<Item = &'a AlertEvent>) {
+        for event in events {
+            self.send(event);
+        }
+    }
+
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
+    }
+
+    pub fn webhook_stats(&self) -> WebhookStats {
+        self.webhook
+            .as_ref()
+            .map(Webhook::stats)
+            .unwrap_or_default()
+    }
+
+    /// Events the file channel failed to append.
+    pub fn file_failures_total(&self) -> u64 {
+        self.file_failures_total.load(Ordering::Relaxed)
+    }
+
+    /// Gives the webhook up to `grace` to deliver what is queued, then stops it.
+    pub fn shutdown(self, grace: Duration) {
+        if let Some(webhook) = self.webhook {
+            webhook.shutdown(grace);
+        }
+    }
+}
+
+fn log_event(event: &AlertEvent) {
+    match event {
+        AlertEvent::Created(a) if a.severity >= Severity::Warning => {
+            log::warn!("alert {} [{:?}] {}", a.id, a.severity, a.message);
+        }
+        AlertEvent::Created(a) => log::info!("alert {} [{:?}] {}", a.id, a.severity, a.message),
+        AlertEvent::Resolved(a) => log::info!(
+            "alert {} resolved ({}): {}",
+            a.id,
+            match a.resolved_by {
+                Some(super::ResolvedBy::Manual) => "manual",
+                _ => "auto",
+            },
+            a.message
+        ),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Settings of the webhook channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookOptions {
+    pub url: String,
+    /// Time limit of one POST, connection included.
+    pub timeout: Duration,
+    /// Further attempts after a failure.
+    pub retries: u32,
+    pub queue_capacity: usize,
+    /// Wait before the first retry; doubled for each further one, at most `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Honour `HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` from the environment.
+    pub proxy_from_env: bool,
+}
+
+impl WebhookOptions {
+    /// The options from `[alerting]`, or `None` when the webhook channel is not active.
+    pub fn from_config(config: &AlertingConfig) -> Option<Self> {
+        Some(Self {
+            url: config.active_webhook_url()?.to_owned(),
+            timeout: config.webhook_timeout(),
+            retries: config.webhook_retries,
+            queue_capacity: config.webhook_queue.max(1),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            proxy_from_env: true,
+        })
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        self.backoff_base
+            .saturating_mul(1_u32.checked_shl(retry).unwrap_or(u32::MAX))
+            .min(self.backoff_max)
+    }
+}
+
+struct State {
+    /// Serialized alerts.
+    queue: VecDeque<Vec<u8>>,
+    capacity: usize,
+    /// Set by shutdown or drop: deliver until then, then drop what is left.
+    stop_at: Option<Instant>,
+    done: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the worker (new event, stop).
+    wake: Condvar,
+    /// Signals a counter change or the end of the worker.
+    changed: Condvar,
+    sent: AtomicU64,
+    failures: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        // Take the lock so that a waiter between its check and its wait does not miss this.
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+}
+
+/// The webhook channel: a bounded queue and the thread that posts from it.
+pub struct Webhook {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Webhook {
+    pub fn start(options: WebhookOptions) -> Result<Self, ChannelError> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                capacity: options.queue_capacity.max(1),
+                stop_at: None,
+                done: false,
+            }),
+            wake: Condvar::new(),
+            changed: Condvar::new(),
+            sent: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("memtrace-webhook".into())
+            .spawn(move || run(&worker, &options))
+            .map_err(ChannelError::SpawnWebhook)?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues the alert for posting and returns at once. When the queue is full the oldest waiting
+    /// event is dropped and counted.
+    pub fn send(&self, alert: &Alert) {
+        let body = match serde_json::to_vec(alert) {
+            Ok(body) => body,
+            Err(e) => {
+                log::error!("alert {} not sent to the webhook: {e}", alert.id);
+                self.shared.bump(&self.shared.failures);
+                return;
+            }
+        };
+        let mut state = self.shared.lock();
+        if state.stop_at.is_some() {
+            drop(state);
+            self.shared.bump(&self.shared.dropped);
+            return;
+        }
+        let mut dropped = false;
+        if state.queue.len() >= state.capacity {
+            state.queue.pop_front();
+            dropped = true;
+        }
+        state.queue.push_back(body);
+        drop(state);
+        self.shared.wake.notify_one();
+        if dropped {
+            log::warn!("webhook queue full: oldest alert event dropped");
+            self.shared.bump(&self.shared.dropped);
+        }
+    }
+
+    pub fn stats(&self) -> WebhookStats {
+        let queued = self.shared.lock().queue.len() as u64;
+        WebhookStats {
+            sent_total: self.shared.sent.load(Ordering::Relaxed),
+            failures_total: self.shared.failures.load(Ordering::Relaxed),
+            dropped_total: self.shared.dropped.load(Ordering::Relaxed),
+            queued,
+        }
+    }
+
+    /// Waits until `pred` holds for the counters, at most `timeout`. Returns whether it held.
+    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&WebhookStats) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            let stats = WebhookStats {
+                sent_total: self.shared.sent.load(Ordering::Relaxed),
+                failures_total: self.shared.failures.load(Ordering::Relaxed),
+                dropped_total: self.shared.dropped.load(Ordering::Relaxed),
+                queued: state.queue.len() as u64,
+            };
+            if pred(&stats) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets the worker deliver what is queued for up to `grace`, then stops it; what is still queued
+    /// then is dropped (counted). Waits for the worker at most `grace` plus one request's time limit.
+    pub fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.stop(deadline);
+        let mut state = self.shared.lock();
+        // The worker checks the deadline between requests; one request may be in flight.
+        let give_up = deadline + Duration::from_secs(1);
+        while !state.done {
+            let now = Instant::now();
+            if now >= give_up {
+                break;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, give_up - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let done = state.done;
+        drop(state);
+        if let Some(thread) = self.thread.take() {
+            if done {
+                if thread.join().is_err() {
+                    log::error!("webhook thread panicked");
+                }
+            } else {
+                log::warn!("webhook thread still busy at shutdown; leaving it");
+            }
+        }
+    }
+
+    fn stop(&self, at: Instant) {
+        let mut state = self.shared.lock();
+        if state.stop_at.is_none_or(|t| at < t) {
+            state.stop_at = Some(at);
+        }
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Drop for Webhook {
+    /// Stops the worker without waiting: it finishes the request in flight, if any, and drops the
+    /// rest.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop(Instant::now());
+        }
+    }
+}
+
+fn run(shared: &Shared, options: &WebhookOptions) {
+    let mut config = ureq::Agent::config_builder()
+        .timeout_global(Some(options.timeout))
+        .http_status_as_error(true)
+        .user_agent(concat!("memtrace/", env!("CARGO_PKG_VERSION")));
+    if !options.proxy_from_env {
+        config = config.proxy(None);
+    }
+    let agent: ureq::Agent = config.build().into();
+
+    while let Some(body) = next_body(shared) {
+        deliver(shared, options, &agent, &body);
+    }
+    shared.lock().done = true;
+    shared.changed.notify_all();
+}
+
+/// The next body to post, or `None` once stopping and the queue is empty or the deadline passed
+/// (what is left is dropped and counted).
+fn next_body(shared: &Shared) -> Option<Vec<u8>> {
+    let mut state = shared.lock();
+    loop {
+        if let Some(stop_at) = state.stop_at {
+            if state.queue.is_empty() || Instant::now() >= stop_at {
+                let left = state.queue.len() as u64;
+                state.queue.clear();
+                drop(state);
+                if left > 0 {
+                    log::warn!("{left} alert events not sent to the webhook at shutdown");
+                    shared.dropped.fetch_add(left, Ordering::Relaxed);
+                }
+                return None;
+            }
+        }
+        if let Some(body) = state.queue.pop_front() {
+            drop(state);
+            shared.changed.notify_all();
+            return Some(body);
+        }
+        state = shared
+            .wake
+            .wait(state)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+fn deliver(shared: &Shared, options: &WebhookOptions, agent: &ureq::Agent, body: &[u8]) {
+    let mut attempt = 0;
+    loop {
+        let result = agent
+            .post(&options.url)
+            .header("Content-Type", "application/json")
+            .send(body);
+        let error = match result {
+            Ok(_) => {
+                shared.bump(&shared.sent);
+                return;
+            }
+            Err(e) => e,
+        };
+        if attempt >= options.retries {
+            log::warn!(
+                "webhook {}: alert event not delivered after {} attempt(s): {error}",
+                options.url,
+                attempt + 1
+            );
+            shared.bump(&shared.failures);
+            return;
+        }
+        let backoff = options.backoff(attempt);
+        attempt += 1;
+        log::debug!(
+            "webhook {}: {error}; retry {attempt} in {backoff:?}",
+            options.url
+        );
+        // Sleep for the backoff unless stopping; a stop cuts the retries short.
+        let until = Instant::now() + backoff;
+        let mut state = shared.lock();
+        loop {
+            if let Some(stop_at) = state.stop_at {
+                if Instant::now() >= stop_at || until > stop_at {
+                    drop(state);
+                    log::warn!("webhook {}: retries cut short by shutdown", options.url);
+                    shared.bump(&shared.failures);
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            state = shared
+                .wake
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+    };
+
+    use super::*;
+    use crate::{
+        alerts::{AlertEngine, AlertEvent},
+        config::ThresholdsConfig,
+        snapshot::ProcessSnapshot,
+    };
+
+    fn alert_event() -> AlertEvent {
+        let mut engine =
+            AlertEngine::with_seed(&ThresholdsConfig::default(), &AlertingConfig::default(), 3);
+        let p = ProcessSnapshot {
+            pid: 4321,
+            comm: "node".into(),
+            rss_bytes: 300 * 1024 * 1024,
+            ..Default::default()
+        };
+        engine
+            .check_thresholds(&p, None, 1_700_000_000_000)
+            .into_iter()
+            .next()
+            .unwrap()
+    }
+
+    fn options(url: String) -> WebhookOptions {
+        WebhookOptions {
+            url,
+            timeout: Duration::from_millis(300),
+            retries: 0,
+            queue_capacity: 10,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            proxy_from_env: false,
+        }
+    }
+
+    /// Reads one HTTP request: (request line and headers, body).
+    fn read_request(stream: &mut TcpStream) -> (String, Vec<u8>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            head.push_str(&line);
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (head, body)
+    }
+
+    /// A server answering `status` to each request and reporting what it received.
+    fn server(status: &'static str) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let request = read_request(&mut stream);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                if tx.send(request).is_err() {
+                    return;
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn webhook_posts_the_alert_json() {
+        let (url, rx) = server("200 OK");
+        let webhook = Webhook::start(options(url)).unwrap();
+        let event = alert_event();
+        webhook.send(event.alert());
+        let (head, body) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json\r\n"),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["id"], event.alert().id.as_str());
+        assert_eq!(json["type"], "threshold");
+        assert_eq!(json["severity"], "warning");
+        assert_eq!(json["resolved"], false);
+        assert_eq!(json["context"]["trigger"], "rss_threshold");
+        assert_eq!(json["context"]["pid"], 4321);
+        assert_eq!(json["context"]["threshold"], 200.0);
+        assert_eq!(json["metrics"]["comm"], "node");
+        assert!(json["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("pid 4321 (node): RSS"));
+        let back: Alert = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, event.alert());
+        assert!(webhook.wait_until(Duration::from_secs(10), |s| s.sent_total == 1));
+        assert_eq!(webhook.stats().failures_total, 0);
+        webhook.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn webhook_retries_error_answers_then_counts_failure() {
+        let (url, rx) = server("500 Internal Server Error");
+        let mut opts = options(url);
+        opts.retries = 2;
+        let webhook = Webhook::start(opts).unwrap();
+        webhook.send(alert_event().alert());
+        assert!(webhook.wait_until(Duration::from_secs(10), |s| s.failures_total == 1));
+        // One attempt and two retries reached the server.
+        for _ in 0..3 {
+            rx.recv_timeout(Duration::from_secs(1)).unwrap();
+        }
+        assert!(rx.try_recv().is_err());
+        assert_eq!(webhook.stats().sent_total, 0);
+    }
+
+    #[test]
+    fn dead_webhook_never_blocks_send_and_failure_is_counted_after_timeout() {
+        // Accepts connections and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let held: Vec<TcpStream> = listener.incoming().take(1).flatten().collect();
+            let _ = stop_rx.recv_timeout(Duration::from_secs(20));
+            drop(held);
+        });
+
+        let webhook = Webhook::start(options(url)).unwrap();
+        let event = alert_event();
+        let started = Instant::now();
+        for _ in 0..5 {
+            webhook.send(event.alert());
+        }
+        let send_time = started.elapsed();
+        assert!(
+            send_time < Duration::from_millis(100),
+            "send took {send_time:?}"
+        );
+
+        assert!(webhook.wait_until(Duration::from_secs(10), |s| s.failures_total >= 1));
+        let failed_after = started.elapsed();
+        assert!(
+            failed_after >= Duration::from_millis(300),
+            "failure counted before the 300 ms timeout: {failed_after:?}"
+        );
+        // Shutting down drops what is still queued, counted, without waiting for all timeouts.
+        let stopped = Instant::now();
+        webhook.shutdown(Duration::ZERO);
+        assert!(stopped.elapsed() < Duration::from_secs(2));
+        let _ = stop_tx.send(());
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_and_counts() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let held: Vec<TcpStream> = listener.incoming().take(1).flatten().collect();
+            let _ = stop_rx.recv_timeout(Duration::from_secs(20));
+            drop(held);
+        });
+        let mut opts = options(url);
+        opts.queue_capacity = 2;
+        opts.timeout = Duration::from_secs(5);
+        let webhook = Webhook::start(opts).unwrap();
+        let event = alert_event();
+        // The first is taken by the worker (in flight), two wait, the rest push out the oldest.
+        webhook.send(event.alert());
+        assert!(webhook.wait_until(Duration::from_secs(5), |s| s.queued == 0));
+        for _ in 0..5 {
+            webhook.send(event.alert());
+        }
+        let stats = webhook.stats();
+        assert_eq!(stats.queued, 2);
+        assert_eq!(stats.dropped_total, 3);
+        drop(webhook);
+        let _ = stop_tx.send(());
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn dispatcher_writes_file_and_posts() {
+        let dir = std::env::temp_dir().join(format!(
+            "memtrace-dispatch-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(Store::open(&dir, Default::default()).unwrap());
+        let (url, rx) = server("204 No Content");
+        let config = AlertingConfig {
+            webhook_url: Some(url),
+            ..Default::default()
+        };
+        let dispatcher = Dispatcher::new(&config, Some(Arc::clone(&store))).unwrap();
+        let event = alert_event();
+        dispatcher.send(&event);
+        let (_, body) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["id"], event.alert().id.as_str());
+        let alerts = store.load_alerts().unwrap();
+        assert_eq!(alerts, vec![event.alert().clone()]);
+        assert!(dispatcher
+            .webhook()
+            .unwrap()
+            .wait_until(Duration::from_secs(10), |s| s.sent_total == 1));
+        assert_eq!(dispatcher.file_failures_total(), 0);
+        dispatcher.shutdown(Duration::from_secs(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn inactive_webhook_without_url() {
+        let dispatcher = Dispatcher::new(&AlertingConfig::default(), None).unwrap();
+        assert!(dispatcher.webhook().is_none());
+        dispatcher.send(&alert_event());
+        assert_eq!(dispatcher.webhook_stats(), WebhookStats::default());
+    }
+}

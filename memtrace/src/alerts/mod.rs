@@ -1,0 +1,160 @@
+//! Alerts: what an alert is (the origin monitor's shape, camelCase JSON), the engine that decides when
+//! one is created or resolved ([`AlertEngine`]), and the channels that deliver alert events
+//! ([`channels::Dispatcher`]: console, `alerts.jsonl`, webhook).
+//!
+//! The engine is pure: it takes the time as an argument and returns [`AlertEvent`]s; the caller hands
+//! those to the dispatcher.
+
+pub mod channels;
+mod engine;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::engine::{AlertCandidate, AlertEngine};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("no alert with id {0}")]
+    NotFound(String),
+    #[error("alert {0} is already resolved")]
+    AlreadyResolved(String),
+}
+
+/// What kind of condition raised the alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertType {
+    /// A configured threshold is exceeded.
+    Threshold,
+    /// A concerning growth pattern (linear, exponential) was detected.
+    Pattern,
+    /// A potential memory leak was identified.
+    Leak,
+    /// A sudden increase was detected.
+    Spike,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// The condition an alert stands for. At most one alert per (pid, trigger) is active at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    ExternalMemoryThreshold,
+    ExternalRatioThreshold,
+    RssThreshold,
+    GrowthRateThreshold,
+    PatternLinear,
+    PatternExponential,
+    LeakDetected,
+    SpikeDetected,
+}
+
+impl Trigger {
+    /// The name used in JSON (`external_memory_threshold`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExternalMemoryThreshold => "external_memory_threshold",
+            Self::ExternalRatioThreshold => "external_ratio_threshold",
+            Self::RssThreshold => "rss_threshold",
+            Self::GrowthRateThreshold => "growth_rate_threshold",
+            Self::PatternLinear => "pattern_linear",
+            Self::PatternExponential => "pattern_exponential",
+            Self::LeakDetected => "leak_detected",
+            Self::SpikeDetected => "spike_detected",
+        }
+    }
+}
+
+/// Who resolved an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedBy {
+    /// Through the API (`resolve`).
+    Manual,
+    /// The condition stayed clear for `alerting.autoResolveAfter`, or the process exited.
+    Auto,
+}
+
+/// One alert, as the API returns it and as each line of `alerts.jsonl` holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// `alert_<creation ms>_<9 random lowercase alphanumerics>`.
+    pub id: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    #[serde(rename = "type")]
+    pub kind: AlertType,
+    pub severity: Severity,
+    /// `pid 1234 (node): External memory (95.2MB) exceeds threshold (80MB)`.
+    pub message: String,
+    /// The process snapshot (`ProcessSnapshot` JSON) that raised or last confirmed the alert.
+    pub metrics: serde_json::Value,
+    pub context: AlertContext,
+    pub resolved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<ResolvedBy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertContext {
+    pub trigger: Trigger,
+    /// The threshold exceeded, in the unit of the message (MiB, ratio, MiB/min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub recommendations: Vec<String>,
+    pub pid: u32,
+    #[serde(default)]
+    pub comm: String,
+    /// The library most involved, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// Top consumers (libraries or call sites) at the time, largest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_consumers: Option<serde_json::Value>,
+    /// The detected pattern (analysis `Pattern` JSON) for pattern, leak and spike alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<serde_json::Value>,
+}
+
+impl Alert {
+    pub fn pid(&self) -> u32 {
+        self.context.pid
+    }
+
+    pub fn trigger(&self) -> Trigger {
+        self.context.trigger
+    }
+}
+
+/// What the engine reports; the dispatcher delivers each to the configured channels.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertEvent {
+    Created(Alert),
+    Resolved(Alert),
+}
+
+impl AlertEvent {
+    pub fn alert(&self) -> &Alert {
+        match self {
+            Self::Created(a) | Self::Resolved(a) => a,
+        }
+    }
+
+    pub fn into_alert(self) -> Alert {
+        match self {
+            Self::Created(a) | Self::Resolved(a) => a,
+        }
+    }
+}

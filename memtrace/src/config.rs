@@ -1,0 +1,843 @@
+//! The agent's configuration file (TOML).
+//!
+//! Sections and keys follow the origin monitor's configuration (`snapshotInterval`,
+//! `thresholds.externalMB`, `patternDetection.windowSize`, ...): keys are camelCase, every key is
+//! optional and defaults to the origin's value, and unknown keys are rejected. Durations are whole
+//! seconds unless the key's name says otherwise (`webhookTimeoutMs`, `retention.*Days`,
+//! `retention.operationsHours`). `docs/configuration.md` documents every key; `memtrace.example.toml`
+//! is a complete commented file.
+//!
+//! After parsing, [`Config::validate`] rejects values that parse but make no sense, with an error
+//! that names the key (`thresholds.externalRatio: must be > 0`).
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable consulted for the API token when the file sets none.
+pub const TOKEN_ENV: &str = "MEMTRACE_TOKEN";
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown keys and values of the wrong type. The source (toml's error) names the
+    /// line, the column and the key.
+    #[error("invalid configuration file {}", path.as_deref().map_or_else(|| "<string>".into(), |p| p.display().to_string()))]
+    Parse {
+        path: Option<PathBuf>,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that parsed but is out of range. `key` is the dotted key, e.g. `monitor.snapshotInterval`.
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("cannot read token file {path} (monitor.tokenFile)")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {path} (monitor.tokenFile) is empty")]
+    TokenFileEmpty { path: PathBuf },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Config {
+    pub monitor: MonitorConfig,
+    pub thresholds: ThresholdsConfig,
+    pub pattern_detection: PatternDetectionConfig,
+    pub alerting: AlertingConfig,
+    pub tracking: TrackingConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `[monitor]`: sampling, analysis cadence, the API listener and the data directory.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Seconds between host snapshots (origin: 30000 ms).
+    pub snapshot_interval: u64,
+    /// Seconds between pattern analyses (origin: 120000 ms).
+    pub analysis_interval: u64,
+    /// Address of the HTTP API (`IP:port`).
+    pub listen: SocketAddr,
+    /// Where snapshots, alerts and consumer data are kept.
+    pub data_dir: PathBuf,
+    /// Bearer token for the API. Never serialized (so never exported through the API).
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// File holding the token (read and trimmed), used when neither `token` nor `MEMTRACE_TOKEN` is set.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_interval: 30,
+            analysis_interval: 120,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10000)),
+            data_dir: PathBuf::from("/var/lib/memtrace"),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+impl fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("snapshot_interval", &self.snapshot_interval)
+            .field("analysis_interval", &self.analysis_interval)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl MonitorConfig {
+    pub fn snapshot_interval(&self) -> Duration {
+        Duration::from_secs(self.snapshot_interval)
+    }
+
+    pub fn analysis_interval(&self) -> Duration {
+        Duration::from_secs(self.analysis_interval)
+    }
+}
+
+/// `[thresholds]`: per-process alert thresholds. Sizes in MiB (the origin's "MB" is 1024 * 1024 bytes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThresholdsConfig {
+    /// External memory (RSS minus live traced heap) above which an alert is raised.
+    #[serde(rename = "externalMB")]
+    pub external_mb: f64,
+    /// External bytes over live heap bytes above which an alert is raised.
+    #[serde(rename = "externalRatio")]
+    pub external_ratio: f64,
+    /// Resident set size above which an alert is raised.
+    #[serde(rename = "rssMB")]
+    pub rss_mb: f64,
+    /// Growth of RSS in MiB per minute above which an alert is raised.
+    #[serde(rename = "growthRateMB")]
+    pub growth_rate_mb: f64,
+}
+
+impl Default for ThresholdsConfig {
+    fn default() -> Self {
+        Self {
+            external_mb: 80.0,
+            external_ratio: 1.5,
+            rss_mb: 200.0,
+            growth_rate_mb: 5.0,
+        }
+    }
+}
+
+/// `[patternDetection]`: the growth pattern analysis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PatternDetectionConfig {
+    /// Number of most recent snapshots analysed.
+    pub window_size: u32,
+    /// Fewer snapshots than this: no analysis.
+    pub min_data_points: u32,
+    /// Patterns detected with a lower confidence (percent) are not alerted.
+    pub confidence_threshold: f64,
+}
+
+impl Default for PatternDetectionConfig {
+    fn default() -> Self {
+        Self {
+            window_size: 20,
+            min_data_points: 5,
+            confidence_threshold: 70.0,
+        }
+    }
+}
+
+/// Where alerts are delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// One log line per alert event.
+    Console,
+    /// One JSON line per alert event in `<dataDir>/alerts.jsonl` (also what restores alerts on restart).
+    File,
+    /// HTTP POST of the alert JSON to `alerting.webhookUrl` (inactive while no URL is set).
+    Webhook,
+}
+
+/// `[alerting]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// When false no alert is created at all.
+    pub enabled: bool,
+    pub channels: Vec<Channel>,
+    /// Alerts created in any sliding hour, across all processes; further ones are suppressed (counted).
+    pub max_alerts_per_hour: u32,
+    /// `http://host[:port]/path`. Only plain HTTP is supported by this build.
+    pub webhook_url: Option<String>,
+    /// Time limit of one POST, connection included.
+    pub webhook_timeout_ms: u64,
+    /// Further attempts after a failed POST, with exponential backoff.
+    pub webhook_retries: u32,
+    /// Alert events waiting for the webhook; when full the oldest is dropped (counted).
+    pub webhook_queue: usize,
+    /// Seconds a condition must be continuously clear before its alert is resolved automatically.
+    pub auto_resolve_after: u64,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            channels: vec![Channel::Console, Channel::File, Channel::Webhook],
+            max_alerts_per_hour: 10,
+            webhook_url: None,
+            webhook_timeout_ms: 5000,
+            webhook_retries: 3,
+            webhook_queue: 100,
+            auto_resolve_after: 300,
+        }
+    }
+}
+
+impl AlertingConfig {
+    pub fn has_channel(&self, channel: Channel) -> bool {
+        self.channels.contains(&channel)
+    }
+
+    /// The webhook URL when the webhook channel is both listed and configured.
+    pub fn active_webhook_url(&self) -> Option<&str> {
+        self.webhook_url
+            .as_deref()
+            .filter(|_| self.has_channel(Channel::Webhook))
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_millis(self.webhook_timeout_ms)
+    }
+
+    pub fn auto_resolve_after(&self) -> Duration {
+        Duration::from_secs(self.auto_resolve_after)
+    }
+}
+
+/// `[tracking]`: allocation tracking and memory consumers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    pub enabled: bool,
+    /// Consumers (call sites / libraries) tracked at most.
+    pub max_consumers: u32,
+    /// Operation records kept in memory at most.
+    pub max_operations: u32,
+    /// Frames captured per allocation stack (at most 127, the kernel's limit).
+    pub stack_trace_depth: u32,
+    /// Allocations smaller than this (bytes) are not recorded as operations.
+    pub min_allocation_size: u64,
+    /// A single allocation at least this large (bytes) is flagged suspicious.
+    pub suspicious_size: u64,
+    /// A consumer holding more than this (bytes) is flagged.
+    pub max_consumer_size: u64,
+    /// Seconds after which a live allocation counts as a leak candidate.
+    pub leak_age: u64,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_consumers: 1000,
+            max_operations: 5000,
+            stack_trace_depth: 10,
+            min_allocation_size: 1024,
+            suspicious_size: 10 * MIB,
+            max_consumer_size: 100 * MIB,
+            leak_age: 30,
+        }
+    }
+}
+
+impl TrackingConfig {
+    pub fn leak_age(&self) -> Duration {
+        Duration::from_secs(self.leak_age)
+    }
+}
+
+/// `[retention]`: how long data files are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub snapshots_days: u32,
+    pub alerts_days: u32,
+    pub consumers_days: u32,
+    pub operations_hours: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            snapshots_days: 7,
+            alerts_days: 30,
+            consumers_days: 7,
+            operations_hours: 24,
+        }
+    }
+}
+
+const DAY: u64 = 24 * 60 * 60;
+
+impl RetentionConfig {
+    pub fn snapshots(&self) -> Duration {
+        Duration::from_secs(u64::from(self.snapshots_days) * DAY)
+    }
+
+    pub fn alerts(&self) -> Duration {
+        Duration::from_secs(u64::from(self.alerts_days) * DAY)
+    }
+
+    pub fn consumers(&self) -> Duration {
+        Duration::from_secs(u64::from(self.consumers_days) * DAY)
+    }
+
+    pub fn operations(&self) -> Duration {
+        Duration::from_secs(u64::from(self.operations_hours) * 60 * 60)
+    }
+}
+
+/// Values given on the command line, applied over the file's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigOverrides {
+    pub snapshot_interval: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub webhook_url: Option<String>,
+    pub token: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    /// Parses and validates a configuration given as a string.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies command-line overrides, then validates the result. On error `self` is unchanged.
+    pub fn apply(&mut self, overrides: &ConfigOverrides) -> Result<(), ConfigError> {
+        let mut next = self.clone();
+        if let Some(v) = overrides.snapshot_interval {
+            next.monitor.snapshot_interval = v;
+        }
+        if let Some(v) = overrides.listen {
+            next.monitor.listen = v;
+        }
+        if let Some(v) = &overrides.data_dir {
+            next.monitor.data_dir = v.clone();
+        }
+        if let Some(v) = &overrides.webhook_url {
+            next.alerting.webhook_url = Some(v.clone());
+        }
+        if let Some(v) = &overrides.token {
+            next.monitor.token = Some(v.clone());
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Checks the ranges of all values; the error names the first offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.monitor;
+        at_least("monitor.snapshotInterval", m.snapshot_interval, 1)?;
+        at_least("monitor.analysisInterval", m.analysis_interval, 1)?;
+        if m.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("monitor.dataDir", "must not be empty"));
+        }
+        if m.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid("monitor.token", "must not be empty"));
+        }
+        if m.token_file
+            .as_deref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "monitor.tokenFile",
+                "must not be empty",
+            ));
+        }
+
+        let t = &self.thresholds;
+        positive("thresholds.externalMB", t.external_mb)?;
+        positive("thresholds.externalRatio", t.external_ratio)?;
+        positive("thresholds.rssMB", t.rss_mb)?;
+        positive("thresholds.growthRateMB", t.growth_rate_mb)?;
+
+        let p = &self.pattern_detection;
+        at_least("patternDetection.windowSize", u64::from(p.window_size), 2)?;
+        at_least(
+            "patternDetection.minDataPoints",
+            u64::from(p.min_data_points),
+            2,
+        )?;
+        if p.min_data_points > p.window_size {
+            return Err(ConfigError::invalid(
+                "patternDetection.minDataPoints",
+                format!(
+                    "must not exceed patternDetection.windowSize ({})",
+                    p.window_size
+                ),
+            ));
+        }
+        if !(0.0..=100.0).contains(&p.confidence_threshold) {
+            return Err(ConfigError::invalid(
+                "patternDetection.confidenceThreshold",
+                "must be between 0 and 100 (percent)",
+            ));
+        }
+
+        let a = &self.alerting;
+        at_least(
+            "alerting.maxAlertsPerHour",
+            u64::from(a.max_alerts_per_hour),
+            1,
+        )?;
+        at_least("alerting.webhookTimeoutMs", a.webhook_timeout_ms, 1)?;
+        at_least("alerting.webhookQueue", a.webhook_queue as u64, 1)?;
+        if let Some(url) = &a.webhook_url {
+            validate_webhook_url(url)?;
+        }
+
+        let k = &self.tracking;
+        at_least("tracking.maxConsumers", u64::from(k.max_consumers), 1)?;
+        at_least("tracking.maxOperations", u64::from(k.max_operations), 1)?;
+        at_least(
+            "tracking.stackTraceDepth",
+            u64::from(k.stack_trace_depth),
+            1,
+        )?;
+        if k.stack_trace_depth > 127 {
+            return Err(ConfigError::invalid(
+                "tracking.stackTraceDepth",
+                "must be at most 127 (the kernel's stack depth limit)",
+            ));
+        }
+        at_least("tracking.suspiciousSize", k.suspicious_size, 1)?;
+        at_least("tracking.maxConsumerSize", k.max_consumer_size, 1)?;
+        at_least("tracking.leakAge", k.leak_age, 1)?;
+
+        let r = &self.retention;
+        at_least("retention.snapshotsDays", u64::from(r.snapshots_days), 1)?;
+        at_least("retention.alertsDays", u64::from(r.alerts_days), 1)?;
+        at_least("retention.consumersDays", u64::from(r.consumers_days), 1)?;
+        at_least(
+            "retention.operationsHours",
+            u64::from(r.operations_hours),
+            1,
+        )?;
+        Ok(())
+    }
+
+    /// The API token: `monitor.token`, else the `MEMTRACE_TOKEN` environment variable, else the
+    /// trimmed contents of `monitor.tokenFile`, else none.
+    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
+        self.resolve_token_with(std::env::var(TOKEN_ENV).ok())
+    }
+
+    /// [`Config::resolve_token`] with the environment variable's value given.
+    pub fn resolve_token_with(&self, env: Option<String>) -> Result<Option<String>, ConfigError> {
+        if let Some(token) = &self.monitor.token {
+            return Ok(Some(token.clone()));
+        }
+        if let Some(token) = env.filter(|t| !t.trim().is_empty()) {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        let Some(path) = &self.monitor.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConfigError::TokenFileEmpty { path: path.clone() });
+        }
+        Ok(Some(token.to_owned()))
+    }
+}
+
+fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::invalid(key, format!("must be >= {min}")));
+    }
+    Ok(())
+}
+
+fn positive(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(ConfigError::invalid(key, "must be > 0"));
+    }
+    Ok(())
+}
+
+fn validate_webhook_url(url: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "alerting.webhookUrl";
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| ConfigError::invalid(KEY, format!("not a valid URL ({e})")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(ConfigError::invalid(
+            KEY,
+            "https is not supported by this build (no TLS); use an http:// URL, e.g. a local relay",
+        )),
+        _ => return Err(ConfigError::invalid(KEY, "must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(KEY, "has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The error and all its sources, as `main` prints them.
+    fn chain(e: &ConfigError) -> String {
+        let mut s = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            s.push_str(": ");
+            s.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        s
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match Config::from_toml_str(text) {
+            Err(ConfigError::Invalid { key, .. }) => key.to_owned(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_origin_defaults() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.monitor.snapshot_interval, 30);
+        assert_eq!(c.monitor.analysis_interval, 120);
+        assert_eq!(c.monitor.listen.to_string(), "127.0.0.1:10000");
+        assert_eq!(c.monitor.data_dir, PathBuf::from("/var/lib/memtrace"));
+        assert_eq!(c.thresholds.external_mb, 80.0);
+        assert_eq!(c.thresholds.external_ratio, 1.5);
+        assert_eq!(c.thresholds.rss_mb, 200.0);
+        assert_eq!(c.thresholds.growth_rate_mb, 5.0);
+        assert_eq!(c.pattern_detection.window_size, 20);
+        assert_eq!(c.pattern_detection.min_data_points, 5);
+        assert_eq!(c.pattern_detection.confidence_threshold, 70.0);
+        assert!(c.alerting.enabled);
+        assert_eq!(
+            c.alerting.channels,
+            [Channel::Console, Channel::File, Channel::Webhook]
+        );
+        assert_eq!(c.alerting.max_alerts_per_hour, 10);
+        assert_eq!(c.alerting.active_webhook_url(), None);
+        assert_eq!(c.alerting.webhook_timeout_ms, 5000);
+        assert_eq!(c.alerting.webhook_retries, 3);
+        assert_eq!(c.alerting.webhook_queue, 100);
+        assert_eq!(c.alerting.auto_resolve_after, 300);
+        assert_eq!(c.tracking.suspicious_size, 10 * 1024 * 1024);
+        assert_eq!(c.tracking.max_consumer_size, 100 * 1024 * 1024);
+        assert_eq!(c.tracking.leak_age, 30);
+        assert_eq!(c.retention.snapshots(), Duration::from_secs(7 * 86400));
+        assert_eq!(c.retention.alerts(), Duration::from_secs(30 * 86400));
+        assert_eq!(c.retention.operations(), Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn example_file_parses_to_defaults_plus_its_settings() {
+        let text = include_str!("../../memtrace.example.toml");
+        let c = Config::from_toml_str(text).unwrap();
+        // The example lists every key with its default, except the commented-out optional ones.
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn camel_case_keys_parse() {
+        let c = Config::from_toml_str(
+            r#"
+            [monitor]
+            snapshotInterval = 5
+            listen = "0.0.0.0:9000"
+            dataDir = "/tmp/mt"
+            token = "s3cret"
+            [thresholds]
+            externalMB = 10
+            growthRateMB = 0.5
+            [patternDetection]
+            confidenceThreshold = 90
+            [alerting]
+            channels = ["console"]
+            webhookUrl = "http://127.0.0.1:8080/hook"
+            [tracking]
+            stackTraceDepth = 20
+            [retention]
+            operationsHours = 6
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.monitor.snapshot_interval(), Duration::from_secs(5));
+        assert_eq!(c.monitor.listen.port(), 9000);
+        assert_eq!(c.thresholds.external_mb, 10.0);
+        assert_eq!(c.thresholds.growth_rate_mb, 0.5);
+        assert_eq!(c.pattern_detection.confidence_threshold, 90.0);
+        assert_eq!(c.alerting.channels, [Channel::Console]);
+        // Listed URL but webhook not among the channels: inactive.
+        assert_eq!(c.alerting.active_webhook_url(), None);
+        assert_eq!(c.tracking.stack_trace_depth, 20);
+        assert_eq!(c.retention.operations(), Duration::from_secs(6 * 3600));
+        // The token never leaks through Debug or serialization.
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_key_error_names_key_and_line() {
+        let err = Config::from_toml_str("[monitor]\nsnapshotInterval = 5\nsnapshotIntervall = 3\n")
+            .unwrap_err();
+        let msg = chain(&err);
+        assert!(matches!(err, ConfigError::Parse { .. }), "{msg}");
+        assert!(msg.contains("snapshotIntervall"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+
+        let msg = chain(&Config::from_toml_str("[nope]\n").unwrap_err());
+        assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn type_error_names_key_and_line() {
+        let err = Config::from_toml_str("[thresholds]\n\nrssMB = \"big\"\n").unwrap_err();
+        let msg = chain(&err);
+        assert!(msg.contains("rssMB"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+
+        let msg =
+            chain(&Config::from_toml_str("[alerting]\nchannels = [\"email\"]\n").unwrap_err());
+        assert!(msg.contains("email"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn parse_error_of_a_file_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("memtrace-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[monitor\n").unwrap();
+        let msg = chain(&Config::load(&path).unwrap_err());
+        assert!(msg.contains("bad.toml"), "{msg}");
+        let msg = chain(&Config::load(dir.join("missing.toml")).unwrap_err());
+        assert!(msg.contains("missing.toml"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_key() {
+        let cases = [
+            (
+                "[monitor]\nsnapshotInterval = 0",
+                "monitor.snapshotInterval",
+            ),
+            (
+                "[monitor]\nanalysisInterval = 0",
+                "monitor.analysisInterval",
+            ),
+            ("[monitor]\ndataDir = \"\"", "monitor.dataDir"),
+            ("[monitor]\ntoken = \" \"", "monitor.token"),
+            (
+                "[thresholds]\nexternalRatio = 0",
+                "thresholds.externalRatio",
+            ),
+            (
+                "[thresholds]\nexternalRatio = -1.5",
+                "thresholds.externalRatio",
+            ),
+            ("[thresholds]\nexternalMB = nan", "thresholds.externalMB"),
+            ("[thresholds]\nrssMB = 0", "thresholds.rssMB"),
+            (
+                "[thresholds]\ngrowthRateMB = inf",
+                "thresholds.growthRateMB",
+            ),
+            (
+                "[patternDetection]\nconfidenceThreshold = 101",
+                "patternDetection.confidenceThreshold",
+            ),
+            (
+                "[patternDetection]\nwindowSize = 1",
+                "patternDetection.windowSize",
+            ),
+            (
+                "[patternDetection]\nminDataPoints = 30",
+                "patternDetection.minDataPoints",
+            ),
+            (
+                "[alerting]\nmaxAlertsPerHour = 0",
+                "alerting.maxAlertsPerHour",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"ftp://x/y\"",
+                "alerting.webhookUrl",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"https://x/y\"",
+                "alerting.webhookUrl",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"not a url\"",
+                "alerting.webhookUrl",
+            ),
+            (
+                "[alerting]\nwebhookTimeoutMs = 0",
+                "alerting.webhookTimeoutMs",
+            ),
+            ("[alerting]\nwebhookQueue = 0", "alerting.webhookQueue"),
+            (
+                "[tracking]\nstackTraceDepth = 128",
+                "tracking.stackTraceDepth",
+            ),
+            ("[tracking]\nleakAge = 0", "tracking.leakAge"),
+            ("[retention]\nalertsDays = 0", "retention.alertsDays"),
+            (
+                "[retention]\noperationsHours = 0",
+                "retention.operationsHours",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(invalid_key(text), key, "{text}");
+        }
+        let err = Config::from_toml_str("[thresholds]\nexternalRatio = 0").unwrap_err();
+        assert_eq!(err.to_string(), "thresholds.externalRatio: must be > 0");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_validated() {
+        let mut c = Config::default();
+        c.apply(&ConfigOverrides {
+            snapshot_interval: Some(10),
+            listen: Some("0.0.0.0:1234".parse().unwrap()),
+            data_dir: Some("/data".into()),
+            webhook_url: Some("http://127.0.0.1:9/x".into()),
+            token: Some("t".into()),
+        })
+        .unwrap();
+        assert_eq!(c.monitor.snapshot_interval, 10);
+        assert_eq!(c.monitor.listen.port(), 1234);
+        assert_eq!(c.monitor.data_dir, PathBuf::from("/data"));
+        assert_eq!(
+            c.alerting.active_webhook_url(),
+            Some("http://127.0.0.1:9/x")
+        );
+        assert_eq!(c.monitor.token.as_deref(), Some("t"));
+
+        let before = c.clone();
+        let err = c
+            .apply(&ConfigOverrides {
+                snapshot_interval: Some(0),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("monitor.snapshotInterval"),
+            "{err}"
+        );
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn token_resolution_order() {
+        let dir = std::env::temp_dir().join(format!("memtrace-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  from-file\n").unwrap();
+
+        let mut c = Config::default();
+        assert_eq!(c.resolve_token_with(None).unwrap(), None);
+        c.monitor.token_file = Some(file.clone());
+        assert_eq!(
+            c.resolve_token_with(None).unwrap().as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            c.resolve_token_with(Some("from-env".into()))
+                .unwrap()
+                .as_deref(),
+            Some("from-env")
+        );
+        c.monitor.token = Some("from-config".into());
+        assert_eq!(
+            c.resolve_token_with(Some("from-env".into()))
+                .unwrap()
+                .as_deref(),
+            Some("from-config")
+        );
+
+        c.monitor.token = None;
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(
+            c.resolve_token_with(None),
+            Err(ConfigError::TokenFileEmpty { .. })
+        ));
+        c.monitor.token_file = Some(dir.join("missing"));
+        let err = c.resolve_token_with(None).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
