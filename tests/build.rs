@@ -1,18 +1,46 @@
-//! Compiles the C workloads the integration tests trace, with and without frame pointers.
+//! Compiles the C workloads the integration tests trace. The attribution workload is built twice,
+//! with and without frame pointers, from two shared libraries, a C++ one and a main binary.
 
-use std::{env, path::PathBuf, process::Command};
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn compile(compiler: &str, args: &[&str], output: &Path, sources: &[&str]) {
+    for source in sources {
+        println!("cargo:rerun-if-changed={source}");
+    }
+    let status = Command::new(compiler)
+        .args(args)
+        .arg("-o")
+        .arg(output)
+        .args(sources)
+        .status()
+        .unwrap_or_else(|err| panic!("{compiler} is needed to build the test workloads: {err}"));
+    assert!(status.success(), "compiling {sources:?} failed");
+}
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
     for name in ["memops", "fixed_plan"] {
-        let source = format!("workloads/{name}.c");
-        println!("cargo:rerun-if-changed={source}");
-        let status = Command::new(env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
-            .arg(out.join(name))
-            .arg(&source)
-            .status()
-            .expect("a C compiler (cc) is needed to build the test workloads");
-        assert!(status.success(), "compiling {source} failed");
+        compile(&cc, &["-O1", "-g", "-fno-omit-frame-pointer"], &out.join(name), &[&format!("workloads/{name}.c")]);
+    }
+    for (variant, fp) in [("fp", "-fno-omit-frame-pointer"), ("nofp", "-fomit-frame-pointer")] {
+        let dir = out.join(format!("attrib-{variant}"));
+        std::fs::create_dir_all(&dir).expect("output dir");
+        let shared = ["-O1", "-g", fp, "-fPIC", "-shared"];
+        compile(&cc, &shared, &dir.join("libleak.so"), &["workloads/attrib/libleak.c"]);
+        compile(&cc, &shared, &dir.join("libclean.so"), &["workloads/attrib/libclean.c"]);
+        compile(&cxx, &shared, &dir.join("libcxx.so"), &["workloads/attrib/libcxx.cpp"]);
+        let dir_arg = format!("-L{}", dir.display());
+        compile(
+            &cc,
+            &["-O1", "-g", fp, &dir_arg, "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed"],
+            &dir.join("attrib_main"),
+            &["workloads/attrib/main.c", "-lleak", "-lclean", "-lcxx"],
+        );
     }
 }

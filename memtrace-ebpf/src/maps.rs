@@ -2,7 +2,11 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_task_btf, bpf_task_pt_regs,
+    },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
@@ -100,5 +104,26 @@ pub fn stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i64 
             bump(memtrace_common::COUNTER_STACK_FAILURES);
             memtrace_common::NO_STACK
         }
+    }
+}
+
+/// In a syscall tracepoint: the return address at the user stack pointer, i.e. the caller of the
+/// libc syscall wrapper (a leaf that pushes nothing before `syscall`). Frame-pointer stacks start
+/// one frame above it, so this is what attributes a direct `mmap` to the function that made it.
+#[inline(always)]
+pub fn syscall_caller() -> u64 {
+    // SAFETY: the helpers return the current task and its user register frame; both reads go
+    // through probe-read helpers and yield 0 on failure.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        if regs.is_null() {
+            return 0;
+        }
+        let sp = bpf_probe_read_kernel(&raw const (*regs).rsp).unwrap_or(0);
+        if sp == 0 {
+            return 0;
+        }
+        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
     }
 }

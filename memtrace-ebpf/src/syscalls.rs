@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::{KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP, SyscallArgs};
 
-use crate::maps::{SYSCALLS, current, emit, event, stack_id};
+use crate::maps::{SYSCALLS, current, emit, event, stack_id, syscall_caller};
 
 /// Offset of the first syscall argument in every `syscalls:sys_enter_*` record, and of `ret` in
 /// every `syscalls:sys_exit_*` record (after the common header and `int __syscall_nr`).
@@ -80,6 +80,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     ev.flags = args.flags;
     ev.aux = args.aux;
     ev.stack_id = stack_id(&ctx);
+    ev.caller = syscall_caller();
     emit(&ev);
     0
 }
@@ -150,6 +151,7 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
     ev.old_size = args.old_len;
     ev.flags = args.flags;
     ev.stack_id = stack_id(&ctx);
+    ev.caller = syscall_caller();
     emit(&ev);
     0
 }
@@ -164,6 +166,7 @@ pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
     let mut ev = event(KIND_BRK, id);
     ev.addr = addr;
     ev.stack_id = stack_id(&ctx);
+    ev.caller = syscall_caller();
     emit(&ev);
     0
 }

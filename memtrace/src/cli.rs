@@ -93,6 +93,15 @@ pub struct TraceCli {
     /// Write the report to this file instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Live allocations older than this many seconds are listed as possible leaks.
+    #[arg(long, default_value_t = 30)]
+    pub leak_age: u64,
+    /// Frames shown per stack.
+    #[arg(long, default_value_t = 10)]
+    pub stack_depth: usize,
+    /// An allocation wrapper whose frames are skipped when attributing (repeatable).
+    #[arg(long = "wrapper")]
+    pub wrappers: Vec<String>,
     #[command(flatten)]
     pub probes: ProbeArgs,
     /// Command to start and trace from its first instruction (after --).

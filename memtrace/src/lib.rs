@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod agent;
 pub mod alerts;
+pub mod attribution;
 pub mod analysis;
 pub mod config;
 pub mod events;

@@ -34,6 +34,12 @@ fn main() -> anyhow::Result<()> {
                 command: args.command,
                 duration: args.duration.map(Duration::from_secs_f64),
                 options: args.probes.options(),
+                attribution: memtrace::attribution::AttributionConfig {
+                    leak_age_seconds: args.leak_age,
+                    stack_trace_depth: args.stack_depth,
+                    wrappers: args.wrappers,
+                    ..Default::default()
+                },
             };
             let report = memtrace::trace::run(&trace_args).context("memtrace trace")?;
             let text = if args.json {

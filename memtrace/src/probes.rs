@@ -48,6 +48,18 @@ const ALLOCATOR: [(&str, &str, bool, bool); 9] = [
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
+/// C++ `operator new` variants in libstdc++ (all take the size first). Probing them records the
+/// C++ caller exactly, even though libstdc++ has no frame pointers; the `malloc` they call is
+/// nested and skipped.
+const CXX_NEW: [&str; 6] = [
+    "_Znwm",
+    "_Znam",
+    "_ZnwmRKSt9nothrow_t",
+    "_ZnamRKSt9nothrow_t",
+    "_ZnwmSt11align_val_t",
+    "_ZnamSt11align_val_t",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
@@ -170,6 +182,8 @@ pub struct AllocatorTarget {
     pub pid: Option<u32>,
     /// Path of the object (through `/proc/PID/root` for a process, so containers work).
     pub path: PathBuf,
+    /// libstdc++, when the process has it: its `operator new` variants are probed too.
+    pub cxx: Option<PathBuf>,
 }
 
 /// Finds the object that provides `malloc` for `pid`: libc as mapped by the process, or the
@@ -184,12 +198,16 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
             .and_then(|name| name.to_str())
             .is_some_and(|name| name.starts_with("libc.so") || (name.starts_with("libc-") && name.ends_with(".so")))
     });
+    let cxx = maps
+        .iter()
+        .find(|line| Path::new(&line.path).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libstdc++.so")))
+        .map(|line| in_root(&line.path));
     if let Some(line) = libc {
-        return Ok(AllocatorTarget { pid: Some(pid), path: in_root(&line.path) });
+        return Ok(AllocatorTarget { pid: Some(pid), path: in_root(&line.path), cxx });
     }
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     if exports_malloc(&exe) {
-        return Ok(AllocatorTarget { pid: Some(pid), path: exe });
+        return Ok(AllocatorTarget { pid: Some(pid), path: exe, cxx });
     }
     Err(ProbeError::NoAllocator { pid })
 }
@@ -203,8 +221,14 @@ fn exports_malloc(path: &Path) -> bool {
 pub fn host_libc() -> Result<AllocatorTarget, ProbeError> {
     let me = std::process::id();
     let mut target = allocator_of(me)?;
+    let strip = |path: &Path| PathBuf::from(path.to_string_lossy().replace(&format!("/proc/{me}/root"), ""));
     target.pid = None;
-    target.path = PathBuf::from(target.path.to_string_lossy().replace(&format!("/proc/{me}/root"), ""));
+    target.path = strip(&target.path);
+    target.cxx = ["/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| target.cxx.as_deref().map(strip));
     Ok(target)
 }
 
@@ -294,6 +318,30 @@ impl Probes {
                 }
                 report.attached.push(symbol);
             }
+            if let Some(cxx) = &target.cxx {
+                for symbol in CXX_NEW {
+                    let attach = |ebpf: &mut Ebpf, program: &'static str| -> Result<UProbeLinkId, ProbeError> {
+                        let uprobe: &mut UProbe = ebpf
+                            .program_mut(program)
+                            .ok_or(ProbeError::Missing(program))?
+                            .try_into()
+                            .map_err(|source| ProbeError::Program { name: program, source })?;
+                        uprobe.attach(symbol, cxx, scope).map_err(|source| ProbeError::Uprobe { symbol, library: cxx.clone(), source })
+                    };
+                    match attach(&mut self.ebpf, "malloc_enter") {
+                        Ok(link) => links.push(("malloc_enter", link)),
+                        Err(err) => {
+                            log::debug!("{symbol} in {}: {err}", cxx.display());
+                            continue;
+                        }
+                    }
+                    match attach(&mut self.ebpf, RETURN_PROGRAM) {
+                        Ok(link) => links.push((RETURN_PROGRAM, link)),
+                        Err(err) => log::warn!("return probe of {symbol} in {}: {err}", cxx.display()),
+                    }
+                    report.attached.push(symbol);
+                }
+            }
             Ok(())
         })();
         self.links.insert(target.pid, links);
@@ -371,3 +419,14 @@ pub const COUNTER_NAMES: [&str; 6] = [
     "nested_allocator_calls",
     "stack_failures",
 ];
+
+/// The kernel's stack map as a source of stacks for attribution.
+pub struct KernelStacks<'a>(pub StackTraceMap<&'a MapData>);
+
+impl crate::attribution::StackSource for KernelStacks<'_> {
+    fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
+        let id = u32::try_from(stack_id).ok()?;
+        let stack = self.0.get(&id, 0).ok()?;
+        Some(stack.frames().iter().map(|frame| frame.ip).collect())
+    }
+}

@@ -80,6 +80,7 @@ impl Session {
                 }
             }
         }
+        self.accounting.refresh_dirty_modules();
         read
     }
 

@@ -63,7 +63,8 @@ pub struct HostSnapshot {
 impl ProcessSnapshot {
     /// Fills `external_bytes` and `external_ratio` from RSS and the live heap.
     pub fn derive_external(&mut self) {
-        if self.heap_traced {
+        // Without an RSS reading (a process that exited before one) there is nothing to subtract from.
+        if self.heap_traced && self.rss_bytes > 0 {
             let external = self.rss_bytes.saturating_sub(self.heap_live_bytes);
             self.external_bytes = Some(external);
             self.external_ratio =

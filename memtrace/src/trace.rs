@@ -9,6 +9,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    attribution::{AttributionConfig, Attributor, ConsumerReport, monotonic_seconds},
     launch::{GatedChild, LaunchError},
     probes::{COUNTER_NAMES, ProbeError, ProbeOptions},
     session::Session,
@@ -32,6 +33,7 @@ pub struct TraceArgs {
     /// Stop after this long (default: until the process exits, or Ctrl-C).
     pub duration: Option<Duration>,
     pub options: ProbeOptions,
+    pub attribution: AttributionConfig,
 }
 
 /// What `trace` prints (`--json` prints this as JSON).
@@ -52,6 +54,8 @@ pub struct TraceReport {
     pub kernel: serde_json::Map<String, serde_json::Value>,
     pub events_received: u64,
     pub events_undecodable: u64,
+    /// Library roll-up, consumers with symbolized stacks, and the leak view.
+    pub attribution: ConsumerReport,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -117,6 +121,20 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     } else {
         session.accounting.snapshot(pid).or(last).unwrap_or_default()
     };
+    if !exited {
+        session.accounting.refresh_modules(pid);
+    }
+    let mut attributor = Attributor::new(args.attribution.clone());
+    let state = session.accounting.process(pid).or_else(|| session.accounting.exited_state(pid));
+    let attribution = match state {
+        Some(state) => {
+            let mut stacks = crate::probes::KernelStacks(session.probes.stacks()?);
+            attributor.report(state, &mut stacks, monotonic_seconds())
+        }
+        None => ConsumerReport::default(),
+    };
+    let mut process = process;
+    process.libraries = attribution.libraries.clone();
     let counters = session.probes.counters()?;
     let kernel = COUNTER_NAMES.iter().zip(counters).map(|(name, value)| (name.to_string(), value.into())).collect();
     Ok(TraceReport {
@@ -131,6 +149,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         kernel,
         events_received: session.stats.received.load(Ordering::Relaxed),
         events_undecodable: session.stats.undecodable.load(Ordering::Relaxed),
+        attribution,
     })
 }
 
@@ -161,5 +180,54 @@ pub fn render_text(report: &TraceReport) -> String {
     if !report.missing.is_empty() {
         let _ = writeln!(out, "  not in this allocator: {}", report.missing.join(", "));
     }
+    render_attribution(&mut out, &report.attribution, 10);
     out
+}
+
+/// Library roll-up, top consumers with stacks, and the leak view, as text.
+pub fn render_attribution(out: &mut String, a: &ConsumerReport, top: usize) {
+    use std::fmt::Write as _;
+    if a.consumers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nlibraries (live bytes they asked for, through the allocator or mapped directly):");
+    let _ = writeln!(out, "  {:>14} {:>14} {:>10}  library", "live", "peak", "calls");
+    for lib in &a.libraries {
+        let _ = writeln!(out, "  {:>14} {:>14} {:>10}  {}", lib.live_bytes, lib.peak_bytes, lib.calls, lib.library);
+    }
+    let _ = writeln!(out, "\ntop consumers:");
+    for c in a.consumers.iter().take(top) {
+        let flag = if c.metadata.over_limit { " [over maxConsumerSize]" } else if c.metadata.suspicious { " [suspicious]" } else { "" };
+        let _ = writeln!(
+            out,
+            "  {:>14} live in {:>7} allocations ({} calls, avg {} B, peak {})  {} {} in {}{flag}",
+            c.allocated_memory,
+            c.active_allocations,
+            c.total_calls,
+            c.average_size,
+            c.peak_memory,
+            serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            c.name,
+            c.category
+        );
+        for frame in c.stack_trace.iter().take(6) {
+            let _ = writeln!(out, "        {frame}");
+        }
+    }
+    if a.evicted_consumers > 0 {
+        let _ = writeln!(out, "  ({} more consumers with {} live bytes not shown: maxConsumers)", a.evicted_consumers, a.evicted_bytes);
+    }
+    if !a.leaks.is_empty() {
+        let _ = writeln!(out, "\nstill live after the leak age (oldest first):");
+        for leak in &a.leaks {
+            let _ = writeln!(
+                out,
+                "  {:>14} in {:>7} allocations, oldest {}s  {} in {}",
+                leak.bytes, leak.count, leak.oldest_age_seconds, leak.name, leak.library
+            );
+            for frame in leak.stack_trace.iter().take(3) {
+                let _ = writeln!(out, "        {frame}");
+            }
+        }
+    }
 }

@@ -14,10 +14,14 @@ use self::{
     mappings::{MapKind, Mappings, NO_SITE, Removed},
 };
 use crate::{
+    attribution::symbols::Modules,
     events::Kind,
     procfs::{self, MapLine, Stat, Status},
     snapshot::{HostSnapshot, ProcessSnapshot},
 };
+
+/// `mmap` protection bit of executable mappings (code of a loaded library).
+const PROT_EXEC: u64 = 4;
 
 /// `mremap` flag: keep the old range mapped.
 const MREMAP_DONTUNMAP: u32 = 4;
@@ -151,6 +155,20 @@ pub struct ProcessState {
     pub sites: Sites,
     pub heap_traced: bool,
     pub status: Status,
+    /// Mapped objects, to symbolize this process's stacks (also after it exits).
+    pub modules: Modules,
+    /// An executable file mapping appeared since `modules` was read.
+    pub modules_dirty: bool,
+    /// When the state was seeded from `/proc` (kernel monotonic ns): events older than this are
+    /// already reflected in it.
+    pub seeded_ns: u64,
+}
+
+/// A process that exited: its last figures, and its state for attribution.
+#[derive(Clone, Debug)]
+pub struct Exited {
+    pub snapshot: ProcessSnapshot,
+    pub state: ProcessState,
 }
 
 /// Where the accounting learns what a process looked like before its events: `/proc` in the agent,
@@ -212,12 +230,12 @@ pub struct Accounting {
     /// Processes whose malloc family is traced (their heap figures are known).
     traced: HashSet<u32>,
     trace_all: bool,
-    /// Last figures of processes that exited, most recent last (bounded).
-    exited: VecDeque<ProcessSnapshot>,
+    /// Processes that exited, most recent last (bounded).
+    exited: VecDeque<Exited>,
     pub stats: AccountingStats,
 }
 
-const EXITED_KEPT: usize = 256;
+const EXITED_KEPT: usize = 16;
 
 impl Accounting {
     pub fn new(source: Box<dyn ProcessSource>) -> Self {
@@ -263,7 +281,30 @@ impl Accounting {
     }
 
     pub fn exited(&self) -> impl DoubleEndedIterator<Item = &ProcessSnapshot> {
-        self.exited.iter()
+        self.exited.iter().map(|e| &e.snapshot)
+    }
+
+    /// The last state of an exited process.
+    pub fn exited_state(&self, pid: u32) -> Option<&ProcessState> {
+        self.exited.iter().rev().find(|e| e.state.pid == pid).map(|e| &e.state)
+    }
+
+    /// Re-reads the mapped objects of a live process (after it loaded a library).
+    pub fn refresh_modules(&mut self, pid: u32) {
+        let Some(maps) = self.source.maps(pid) else { return };
+        if let Some(state) = self.procs.get_mut(&pid) {
+            state.modules = Modules::from_maps(pid, &maps);
+            state.modules_dirty = false;
+        }
+    }
+
+    /// Re-reads the mapped objects of traced processes that mapped executable code since they were
+    /// last read, so their stacks stay symbolizable after they exit.
+    pub fn refresh_dirty_modules(&mut self) {
+        let dirty: Vec<u32> = self.procs.values().filter(|s| s.modules_dirty && s.heap_traced).map(|s| s.pid).collect();
+        for pid in dirty {
+            self.refresh_modules(pid);
+        }
     }
 
     /// The state of `pid`, created (and seeded from the source) on first sight.
@@ -292,12 +333,16 @@ impl Accounting {
                     if self.exited.len() == EXITED_KEPT {
                         self.exited.pop_front();
                     }
-                    self.exited.push_back(snapshot);
+                    self.exited.push_back(Exited { snapshot, state });
                 }
                 return;
             }
             Kind::Exec => {
-                // The address space was replaced: start over from what the kernel shows now.
+                // The address space was replaced: start over from what the kernel shows now,
+                // unless the state was read from the kernel after this exec already.
+                if self.procs.get(&pid).is_some_and(|state| state.seeded_ns > ev.ts_ns) {
+                    return;
+                }
                 self.procs.remove(&pid);
                 self.state(pid);
                 return;
@@ -332,6 +377,9 @@ impl Accounting {
             Kind::Mmap => {
                 let map_kind = if ev.flags & MAP_ANONYMOUS != 0 { MapKind::Anon } else { MapKind::File };
                 let site = state.sites.intern(SiteKey { class: SiteClass::Mmap, stack_id: ev.stack_id, caller: ev.caller });
+                if map_kind == MapKind::File && (ev.aux >> 32) & PROT_EXEC != 0 {
+                    state.modules_dirty = true;
+                }
                 let removed = state.mappings.insert(ev.addr, ev.size, map_kind, site);
                 give_back(&mut state.sites, &removed);
                 let bytes = ev.size.div_ceil(page) * page;
@@ -430,11 +478,16 @@ fn new_state(source: &dyn ProcessSource, pid: u32, page: u64, max_sites: usize, 
         sites: Sites::new(max_sites),
         heap_traced,
         status: Status::default(),
+        modules: Modules::default(),
+        modules_dirty: false,
+        seeded_ns: monotonic_ns(),
     };
     if stat.start_brk != 0 {
         state.brk.start = Some(stat.start_brk);
     }
-    for line in source.maps(pid).unwrap_or_default() {
+    let maps = source.maps(pid).unwrap_or_default();
+    state.modules = Modules::from_maps(pid, &maps);
+    for line in maps {
         if line.path == "[heap]" {
             state.brk.current.get_or_insert(line.end);
         } else if !line.is_special() {
@@ -448,11 +501,24 @@ fn new_state(source: &dyn ProcessSource, pid: u32, page: u64, max_sites: usize, 
     state
 }
 
+/// The clock of kernel event timestamps (`bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 fn give_back(sites: &mut Sites, removed: &[Removed]) {
     for piece in removed {
         if piece.site != NO_SITE {
             if let Some(stats) = sites.stats.get_mut(piece.site as usize) {
                 stats.live_bytes = stats.live_bytes.saturating_sub(piece.bytes);
+                // Mappings are cut in pieces: a site's count of live mappings is only known to be
+                // zero when its bytes are.
+                if stats.live_bytes == 0 {
+                    stats.live_count = 0;
+                }
             }
         }
     }
@@ -578,8 +644,19 @@ mod tests {
     #[test]
     fn exec_resets() {
         let mut a = acct();
-        a.apply_batch(&[ev(Kind::Malloc, 3, 0x1000, 64, 0), ev(Kind::Exec, 3, 0, 0, 0)]);
+        let mut exec = ev(Kind::Exec, 3, 0, 0, 0);
+        exec.1.ts_ns = monotonic_ns() + 1_000_000_000;
+        a.apply_batch(&[ev(Kind::Malloc, 3, 0x1000, 64, 0), exec]);
         assert_eq!(a.process(3).expect("pid").heap.live_bytes, 0);
+    }
+
+    #[test]
+    fn exec_older_than_the_seed_is_already_reflected() {
+        let mut a = acct();
+        a.state(3);
+        let exec = ev(Kind::Exec, 3, 0, 0, 0); // ts 0: before the state was read
+        a.apply_batch(&[exec, ev(Kind::Malloc, 3, 0x1000, 64, 0)]);
+        assert_eq!(a.process(3).expect("pid").heap.live_bytes, 64);
     }
 
     #[test]

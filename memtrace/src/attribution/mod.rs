@@ -1,0 +1,418 @@
+//! Who in a process asked for its memory: call sites become symbolized stacks, each site is
+//! attributed to the library of its first frame outside the allocator, and sites with the same
+//! attributed function form a *consumer* (the origin monitor's consumer shape), rolled up per
+//! library. Also the leak view: allocations still live after an age, grouped by consumer.
+//!
+//! Frames of a site are the allocator's immediate caller (the return address read at the stack
+//! pointer on entry, right even without frame pointers) followed by the frame-pointer stack above
+//! it. Return addresses are symbolized at `addr - 1` so that a call at the end of a function is
+//! named after that function.
+
+pub mod symbols;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use self::symbols::{Frame, Symbolizer};
+use crate::{
+    accounting::{ProcessState, SiteClass, SiteKey},
+    snapshot::LibrarySnapshot,
+};
+
+/// Where stacks come from: the kernel's stack map in the agent, a table in tests.
+pub trait StackSource {
+    /// Instruction pointers of a stack id, innermost first.
+    fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>>;
+}
+
+impl StackSource for HashMap<i64, Vec<u64>> {
+    fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
+        self.get(&stack_id).cloned()
+    }
+}
+
+/// Settings of attribution (the origin's `tracking` section plus the rules).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AttributionConfig {
+    pub max_consumers: usize,
+    pub stack_trace_depth: usize,
+    pub suspicious_size: u64,
+    pub max_consumer_size: u64,
+    /// Live allocations older than this many seconds are shown in the leak view.
+    pub leak_age_seconds: u64,
+    pub leak_top: usize,
+    /// Extra allocation wrappers whose frames are skipped (exact function names).
+    pub wrappers: Vec<String>,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            max_consumers: 1000,
+            stack_trace_depth: 10,
+            suspicious_size: 10 << 20,
+            max_consumer_size: 100 << 20,
+            leak_age_seconds: 30,
+            leak_top: 20,
+            wrappers: Vec::new(),
+        }
+    }
+}
+
+/// Objects that are "the allocator": frames in them are never the consumer.
+fn is_allocator_module(module: &str) -> bool {
+    module.starts_with("libc.so") || (module.starts_with("libc-") && module.ends_with(".so")) || module.starts_with("ld-linux")
+}
+
+/// Functions that only pass an allocation through: C++ `operator new`/`new[]` (mangled or not)
+/// and the malloc family itself (in a statically linked allocator).
+fn is_allocation_wrapper(function: &str) -> bool {
+    const PREFIXES: [&str; 6] = ["operator new", "_Znw", "_Zna", "__libc_malloc", "__libc_calloc", "__libc_realloc"];
+    const NAMES: [&str; 10] =
+        ["malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc", "reallocarray"];
+    PREFIXES.iter().any(|p| function.starts_with(p)) || NAMES.contains(&function)
+}
+
+/// Index of the frame a site is attributed to: the first outside the allocator, libstdc++'s
+/// `operator new` and the configured wrappers; the immediate caller when every frame is skipped.
+pub fn attributed_frame(frames: &[Frame], wrappers: &[String]) -> usize {
+    frames
+        .iter()
+        .position(|frame| {
+            let function = frame.function.as_deref().unwrap_or("");
+            !(is_allocator_module(&frame.module)
+                || is_allocation_wrapper(function)
+                || (frame.module.starts_with("libstdc++") && function.starts_with("operator new"))
+                || wrappers.iter().any(|w| w == function))
+        })
+        .unwrap_or(0)
+}
+
+/// One consumer, with the origin monitor's fields.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumer {
+    /// `type:library:function`, stable across snapshots.
+    pub id: String,
+    /// Function of the attributed frame (or `library+0xoffset`).
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SiteClass,
+    /// The library (mapped object) the memory is attributed to.
+    pub category: String,
+    /// Live bytes.
+    pub allocated_memory: u64,
+    pub peak_memory: u64,
+    pub total_calls: u64,
+    pub active_allocations: u64,
+    pub average_size: u64,
+    /// Symbolized frames of the consumer's largest site, attributed frame first.
+    pub stack_trace: Vec<String>,
+    pub metadata: ConsumerMetadata,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerMetadata {
+    pub operation: String,
+    /// Call sites (distinct stacks) merged into this consumer.
+    pub sites: usize,
+    /// Live bytes at or above `suspiciousSize`.
+    pub suspicious: bool,
+    /// Live bytes at or above `maxConsumerSize`.
+    pub over_limit: bool,
+    /// Frames skipped as allocator internals or wrappers before the attributed one.
+    pub skipped_frames: usize,
+}
+
+/// Allocations still live after the leak age, grouped by consumer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeakGroup {
+    pub consumer_id: String,
+    pub name: String,
+    pub library: String,
+    pub bytes: u64,
+    pub count: u64,
+    pub oldest_age_seconds: u64,
+    pub stack_trace: Vec<String>,
+}
+
+/// Everything attribution says about one process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerReport {
+    pub pid: u32,
+    pub comm: String,
+    pub libraries: Vec<LibrarySnapshot>,
+    pub consumers: Vec<Consumer>,
+    /// Consumers beyond `maxConsumers` (smallest live bytes first), and their live bytes.
+    pub evicted_consumers: u64,
+    pub evicted_bytes: u64,
+    /// Call sites beyond the accounting's site limit, merged into one overflow site.
+    pub overflowed_sites: u64,
+    pub leaks: Vec<LeakGroup>,
+}
+
+/// Where a site was attributed.
+#[derive(Clone, Debug)]
+struct Attributed {
+    consumer_id: String,
+    name: String,
+    library: String,
+    skipped: usize,
+    stack: Vec<String>,
+}
+
+/// Symbolizer, caches and peaks across reports.
+#[derive(Default)]
+pub struct Attributor {
+    pub symbolizer: Symbolizer,
+    pub config: AttributionConfig,
+    /// Attribution of each site, by (pid, process start time, site key).
+    sites: HashMap<(u32, u64, SiteKey), Attributed>,
+    /// Highest live bytes seen per consumer, by (pid, start time, consumer id).
+    peaks: HashMap<(u32, u64, String), u64>,
+    stacks: HashMap<i64, Vec<u64>>,
+}
+
+impl Attributor {
+    pub fn new(config: AttributionConfig) -> Self {
+        Self { config, ..Self::default() }
+    }
+
+    fn attribute_site(&mut self, state: &ProcessState, key: SiteKey, stacks: &mut dyn StackSource) -> Attributed {
+        let cache_key = (state.pid, state.start_time, key);
+        if let Some(found) = self.sites.get(&cache_key) {
+            return found.clone();
+        }
+        let mut addrs = Vec::new();
+        if key.caller != 0 {
+            addrs.push(key.caller);
+        }
+        if key.stack_id >= 0 {
+            let frames = match self.stacks.get(&key.stack_id) {
+                Some(frames) => Some(frames.clone()),
+                None => {
+                    let frames = stacks.frames(key.stack_id);
+                    if let Some(frames) = &frames {
+                        self.stacks.insert(key.stack_id, frames.clone());
+                    }
+                    frames
+                }
+            };
+            if let Some(frames) = frames {
+                // The first entry is the instruction pointer inside the allocator (or the syscall
+                // wrapper); the caller read at the stack pointer replaces it.
+                let skip = usize::from(key.caller != 0);
+                addrs.extend(frames.into_iter().skip(skip).filter(|&a| a != 0));
+            }
+        }
+        let depth = self.config.stack_trace_depth.max(1);
+        let frames: Vec<Frame> = addrs
+            .iter()
+            .take(depth + 8)
+            .map(|&addr| {
+                let mut frame = self.symbolizer.frame(&state.modules, addr.saturating_sub(1));
+                frame.addr = addr;
+                frame
+            })
+            .collect();
+        let attributed = if frames.is_empty() {
+            let unknown = if key.stack_id == -2 { "[overflow]" } else { "[unknown]" };
+            Attributed {
+                consumer_id: format!("{}:{unknown}:{unknown}", class_name(key.class)),
+                name: unknown.into(),
+                library: unknown.into(),
+                skipped: 0,
+                stack: Vec::new(),
+            }
+        } else {
+            let index = attributed_frame(&frames, &self.config.wrappers);
+            let frame = &frames[index];
+            Attributed {
+                consumer_id: format!("{}:{}:{}", class_name(key.class), frame.module, frame.name()),
+                name: frame.name(),
+                library: frame.module.clone(),
+                skipped: index,
+                stack: frames.iter().skip(index).take(depth).map(Frame::display).collect(),
+            }
+        };
+        self.sites.insert(cache_key, attributed.clone());
+        attributed
+    }
+
+    /// Consumers, library roll-ups and the leak view of one process. `now_s` is the kernel's
+    /// monotonic clock in seconds (the clock of allocation timestamps).
+    pub fn report(&mut self, state: &ProcessState, stacks: &mut dyn StackSource, now_s: u64) -> ConsumerReport {
+        let mut consumers: HashMap<String, Consumer> = HashMap::new();
+        let mut largest_site: HashMap<String, u64> = HashMap::new();
+        let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
+        for (site_id, stats) in state.sites.iter() {
+            if stats.total_calls == 0 && stats.live_bytes == 0 {
+                continue;
+            }
+            let attributed = self.attribute_site(state, stats.key, stacks);
+            site_consumer.insert(
+                site_id,
+                (attributed.consumer_id.clone(), attributed.name.clone(), attributed.library.clone(), attributed.stack.clone()),
+            );
+            let consumer = consumers.entry(attributed.consumer_id.clone()).or_insert_with(|| Consumer {
+                id: attributed.consumer_id.clone(),
+                name: attributed.name.clone(),
+                kind: stats.key.class,
+                category: attributed.library.clone(),
+                allocated_memory: 0,
+                peak_memory: 0,
+                total_calls: 0,
+                active_allocations: 0,
+                average_size: 0,
+                stack_trace: Vec::new(),
+                metadata: ConsumerMetadata {
+                    operation: attributed.name.clone(),
+                    sites: 0,
+                    suspicious: false,
+                    over_limit: false,
+                    skipped_frames: attributed.skipped,
+                },
+            });
+            consumer.allocated_memory += stats.live_bytes;
+            consumer.total_calls += stats.total_calls;
+            consumer.active_allocations += stats.live_count;
+            consumer.average_size += stats.total_bytes; // divided below
+            consumer.peak_memory = consumer.peak_memory.max(stats.peak_bytes);
+            consumer.metadata.sites += 1;
+            let largest = largest_site.entry(attributed.consumer_id.clone()).or_insert(0);
+            if consumer.stack_trace.is_empty() || stats.live_bytes > *largest {
+                *largest = stats.live_bytes;
+                consumer.stack_trace = attributed.stack.clone();
+            }
+        }
+        let mut consumers: Vec<Consumer> = consumers
+            .into_values()
+            .map(|mut c| {
+                c.average_size = c.average_size.checked_div(c.total_calls).unwrap_or(0);
+                let peak = self.peaks.entry((state.pid, state.start_time, c.id.clone())).or_insert(0);
+                *peak = (*peak).max(c.allocated_memory).max(c.peak_memory);
+                c.peak_memory = *peak;
+                c.metadata.suspicious = c.allocated_memory >= self.config.suspicious_size;
+                c.metadata.over_limit = c.allocated_memory >= self.config.max_consumer_size;
+                c
+            })
+            .collect();
+        consumers.sort_by(|a, b| b.allocated_memory.cmp(&a.allocated_memory).then(b.total_calls.cmp(&a.total_calls)).then(a.id.cmp(&b.id)));
+
+        // Library roll-ups over every consumer, before eviction.
+        let mut libraries: HashMap<String, LibrarySnapshot> = HashMap::new();
+        for c in &consumers {
+            let lib = libraries.entry(c.category.clone()).or_insert_with(|| LibrarySnapshot { library: c.category.clone(), ..Default::default() });
+            lib.live_bytes += c.allocated_memory;
+            lib.peak_bytes += c.peak_memory;
+            lib.calls += c.total_calls;
+        }
+        let mut libraries: Vec<LibrarySnapshot> = libraries.into_values().collect();
+        libraries.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.library.cmp(&b.library)));
+
+        let max = self.config.max_consumers.max(1);
+        let (evicted_consumers, evicted_bytes) = if consumers.len() > max {
+            let evicted = consumers.split_off(max);
+            (evicted.len() as u64, evicted.iter().map(|c| c.allocated_memory).sum())
+        } else {
+            (0, 0)
+        };
+
+        // Leak view: live heap allocations older than the leak age, by consumer.
+        let cutoff = now_s.saturating_sub(self.config.leak_age_seconds);
+        let mut leaks: HashMap<String, LeakGroup> = HashMap::new();
+        for (_, alloc) in state.heap.older_than(cutoff.min(u64::from(u32::MAX)) as u32) {
+            let Some((id, name, library, stack)) = site_consumer.get(&alloc.site) else { continue };
+            let group = leaks.entry(id.clone()).or_insert_with(|| LeakGroup {
+                consumer_id: id.clone(),
+                name: name.clone(),
+                library: library.clone(),
+                bytes: 0,
+                count: 0,
+                oldest_age_seconds: 0,
+                stack_trace: stack.clone(),
+            });
+            group.bytes += alloc.size;
+            group.count += 1;
+            group.oldest_age_seconds = group.oldest_age_seconds.max(now_s.saturating_sub(u64::from(alloc.born_s)));
+        }
+        let mut leaks: Vec<LeakGroup> = leaks.into_values().collect();
+        leaks.sort_by(|a, b| b.oldest_age_seconds.cmp(&a.oldest_age_seconds).then(b.bytes.cmp(&a.bytes)));
+        leaks.truncate(self.config.leak_top);
+
+        ConsumerReport {
+            pid: state.pid,
+            comm: state.comm.clone(),
+            libraries,
+            consumers,
+            evicted_consumers,
+            evicted_bytes,
+            overflowed_sites: state.sites.overflowed,
+            leaks,
+        }
+    }
+
+    /// Forgets what was cached about a process that is gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.sites.retain(|(p, _, _), _| *p != pid);
+        self.peaks.retain(|(p, _, _), _| *p != pid);
+    }
+}
+
+fn class_name(class: SiteClass) -> &'static str {
+    match class {
+        SiteClass::Malloc => "malloc",
+        SiteClass::Mmap => "mmap",
+        SiteClass::Brk => "brk",
+    }
+}
+
+/// The kernel's monotonic clock in seconds (the clock of `bpf_ktime_get_ns`).
+pub fn monotonic_seconds() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(module: &str, function: &str) -> Frame {
+        Frame { module: module.into(), function: Some(function.into()), ..Frame::default() }
+    }
+
+    #[test]
+    fn skips_allocator_and_operator_new() {
+        let frames = [
+            frame("libstdc++.so.6", "operator new(unsigned long)"),
+            frame("libapp.so", "Cache::insert"),
+            frame("app", "main"),
+        ];
+        assert_eq!(attributed_frame(&frames, &[]), 1);
+        let frames = [frame("libc.so.6", "strdup"), frame("libfoo.so", "foo_copy"), frame("app", "main")];
+        assert_eq!(attributed_frame(&frames, &[]), 1);
+        let frames = [frame("libstdc++.so.6", "_Znwm"), frame("app", "main")];
+        assert_eq!(attributed_frame(&frames, &[]), 1);
+    }
+
+    #[test]
+    fn configured_wrappers_are_skipped() {
+        let frames = [frame("libglib.so", "g_malloc"), frame("libgtk.so", "gtk_widget_new")];
+        assert_eq!(attributed_frame(&frames, &[]), 0);
+        assert_eq!(attributed_frame(&frames, &["g_malloc".to_string()]), 1);
+    }
+
+    #[test]
+    fn falls_back_to_the_immediate_caller() {
+        let frames = [frame("libc.so.6", "fopen"), frame("libc.so.6", "something")];
+        assert_eq!(attributed_frame(&frames, &[]), 0);
+        assert_eq!(attributed_frame(&[], &[]), 0);
+    }
+}
