@@ -1,18 +1,28 @@
 //! `memtrace agent`: the long-lived daemon. Host-wide accounting from the syscall and process
-//! tracepoints and the kernel's RSS counters; malloc-family tracing for chosen processes.
+//! tracepoints and the kernel's RSS counters; malloc-family tracing for chosen processes (and, for
+//! a bounded window, for processes that start to grow: drill-down); snapshots, pattern analysis,
+//! alerts, persistence, and the state the HTTP side reads.
 
 use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::{mpsc, watch};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::{
     accounting::{Accounting, Procfs},
-    events::{self, PipelineStats},
-    probes::{AllocatorTarget, ProbeError, ProbeOptions, Probes, allocator_of, host_libc},
+    alerts::{AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger, channels::Dispatcher},
+    analysis::{PatternConfig, PatternType, ProcessPattern, analyze_snapshots},
+    attribution::{AttributionConfig, Attributor, ConsumerReport, monotonic_seconds},
+    config::Config,
+    events::{self, Kind, PipelineStats},
+    probes::{KernelStacks, ProbeError, ProbeOptions, Probes, allocator_of, host_libc},
     snapshot::HostSnapshot,
+    store::{Store, UtcDate},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -23,81 +33,623 @@ pub enum AgentError {
     Reader(#[source] std::io::Error),
     #[error("the probe loader task failed")]
     Join(#[source] tokio::task::JoinError),
+    #[error("opening the data directory")]
+    Store(#[from] crate::store::StoreError),
+    #[error("starting the alert channels")]
+    Channels(#[from] crate::alerts::channels::ChannelError),
+    #[error("the agent's state lock was poisoned by a panic")]
+    Poisoned,
 }
 
+/// What the agent does, beyond its configuration file.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub pids: Vec<u32>,
     pub malloc_all: bool,
-    pub snapshot_interval: Duration,
     pub top: usize,
     pub probes: ProbeOptions,
+    /// Snapshots kept in memory (the data directory keeps them all, within retention).
+    pub history: usize,
+    /// Automatic drill-down: trace a growing process's heap for a bounded window.
+    pub drilldown: DrilldownOptions,
+    /// Persist snapshots, alerts and consumers in the data directory.
+    pub persist: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrilldownOptions {
+    pub enabled: bool,
+    pub window: Duration,
+    pub max_processes: usize,
+}
+
+impl Default for DrilldownOptions {
+    fn default() -> Self {
+        Self { enabled: true, window: Duration::from_secs(60), max_processes: 2 }
+    }
 }
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Shared state of the running agent.
-pub struct Shared {
-    pub accounting: Mutex<Accounting>,
-    pub probes: Mutex<Probes>,
-    pub stats: Arc<PipelineStats>,
+/// Something that happened, for WebSocket clients and other subscribers.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AgentEvent {
+    #[serde(rename = "snapshot")]
+    Snapshot(Arc<HostSnapshot>),
+    #[serde(rename = "alert:created")]
+    AlertCreated(Value),
+    #[serde(rename = "alert:resolved")]
+    AlertResolved(Value),
+    #[serde(rename = "pattern:detected")]
+    PatternDetected(Value),
 }
 
-pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
-    let probe_options = options.probes.clone();
-    let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_options)).await.map_err(AgentError::Join)??;
-    let mut accounting = Accounting::new(Box::new(Procfs));
-    if options.malloc_all {
-        log::warn!(
-            "--malloc-all: every malloc and free of every process now costs a uprobe hit (about 0.5 µs); \
-             allocation-heavy programs will run many times slower"
-        );
-        let target = host_libc()?;
-        probes.attach_allocator(&target)?;
-        accounting.set_trace_all(true);
-    }
-    for &pid in &options.pids {
-        let target: AllocatorTarget = allocator_of(pid)?;
-        accounting.state(pid);
-        let report = probes.attach_allocator(&target)?;
-        accounting.set_traced(pid, true);
-        log::info!("tracing the malloc family of pid {pid} in {} ({} functions)", target.path.display(), report.attached.len());
-    }
-    let ring = probes.take_ring_buffer()?;
-    let stats = Arc::new(PipelineStats::default());
-    let shared = Arc::new(Shared { accounting: Mutex::new(accounting), probes: Mutex::new(probes), stats: stats.clone() });
+/// A process whose heap the agent traces for a while because it grew.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drilldown {
+    pub pid: u32,
+    pub comm: String,
+    pub started_at: u64,
+    pub ends_at: u64,
+    pub reason: String,
+    /// The alert whose context receives the consumers found.
+    pub alert_id: Option<String>,
+    #[serde(skip)]
+    deadline: Option<Instant>,
+}
 
-    let (tx, mut rx) = mpsc::channel::<events::Batch>(256);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(events::reader(ring, tx, stats, stop_rx));
-    let apply_shared = shared.clone();
-    let applier = tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            if let Ok(mut accounting) = apply_shared.accounting.lock() {
-                accounting.apply_batch(&batch);
+/// Mutable state of the agent, behind one lock.
+pub struct State {
+    pub accounting: Accounting,
+    pub attributor: Attributor,
+    pub history: VecDeque<Arc<HostSnapshot>>,
+    pub engine: AlertEngine,
+    pub patterns: HashMap<u32, ProcessPattern>,
+    pub reports: HashMap<u32, ConsumerReport>,
+    /// Processes traced on request (CLI or API).
+    pub traced: BTreeSet<u32>,
+    pub drilldowns: HashMap<u32, Drilldown>,
+    pub drilldowns_total: u64,
+    pub last_pids: HashSet<u32>,
+    pub last_prune_day: Option<UtcDate>,
+}
+
+/// The running agent: shared by the collection loop and the HTTP side.
+pub struct Agent {
+    pub config: Config,
+    pub options: AgentOptions,
+    state: Mutex<State>,
+    probes: Mutex<Probes>,
+    pub stats: Arc<PipelineStats>,
+    events: broadcast::Sender<AgentEvent>,
+    dispatcher: Dispatcher,
+    store: Option<Arc<Store>>,
+    pub started_at: u64,
+    started: Instant,
+}
+
+impl Agent {
+    /// Loads the probes, attaches what the options ask for, restores persisted state.
+    pub async fn start(config: Config, options: AgentOptions) -> Result<(Arc<Self>, events::Batch, aya::maps::RingBuf<aya::maps::MapData>), AgentError> {
+        let probe_options = options.probes.clone();
+        let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_options)).await.map_err(AgentError::Join)??;
+        let tracking = &config.tracking;
+        let mut accounting = Accounting::new(Box::new(Procfs))
+            .with_operations(tracking.min_allocation_size, if tracking.enabled { tracking.max_operations as usize } else { 0 });
+        if options.malloc_all {
+            log::warn!(
+                "--malloc-all: every malloc and free of every process now costs a uprobe hit (about 0.5 µs); \
+                 allocation-heavy programs will run many times slower"
+            );
+            probes.attach_allocator(&host_libc()?)?;
+            accounting.set_trace_all(true);
+        }
+        let mut traced = BTreeSet::new();
+        for &pid in &options.pids {
+            let target = allocator_of(pid)?;
+            accounting.state(pid);
+            let report = probes.attach_allocator(&target)?;
+            accounting.set_traced(pid, true);
+            traced.insert(pid);
+            log::info!("tracing the malloc family of pid {pid} in {} ({} functions)", target.path.display(), report.attached.len());
+        }
+        let ring = probes.take_ring_buffer()?;
+
+        let store = if options.persist {
+            let store = Store::open(&config.monitor.data_dir, config.retention.clone())?;
+            log::info!("data directory: {}", config.monitor.data_dir.display());
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        let mut engine = AlertEngine::new(&config.thresholds, &config.alerting);
+        let mut history = VecDeque::new();
+        if let Some(store) = &store {
+            match store.load_alerts() {
+                Ok(alerts) => {
+                    let active = alerts.iter().filter(|a| !a.resolved).count();
+                    engine.restore(alerts);
+                    if active > 0 {
+                        log::info!("restored {active} active alerts");
+                    }
+                }
+                Err(err) => log::warn!("restoring alerts: {}", chain(&err)),
+            }
+            match store.load_recent_snapshots(options.history) {
+                Ok(snapshots) => history.extend(snapshots.into_iter().map(Arc::new)),
+                Err(err) => log::warn!("restoring snapshots: {}", chain(&err)),
             }
         }
-    });
+        let dispatcher = Dispatcher::new(&config.alerting, store.clone())?;
+        let attribution = AttributionConfig {
+            max_consumers: config.tracking.max_consumers as usize,
+            stack_trace_depth: config.tracking.stack_trace_depth as usize,
+            suspicious_size: config.tracking.suspicious_size,
+            max_consumer_size: config.tracking.max_consumer_size,
+            leak_age_seconds: config.tracking.leak_age,
+            wrappers: config.tracking.wrappers.clone(),
+            ..AttributionConfig::default()
+        };
+        let (events, _) = broadcast::channel(256);
+        let agent = Arc::new(Self {
+            options,
+            state: Mutex::new(State {
+                accounting,
+                attributor: Attributor::new(attribution),
+                history,
+                engine,
+                patterns: HashMap::new(),
+                reports: HashMap::new(),
+                traced,
+                drilldowns: HashMap::new(),
+                drilldowns_total: 0,
+                last_pids: HashSet::new(),
+                last_prune_day: None,
+            }),
+            config,
+            probes: Mutex::new(probes),
+            stats: Arc::new(PipelineStats::default()),
+            events,
+            dispatcher,
+            store,
+            started_at: now_ms(),
+            started: Instant::now(),
+        });
+        Ok((agent, Vec::new(), ring))
+    }
 
-    log::info!("memtrace agent running (pid {}); snapshots every {:?}", std::process::id(), options.snapshot_interval);
-    let mut ticker = tokio::time::interval(options.snapshot_interval);
+    pub fn state(&self) -> Result<MutexGuard<'_, State>, AgentError> {
+        self.state.lock().map_err(|_| AgentError::Poisoned)
+    }
+
+    pub fn probes(&self) -> Result<MutexGuard<'_, Probes>, AgentError> {
+        self.probes.lock().map_err(|_| AgentError::Poisoned)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn publish(&self, event: AgentEvent) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn dispatch(&self, events: Vec<AlertEvent>) {
+        for event in events {
+            self.dispatcher.send(&event);
+            let value = serde_json::to_value(event.alert()).unwrap_or(Value::Null);
+            self.publish(match event {
+                AlertEvent::Created(_) => AgentEvent::AlertCreated(value),
+                AlertEvent::Resolved(_) => AgentEvent::AlertResolved(value),
+            });
+        }
+    }
+
+    /// Applies a batch of kernel events.
+    pub fn apply(&self, batch: &events::Batch) {
+        if let Ok(mut state) = self.state.lock() {
+            state.accounting.apply_batch(batch);
+            state.accounting.refresh_dirty_modules();
+        }
+    }
+
+    /// Takes a host snapshot: kernel figures for every process, attribution for traced ones;
+    /// keeps, persists and publishes it, and checks thresholds.
+    pub fn snapshot(&self) -> Result<Arc<HostSnapshot>, AgentError> {
+        let now = now_ms();
+        let mut state = self.state()?;
+        let mut snapshot = state.accounting.host_snapshot(now);
+        let traced: Vec<u32> = snapshot.processes.iter().filter(|p| p.heap_traced).map(|p| p.pid).collect();
+        if !traced.is_empty() {
+            let probes = self.probes()?;
+            let stacks = probes.stacks()?;
+            let mut stacks = KernelStacks(stacks);
+            let now_s = monotonic_seconds();
+            let State { accounting, attributor, reports, .. } = &mut *state;
+            for pid in &traced {
+                if let Some(process) = accounting.process(*pid) {
+                    reports.insert(*pid, attributor.report(process, &mut stacks, now_s));
+                }
+            }
+        }
+        for process in &mut snapshot.processes {
+            if let Some(report) = state.reports.get(&process.pid) {
+                process.libraries = report.libraries.clone();
+            }
+        }
+        let snapshot = Arc::new(snapshot);
+        state.history.push_back(snapshot.clone());
+        while state.history.len() > self.options.history.max(1) {
+            state.history.pop_front();
+        }
+
+        // Processes gone since the last snapshot: their alerts resolve, caches go.
+        let alive: HashSet<u32> = snapshot.processes.iter().map(|p| p.pid).collect();
+        let gone: Vec<u32> = state.last_pids.difference(&alive).copied().collect();
+        let mut alert_events = Vec::new();
+        for pid in gone {
+            alert_events.extend(state.engine.process_gone(pid, now));
+            state.attributor.forget(pid);
+            state.reports.remove(&pid);
+            state.patterns.remove(&pid);
+            state.traced.remove(&pid);
+            state.drilldowns.remove(&pid);
+        }
+        state.last_pids = alive;
+        for process in &snapshot.processes {
+            let growth = state.patterns.get(&process.pid).map(|p| p.pattern.growth_rate);
+            alert_events.extend(state.engine.check_thresholds(process, growth, now));
+        }
+        let operations = state.accounting.take_new_operations();
+        let consumers = consumers_document(&state.reports);
+        let prune = self.store.is_some() && state.last_prune_day != Some(UtcDate::from_unix_ms(now));
+        if prune {
+            state.last_prune_day = Some(UtcDate::from_unix_ms(now));
+        }
+        drop(state);
+        self.dispatch(alert_events);
+
+        if let Some(store) = &self.store {
+            if let Err(err) = store.append_snapshot(&snapshot) {
+                log::warn!("saving the snapshot: {}", chain(&err));
+            }
+            let day = UtcDate::from_unix_ms(now);
+            if !operations.is_empty() {
+                let lines: Vec<Value> = operations.iter().filter_map(|o| serde_json::to_value(o).ok()).collect();
+                if let Err(err) = store.append_operations(day, &lines) {
+                    log::warn!("saving operations: {}", chain(&err));
+                }
+            }
+            if consumers["processes"].as_array().is_some_and(|p| !p.is_empty()) {
+                if let Err(err) = store.write_consumers(day, &consumers) {
+                    log::warn!("saving consumers: {}", chain(&err));
+                }
+            }
+            if prune {
+                match store.prune(now) {
+                    Ok(report) => log::debug!("retention: {report:?}"),
+                    Err(err) => log::warn!("applying retention: {}", chain(&err)),
+                }
+            }
+        }
+        self.publish(AgentEvent::Snapshot(snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// Pattern analysis over the history: patterns per process, pattern/leak/spike alerts, and
+    /// drill-down into growing processes whose heap is not traced.
+    pub fn analyze(&self) -> Result<Vec<ProcessPattern>, AgentError> {
+        let now = now_ms();
+        let pd = &self.config.pattern_detection;
+        let config = PatternConfig {
+            window_size: pd.window_size as usize,
+            min_data_points: pd.min_data_points as usize,
+            confidence_threshold: pd.confidence_threshold,
+            growth_rate_mb: self.config.thresholds.growth_rate_mb,
+            ..PatternConfig::default()
+        };
+        let mut state = self.state()?;
+        let history: Vec<HostSnapshot> = state.history.iter().map(|s| (**s).clone()).collect();
+        let patterns = analyze_snapshots(&history, &config);
+        let mut alert_events = Vec::new();
+        let mut detected = Vec::new();
+        let mut drill = Vec::new();
+        let latest: HashMap<u32, &crate::snapshot::ProcessSnapshot> =
+            history.last().map(|s| s.processes.iter().map(|p| (p.pid, p)).collect()).unwrap_or_default();
+        let pattern_triggers = [Trigger::PatternLinear, Trigger::PatternExponential, Trigger::LeakDetected, Trigger::SpikeDetected];
+        state.patterns.clear();
+        for pattern in &patterns {
+            state.patterns.insert(pattern.pid, pattern.clone());
+            let confident = pattern.pattern.confident && pattern.pattern.kind != PatternType::Stable;
+            let trigger = match pattern.pattern.kind {
+                PatternType::Linear => Some((AlertType::Pattern, Trigger::PatternLinear)),
+                PatternType::Exponential => Some((AlertType::Pattern, Trigger::PatternExponential)),
+                PatternType::Leak => Some((AlertType::Leak, Trigger::LeakDetected)),
+                PatternType::Spike => Some((AlertType::Spike, Trigger::SpikeDetected)),
+                PatternType::Stable => None,
+            };
+            for other in pattern_triggers {
+                if !confident || trigger.map(|t| t.1) != Some(other) {
+                    if let Some(event) = state.engine.observe_clear(pattern.pid, other, now) {
+                        alert_events.push(event);
+                    }
+                }
+            }
+            let (Some((kind, trigger)), true) = (trigger, confident) else { continue };
+            detected.push(serde_json::to_value(pattern).unwrap_or(Value::Null));
+            let Some(process) = latest.get(&pattern.pid) else { continue };
+            let severity = match pattern.pattern.severity {
+                crate::analysis::Severity::Low => Severity::Info,
+                crate::analysis::Severity::Medium | crate::analysis::Severity::High => Severity::Warning,
+                crate::analysis::Severity::Critical => Severity::Critical,
+            };
+            let p = &pattern.pattern;
+            let message = format!(
+                "{} memory growth ({:.2} MB/min over {:.1} min, {:.0}% confidence)",
+                p.kind, p.growth_rate, p.duration, p.confidence
+            );
+            let mut candidate = AlertCandidate::new(kind, severity, trigger, process, message);
+            candidate.recommendations = vec![p.recommendation.clone()];
+            candidate.pattern = serde_json::to_value(p).ok();
+            if let Some(report) = state.reports.get(&pattern.pid) {
+                candidate.top_consumers = serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).ok();
+                candidate.library = report.libraries.first().map(|l| l.library.clone());
+            }
+            if let Some(event) = state.engine.raise(candidate, now) {
+                let alert_id = event.alert().id.clone();
+                alert_events.push(event);
+                if matches!(p.kind, PatternType::Leak | PatternType::Linear | PatternType::Exponential) && !process.heap_traced {
+                    drill.push((pattern.pid, process.comm.clone(), format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate), Some(alert_id)));
+                }
+            } else if matches!(p.kind, PatternType::Leak | PatternType::Linear) && !process.heap_traced {
+                drill.push((pattern.pid, process.comm.clone(), format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate), None));
+            }
+        }
+        drop(state);
+        self.dispatch(alert_events);
+        for value in detected {
+            self.publish(AgentEvent::PatternDetected(value));
+        }
+        if self.options.drilldown.enabled {
+            for (pid, comm, reason, alert_id) in drill {
+                if let Err(err) = self.start_drilldown(pid, comm, reason, alert_id) {
+                    log::info!("drill-down into pid {pid} not started: {err}");
+                }
+            }
+        }
+        Ok(patterns)
+    }
+
+    fn start_drilldown(&self, pid: u32, comm: String, reason: String, alert_id: Option<String>) -> Result<(), String> {
+        let mut state = self.state().map_err(|e| e.to_string())?;
+        if state.drilldowns.contains_key(&pid) || state.traced.contains(&pid) {
+            return Ok(());
+        }
+        if state.drilldowns.len() >= self.options.drilldown.max_processes {
+            return Err(format!("{} drill-downs already running (the cap)", state.drilldowns.len()));
+        }
+        let target = allocator_of(pid).map_err(|e| chain(&e))?;
+        state.accounting.state(pid);
+        self.probes().map_err(|e| e.to_string())?.attach_allocator(&target).map_err(|e| chain(&e))?;
+        state.accounting.set_traced(pid, true);
+        let now = now_ms();
+        let window = self.options.drilldown.window;
+        log::info!("drill-down: tracing the heap of pid {pid} ({comm}) for {window:?}: {reason}");
+        state.drilldowns.insert(
+            pid,
+            Drilldown {
+                pid,
+                comm,
+                started_at: now,
+                ends_at: now + window.as_millis() as u64,
+                reason,
+                alert_id,
+                deadline: Some(Instant::now() + window),
+            },
+        );
+        state.drilldowns_total += 1;
+        Ok(())
+    }
+
+    /// Ends drill-downs whose window is over: their consumers go into the alert's context.
+    pub fn finish_drilldowns(&self) -> Result<(), AgentError> {
+        let mut state = self.state()?;
+        let due: Vec<Drilldown> =
+            state.drilldowns.values().filter(|d| d.deadline.is_some_and(|t| Instant::now() >= t)).cloned().collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let probes = self.probes()?;
+        let mut stacks = KernelStacks(probes.stacks()?);
+        let now_s = monotonic_seconds();
+        let mut finished = Vec::new();
+        for drill in due {
+            state.drilldowns.remove(&drill.pid);
+            let report = {
+                let State { accounting, attributor, .. } = &mut *state;
+                accounting.process(drill.pid).map(|p| attributor.report(p, &mut stacks, now_s))
+            };
+            if let Some(report) = report {
+                log::info!(
+                    "drill-down of pid {} ({}) done: {} consumers, top: {}",
+                    drill.pid,
+                    drill.comm,
+                    report.consumers.len(),
+                    report.consumers.first().map(|c| format!("{} in {} ({} live bytes)", c.name, c.category, c.allocated_memory)).unwrap_or_default()
+                );
+                finished.push((drill.clone(), report.clone()));
+                state.reports.insert(drill.pid, report);
+            }
+            state.accounting.set_traced(drill.pid, false);
+        }
+        drop(stacks);
+        let mut probes = probes;
+        for (drill, _) in &finished {
+            probes.detach_allocator(Some(drill.pid));
+        }
+        drop(probes);
+        let mut updated = Vec::new();
+        for (drill, report) in finished {
+            if let Some(id) = drill.alert_id {
+                let top = serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).unwrap_or(Value::Null);
+                updated.extend(state.engine.annotate(&id, top, report.libraries.first().map(|l| l.library.clone())));
+            }
+        }
+        drop(state);
+        for alert in updated {
+            if let Some(store) = &self.store {
+                if let Err(err) = store.append_alert(&alert) {
+                    log::warn!("saving alert {}: {}", alert.id, chain(&err));
+                }
+            }
+            self.publish(AgentEvent::AlertCreated(serde_json::to_value(&alert).unwrap_or(Value::Null)));
+        }
+        Ok(())
+    }
+
+    /// Starts tracing a process's heap on request.
+    pub fn trace_start(&self, pid: u32) -> Result<Value, AgentError> {
+        if pid == std::process::id() {
+            return Err(AgentError::Probe(ProbeError::SelfTrace(pid)));
+        }
+        let target = allocator_of(pid)?;
+        let mut state = self.state()?;
+        state.accounting.state(pid);
+        let report = self.probes()?.attach_allocator(&target)?;
+        state.accounting.set_traced(pid, true);
+        state.traced.insert(pid);
+        state.drilldowns.remove(&pid);
+        log::info!("tracing the malloc family of pid {pid} on request");
+        Ok(json!({ "pid": pid, "traced": true, "library": target.path, "attached": report.attached, "missing": report.missing }))
+    }
+
+    /// Stops tracing a process's heap.
+    pub fn trace_stop(&self, pid: u32) -> Result<Value, AgentError> {
+        let mut state = self.state()?;
+        let was = self.probes()?.detach_allocator(Some(pid));
+        state.accounting.set_traced(pid, false);
+        state.traced.remove(&pid);
+        state.drilldowns.remove(&pid);
+        Ok(json!({ "pid": pid, "traced": false, "wasTraced": was }))
+    }
+
+    /// Resolves an alert by hand.
+    pub fn resolve_alert(&self, id: &str) -> Result<Option<Value>, AgentError> {
+        let mut state = self.state()?;
+        let resolved = state.engine.resolve(id, now_ms());
+        drop(state);
+        match resolved {
+            Ok(alert) => {
+                let value = serde_json::to_value(&alert).unwrap_or(Value::Null);
+                self.dispatch(vec![AlertEvent::Resolved(alert)]);
+                Ok(Some(value))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn kernel_counters(&self) -> [u64; memtrace_common::COUNTERS_LEN as usize] {
+        self.probes.lock().ok().and_then(|p| p.counters().ok()).unwrap_or_default()
+    }
+
+    pub fn events_received(&self) -> u64 {
+        self.stats.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn events_by_kind(&self) -> Vec<(Kind, u64)> {
+        Kind::ALL.iter().map(|k| (*k, self.stats.kind_count(*k))).collect()
+    }
+
+    pub fn webhook_stats(&self) -> crate::alerts::channels::WebhookStats {
+        self.dispatcher.webhook_stats()
+    }
+}
+
+fn consumers_document(reports: &HashMap<u32, ConsumerReport>) -> Value {
+    let mut processes: Vec<&ConsumerReport> = reports.values().collect();
+    processes.sort_by_key(|r| r.pid);
+    json!({ "timestamp": now_ms(), "processes": processes })
+}
+
+/// An error and its sources on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs the agent until SIGINT or SIGTERM: collection, snapshots, analysis, drill-downs; `serve`
+/// runs the HTTP side alongside.
+pub async fn run<F, Fut>(config: Config, options: AgentOptions, serve: F) -> Result<(), AgentError>
+where
+    F: FnOnce(Arc<Agent>, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (agent, _, ring) = Agent::start(config, options).await?;
+    let (tx, mut rx) = mpsc::channel::<events::Batch>(256);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = tokio::spawn(events::reader(ring, tx, agent.stats.clone(), stop_rx.clone()));
+    let applier_agent = agent.clone();
+    let applier = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            applier_agent.apply(&batch);
+        }
+    });
+    let server = tokio::spawn(serve(agent.clone(), stop_rx.clone()));
+
+    log::info!(
+        "memtrace agent running (pid {}): snapshots every {:?}, analysis every {:?}",
+        std::process::id(),
+        agent.config.monitor.snapshot_interval(),
+        agent.config.monitor.analysis_interval()
+    );
+    let mut snapshots = tokio::time::interval(agent.config.monitor.snapshot_interval());
+    let mut analysis = tokio::time::interval(agent.config.monitor.analysis_interval());
+    analysis.tick().await;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(AgentError::Reader)?;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                let snapshot = {
-                    let Ok(mut accounting) = shared.accounting.lock() else { break };
-                    accounting.host_snapshot(now_ms())
-                };
-                log_summary(&snapshot, options.top, &shared);
+            _ = snapshots.tick() => {
+                let worker = agent.clone();
+                let top = agent.options.top;
+                match tokio::task::spawn_blocking(move || worker.snapshot()).await {
+                    Ok(Ok(snapshot)) => log_summary(&snapshot, top, &agent),
+                    Ok(Err(err)) => log::warn!("snapshot: {}", chain(&err)),
+                    Err(err) => log::warn!("snapshot task: {err}"),
+                }
+                if let Err(err) = agent.finish_drilldowns() {
+                    log::warn!("drill-downs: {}", chain(&err));
+                }
+            }
+            _ = analysis.tick() => {
+                let worker = agent.clone();
+                match tokio::task::spawn_blocking(move || worker.analyze()).await {
+                    Ok(Ok(patterns)) => log::debug!("analysis: {} processes", patterns.len()),
+                    Ok(Err(err)) => log::warn!("analysis: {}", chain(&err)),
+                    Err(err) => log::warn!("analysis task: {err}"),
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
-    log::info!("shutting down: draining events and detaching probes");
+    log::info!("shutting down: draining events, flushing data, detaching probes");
     let _ = stop_tx.send(true);
     match reader.await {
         Ok(Ok(())) => {}
@@ -105,18 +657,22 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
         Err(err) => log::warn!("ring buffer reader task: {err}"),
     }
     let _ = applier.await;
+    let _ = server.await;
+    if let Ok(agent) = Arc::try_unwrap(agent) {
+        agent.dispatcher.shutdown(Duration::from_secs(2));
+    }
     Ok(())
 }
 
-fn log_summary(snapshot: &HostSnapshot, top: usize, shared: &Shared) {
+fn log_summary(snapshot: &HostSnapshot, top: usize, agent: &Agent) {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let lost = shared.probes.lock().ok().and_then(|p| p.counters().ok()).map(|c| c[0]).unwrap_or(0);
+    let lost = agent.kernel_counters()[memtrace_common::COUNTER_RINGBUF_DROPS as usize];
     log::info!(
         "host: {:.0} MiB available of {:.0} MiB; {} processes; events {} received, {} lost",
         mib(snapshot.mem_available_bytes),
         mib(snapshot.mem_total_bytes),
         snapshot.processes.len(),
-        shared.stats.received.load(std::sync::atomic::Ordering::Relaxed),
+        agent.events_received(),
         lost,
     );
     for p in snapshot.processes.iter().take(top) {

@@ -20,6 +20,41 @@ pub enum Command {
     Agent(AgentArgs),
     /// Trace one process (a PID, or a command after --) and report its memory exactly.
     Trace(TraceCli),
+    /// Run the pattern detector over a recorded snapshots file (snapshots_YYYY-MM-DD.jsonl).
+    Analyze(AnalyzeArgs),
+    /// Print the running agent's report (what grew, patterns, alerts, top consumers).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Snapshots file, one JSON snapshot per line.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Configuration file whose patternDetection section to use.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The agent's address.
+    #[arg(long, default_value = "http://127.0.0.1:10000")]
+    pub url: String,
+    /// text, json, flamegraph (SVG) or pprof (gzipped profile; needs --pid).
+    #[arg(long, default_value = "text")]
+    pub format: String,
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Bearer token (also MEMTRACE_TOKEN).
+    #[arg(long, env = "MEMTRACE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -66,12 +101,39 @@ pub struct AgentArgs {
     /// uprobe hit (about 0.5 µs): allocation-heavy programs slow down many times.
     #[arg(long)]
     pub malloc_all: bool,
-    /// Configuration file (TOML).
+    /// Configuration file (TOML); see memtrace.example.toml.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Seconds between snapshots.
+    /// Seconds between snapshots (monitor.snapshotInterval).
     #[arg(long)]
     pub snapshot_interval: Option<u64>,
+    /// HTTP listener, IP:port (monitor.listen). Beyond loopback a token is required.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory (monitor.dataDir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Alert webhook URL (alerting.webhookUrl).
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// API token (monitor.token; also MEMTRACE_TOKEN or monitor.tokenFile).
+    #[arg(long, env = "MEMTRACE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Do not write the data directory.
+    #[arg(long)]
+    pub no_persist: bool,
+    /// Snapshots kept in memory.
+    #[arg(long, default_value_t = 240)]
+    pub history: usize,
+    /// Do not trace growing processes' heaps automatically.
+    #[arg(long)]
+    pub no_drilldown: bool,
+    /// Seconds a drill-down traces a growing process's heap.
+    #[arg(long, default_value_t = 60)]
+    pub drilldown_window: u64,
+    /// Processes drilled into at once.
+    #[arg(long, default_value_t = 2)]
+    pub drilldown_max: usize,
     /// Processes shown in the periodic summary.
     #[arg(long, default_value_t = 10)]
     pub top: usize,

@@ -268,6 +268,9 @@ pub struct TrackingConfig {
     pub max_consumer_size: u64,
     /// Seconds after which a live allocation counts as a leak candidate.
     pub leak_age: u64,
+    /// Allocation wrappers (exact function names) skipped when attributing memory to a caller,
+    /// besides libc and C++ `operator new`.
+    pub wrappers: Vec<String>,
 }
 
 impl Default for TrackingConfig {
@@ -281,6 +284,7 @@ impl Default for TrackingConfig {
             suspicious_size: 10 * MIB,
             max_consumer_size: 100 * MIB,
             leak_age: 30,
+            wrappers: Vec::new(),
         }
     }
 }

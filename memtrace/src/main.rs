@@ -5,7 +5,8 @@ use clap::Parser as _;
 
 mod cli;
 
-use cli::{Cli, Command};
+use cli::{AgentArgs, Cli, Command};
+use memtrace::config::{Config, ConfigOverrides};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -13,21 +14,7 @@ fn main() -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| cli.log.clone());
     env_logger::Builder::new().parse_filters(&filter).init();
     match cli.command {
-        Command::Agent(args) => {
-            let options = memtrace::agent::AgentOptions {
-                pids: args.pids,
-                malloc_all: args.malloc_all,
-                snapshot_interval: Duration::from_secs(args.snapshot_interval.unwrap_or(30).max(1)),
-                top: args.top,
-                probes: args.probes.options(),
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(memtrace::agent::run(options)).context("memtrace agent")
-        }
+        Command::Agent(args) => agent(args),
         Command::Trace(args) => {
             let trace_args = memtrace::trace::TraceArgs {
                 pid: args.pid,
@@ -47,11 +34,91 @@ fn main() -> anyhow::Result<()> {
             } else {
                 memtrace::trace::render_text(&report)
             };
-            match args.output {
-                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
-                None => std::io::stdout().write_all(text.as_bytes()).context("writing the report")?,
+            write_out(args.output.as_deref(), text.as_bytes())
+        }
+        Command::Analyze(args) => {
+            let config = match &args.config {
+                Some(path) => Config::load(path).with_context(|| format!("reading {}", path.display()))?,
+                None => Config::default(),
+            };
+            let pd = &config.pattern_detection;
+            let pattern = memtrace::analysis::PatternConfig {
+                window_size: pd.window_size as usize,
+                min_data_points: pd.min_data_points as usize,
+                confidence_threshold: pd.confidence_threshold,
+                growth_rate_mb: config.thresholds.growth_rate_mb,
+                ..Default::default()
+            };
+            let (snapshots, skipped) = memtrace::analysis::read_snapshots_jsonl(&args.input).context("memtrace analyze")?;
+            if skipped > 0 {
+                log::warn!("{skipped} corrupted lines of {} skipped", args.input.display());
             }
-            Ok(())
+            let patterns = memtrace::analysis::analyze_snapshots(&snapshots, &pattern);
+            let text = if args.json {
+                serde_json::to_string_pretty(&patterns).context("encoding the result")? + "\n"
+            } else {
+                memtrace::analysis::render_text(&patterns)
+            };
+            write_out(None, text.as_bytes())
+        }
+        Command::Report(args) => {
+            let mut url = format!("{}/api/memory/report?format={}", args.url.trim_end_matches('/'), args.format);
+            if let Some(pid) = args.pid {
+                url.push_str(&format!("&pid={pid}"));
+            }
+            let mut request = ureq::get(&url);
+            if let Some(token) = &args.token {
+                request = request.header("Authorization", &format!("Bearer {token}"));
+            }
+            let mut response = request.call().with_context(|| format!("asking the agent at {url}"))?;
+            let body = response.body_mut().read_to_vec().context("reading the report")?;
+            write_out(args.output.as_deref(), &body)
         }
     }
+}
+
+fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    match path {
+        Some(path) => std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display())),
+        None => std::io::stdout().write_all(bytes).context("writing to standard output"),
+    }
+}
+
+fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).with_context(|| format!("configuration {}", path.display()))?,
+        None => Config::default(),
+    };
+    config
+        .apply(&ConfigOverrides {
+            snapshot_interval: args.snapshot_interval,
+            listen: args.listen,
+            data_dir: args.data_dir.clone(),
+            webhook_url: args.webhook_url.clone(),
+            token: args.token.clone(),
+        })
+        .context("command line options")?;
+    let options = memtrace::agent::AgentOptions {
+        pids: args.pids,
+        malloc_all: args.malloc_all,
+        top: args.top,
+        probes: args.probes.options(),
+        history: args.history,
+        drilldown: memtrace::agent::DrilldownOptions {
+            enabled: !args.no_drilldown,
+            window: Duration::from_secs(args.drilldown_window.max(1)),
+            max_processes: args.drilldown_max,
+        },
+        persist: !args.no_persist,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime
+        .block_on(memtrace::agent::run(config, options, |_agent, mut stop| async move {
+            let _ = stop.changed().await;
+        }))
+        .context("memtrace agent")
 }

@@ -212,6 +212,21 @@ impl ProcessSource for NoSource {
     }
 }
 
+/// One recorded allocator operation (the origin's operations log): allocations of at least the
+/// configured size, by traced processes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Kernel monotonic nanoseconds.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub kind: String,
+    pub size: u64,
+    pub addr: u64,
+    pub stack_id: i64,
+    pub caller: u64,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AccountingStats {
     /// Events applied.
@@ -232,6 +247,13 @@ pub struct Accounting {
     trace_all: bool,
     /// Processes that exited, most recent last (bounded).
     exited: VecDeque<Exited>,
+    /// Recent operations of at least `min_operation_size` bytes (bounded by `max_operations`).
+    operations: VecDeque<Operation>,
+    /// Operations recorded since the last `take_new_operations`.
+    new_operations: usize,
+    min_operation_size: u64,
+    max_operations: usize,
+    pub operations_dropped: u64,
     pub stats: AccountingStats,
 }
 
@@ -247,8 +269,32 @@ impl Accounting {
             traced: HashSet::new(),
             trace_all: false,
             exited: VecDeque::new(),
+            operations: VecDeque::new(),
+            new_operations: 0,
+            min_operation_size: 1024,
+            max_operations: 0,
+            operations_dropped: 0,
             stats: AccountingStats::default(),
         }
+    }
+
+    /// Records allocations of at least `min_size` bytes, keeping the last `max` (0: none).
+    pub fn with_operations(mut self, min_size: u64, max: usize) -> Self {
+        self.min_operation_size = min_size;
+        self.max_operations = max;
+        self
+    }
+
+    /// Recent operations, oldest first.
+    pub fn operations(&self) -> impl DoubleEndedIterator<Item = &Operation> {
+        self.operations.iter()
+    }
+
+    /// Operations recorded since the previous call (for persistence).
+    pub fn take_new_operations(&mut self) -> Vec<Operation> {
+        let n = self.new_operations.min(self.operations.len());
+        self.new_operations = 0;
+        self.operations.iter().skip(self.operations.len() - n).cloned().collect()
     }
 
     pub fn with_max_sites(mut self, max_sites: usize) -> Self {
@@ -351,8 +397,27 @@ impl Accounting {
         }
         let born_s = (ev.ts_ns / 1_000_000_000) as u32;
         let page = self.page;
-        let state = self.state(pid);
         if kind.is_heap() {
+            if self.max_operations > 0 && kind != Kind::Free {
+                let size = if kind == Kind::Calloc { ev.size.saturating_mul(ev.old_size) } else { ev.size };
+                if size >= self.min_operation_size && ev.addr != 0 {
+                    if self.operations.len() >= self.max_operations {
+                        self.operations.pop_front();
+                        self.operations_dropped += 1;
+                    }
+                    self.operations.push_back(Operation {
+                        ts_ns: ev.ts_ns,
+                        pid,
+                        kind: kind.name().to_string(),
+                        size,
+                        addr: ev.addr,
+                        stack_id: ev.stack_id,
+                        caller: ev.caller,
+                    });
+                    self.new_operations += 1;
+                }
+            }
+            let state = self.state(pid);
             state.heap_traced = true;
             let site = state.sites.intern(SiteKey { class: SiteClass::Malloc, stack_id: ev.stack_id, caller: ev.caller });
             let alloc = LiveAlloc { size: ev.size, site, born_s };
@@ -373,6 +438,7 @@ impl Accounting {
             }
             return;
         }
+        let state = self.state(pid);
         match kind {
             Kind::Mmap => {
                 let map_kind = if ev.flags & MAP_ANONYMOUS != 0 { MapKind::Anon } else { MapKind::File };

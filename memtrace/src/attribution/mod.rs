@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use self::symbols::{Frame, Symbolizer};
+use self::symbols::{Blazesym, Frame, Symbolizer};
 use crate::{
     accounting::{ProcessState, SiteClass, SiteKey},
     snapshot::LibrarySnapshot,
@@ -183,7 +183,7 @@ impl Attributor {
         Self { config, ..Self::default() }
     }
 
-    fn attribute_site(&mut self, state: &ProcessState, key: SiteKey, stacks: &mut dyn StackSource) -> Attributed {
+    fn attribute_site(&mut self, inner: &Blazesym, state: &ProcessState, key: SiteKey, stacks: &mut dyn StackSource) -> Attributed {
         let cache_key = (state.pid, state.start_time, key);
         if let Some(found) = self.sites.get(&cache_key) {
             return found.clone();
@@ -215,7 +215,7 @@ impl Attributor {
             .iter()
             .take(depth + 8)
             .map(|&addr| {
-                let mut frame = self.symbolizer.frame(&state.modules, addr.saturating_sub(1));
+                let mut frame = self.symbolizer.frame(inner, &state.modules, addr.saturating_sub(1));
                 frame.addr = addr;
                 frame
             })
@@ -250,11 +250,12 @@ impl Attributor {
         let mut consumers: HashMap<String, Consumer> = HashMap::new();
         let mut largest_site: HashMap<String, u64> = HashMap::new();
         let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
+        let inner = Blazesym::new();
         for (site_id, stats) in state.sites.iter() {
             if stats.total_calls == 0 && stats.live_bytes == 0 {
                 continue;
             }
-            let attributed = self.attribute_site(state, stats.key, stacks);
+            let attributed = self.attribute_site(&inner, state, stats.key, stacks);
             site_consumer.insert(
                 site_id,
                 (attributed.consumer_id.clone(), attributed.name.clone(), attributed.library.clone(), attributed.stack.clone()),

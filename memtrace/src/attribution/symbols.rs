@@ -10,7 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blazesym, source::{Elf, Source}};
+pub use blazesym::symbolize::Symbolizer as Blazesym;
+use blazesym::symbolize::{Input, Symbolized, source::{Elf, Source}};
 use serde::Serialize;
 
 use crate::procfs::MapLine;
@@ -125,9 +126,9 @@ struct Resolved {
     line: Option<u32>,
 }
 
-/// blazesym with a cache keyed by object (build id, else path) and file offset.
+/// A cache keyed by object (build id, else path) and file offset in front of blazesym. blazesym's
+/// own symbolizer is not `Send`, so callers make one per batch of lookups and pass it in.
 pub struct Symbolizer {
-    inner: Blazesym,
     cache: HashMap<(String, u64), Resolved>,
     keys: HashMap<PathBuf, String>,
     /// Frames that could not be named (shown as `module+0xoffset`).
@@ -144,7 +145,7 @@ const CACHE_MAX: usize = 1 << 18;
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { inner: Blazesym::new(), cache: HashMap::new(), keys: HashMap::new(), unnamed: 0 }
+        Self { cache: HashMap::new(), keys: HashMap::new(), unnamed: 0 }
     }
 
     fn key(&mut self, path: &Path) -> String {
@@ -161,7 +162,7 @@ impl Symbolizer {
 
     /// Symbolizes `addr` of a process with these modules. Never fails: unknown frames come back as
     /// `module+0xoffset` (or `[unknown]+0xaddr`).
-    pub fn frame(&mut self, modules: &Modules, addr: u64) -> Frame {
+    pub fn frame(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Frame {
         let Some(module) = modules.find(addr) else { return Frame::unknown(addr) };
         let offset = addr - module.start + module.offset;
         let path = module.open_path.clone();
@@ -169,7 +170,7 @@ impl Symbolizer {
         let resolved = match self.cache.get(&key) {
             Some(resolved) => resolved.clone(),
             None => {
-                let resolved = self.lookup(&path, offset);
+                let resolved = lookup(inner, &path, offset);
                 if self.cache.len() >= CACHE_MAX {
                     self.cache.clear();
                 }
@@ -190,9 +191,11 @@ impl Symbolizer {
         }
     }
 
-    fn lookup(&self, path: &Path, offset: u64) -> Resolved {
+}
+
+fn lookup(inner: &Blazesym, path: &Path, offset: u64) -> Resolved {
         let source = Source::Elf(Elf::new(path));
-        match self.inner.symbolize_single(&source, Input::FileOffset(offset)) {
+        match inner.symbolize_single(&source, Input::FileOffset(offset)) {
             Ok(Symbolized::Sym(sym)) => {
                 let (file, line) = match &sym.code_info {
                     Some(info) => (Some(info.file.to_string_lossy().into_owned()), info.line),
@@ -202,7 +205,6 @@ impl Symbolizer {
             }
             _ => Resolved { function: None, file: None, line: None },
         }
-    }
 }
 
 #[cfg(test)]
@@ -225,10 +227,11 @@ mod tests {
     #[test]
     fn unknown_frames_keep_their_address() {
         let mut symbolizer = Symbolizer::new();
-        let frame = symbolizer.frame(&Modules::default(), 0xdead);
+        let inner = Blazesym::new();
+        let frame = symbolizer.frame(&inner, &Modules::default(), 0xdead);
         assert_eq!(frame.display(), "[unknown]+0xdead");
         let modules = Modules::from_maps(0, &[line(0x1000, 0x2000, 0x500, "/nonexistent/libgone.so")]);
-        let frame = symbolizer.frame(&modules, 0x1010);
+        let frame = symbolizer.frame(&inner, &modules, 0x1010);
         assert_eq!(frame.display(), "libgone.so+0x510");
     }
 
@@ -239,7 +242,7 @@ mod tests {
         let modules = Modules::from_maps(std::process::id(), &maps);
         let addr = symbolizes_this_test_binary as *const () as u64;
         let mut symbolizer = Symbolizer::new();
-        let frame = symbolizer.frame(&modules, addr);
+        let frame = symbolizer.frame(&Blazesym::new(), &modules, addr);
         assert!(frame.function.as_deref().is_some_and(|f| f.contains("symbolizes_this_test_binary")), "{frame:?}");
     }
 }
