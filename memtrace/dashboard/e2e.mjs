@@ -87,7 +87,8 @@ try {
       } catch (err) {
         const text = await page.textContent('#connection-status').catch(() => '?');
         const tokenAsked = await page.isVisible('#token-form').catch(() => false);
-        throw new Error(`status still "${text}" after ${timeoutMs / 1000}s${tokenAsked ? ' (the agent asks for a token: set MEMTRACE_TOKEN)' : ''}`);
+        const hint = tokenAsked ? ' (the agent asks for a token: set MEMTRACE_TOKEN)' : token ? '' : ' (no MEMTRACE_TOKEN given: does the WebSocket need one?)';
+        throw new Error(`status still "${text}" after ${timeoutMs / 1000}s${hint}`);
       }
       return await page.textContent('#connection-status');
     });

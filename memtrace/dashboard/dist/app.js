@@ -251,6 +251,17 @@
   let memoryChart = null;
   let ratioChart = null;
 
+  function chartEmpty(chart) {
+    return !chart || chart.data.datasets.every((d) => !d.data.length);
+  }
+
+  // An empty chart shows why, over its plot area (CSS ::after with the data-empty text).
+  function setEmptyNote(canvasId, note) {
+    const box = $(canvasId).parentElement;
+    box.classList.toggle('empty', !!note);
+    if (note) box.dataset.empty = note;
+  }
+
   function initCharts() {
     if (typeof window.Chart !== 'function') {
       toast('Chart library missing (vendor/chart.umd.min.js): charts are disabled', 'error');
@@ -262,7 +273,7 @@
     Chart.defaults.font.family = 'system-ui, -apple-system, "Segoe UI", "DejaVu Sans", Roboto, sans-serif';
     const timeAxis = {
       type: 'linear',
-      ticks: { callback: (v) => fmtTime(v), maxTicksLimit: 7, maxRotation: 0 },
+      ticks: { callback: function (v) { return chartEmpty(this.chart) ? '' : fmtTime(v); }, maxTicksLimit: 7, maxRotation: 0 },
       grid: { display: false },
     };
     // Byte axis ticks on round binary values (256 MiB, 512 MiB, ...), not 477 MiB.
@@ -304,7 +315,7 @@
       options: Object.assign({}, common, {
         scales: {
           x: timeAxis,
-          y: { beginAtZero: true, afterBuildTicks: byteTicks, ticks: { callback: (v) => fmtBytes(v) } },
+          y: { beginAtZero: true, afterBuildTicks: byteTicks, ticks: { callback: function (v) { return chartEmpty(this.chart) ? '' : fmtBytes(v); } } },
         },
         plugins: Object.assign({}, common.plugins, {
           tooltip: { callbacks: Object.assign({}, common.plugins.tooltip.callbacks, { label: (i) => `${i.dataset.label}: ${fmtBytes(i.parsed.y)}` }) },
@@ -321,7 +332,7 @@
       options: Object.assign({}, common, {
         scales: {
           x: timeAxis,
-          y: { beginAtZero: true, ticks: { callback: (v) => Number(v).toFixed(1) + '×', maxTicksLimit: 6 } },
+          y: { beginAtZero: true, ticks: { callback: function (v) { return chartEmpty(this.chart) ? '' : Number(v).toFixed(1) + '×'; }, maxTicksLimit: 6 } },
         },
         plugins: Object.assign({}, common.plugins, {
           tooltip: { callbacks: Object.assign({}, common.plugins.tooltip.callbacks, { label: (i) => `ratio: ${fmtRatio(i.parsed.y)}` }) },
@@ -349,6 +360,11 @@
     memoryChart.update('none');
     ratioChart.data.datasets[0].data = series.filter((s) => s.ratio !== null).map((s) => ({ x: s.t, y: s.ratio }));
     ratioChart.update('none');
+    const waiting = state.history.length ? null : 'Waiting for snapshots…';
+    setEmptyNote('chart-memory', waiting || (series.length ? null : 'No snapshot of this process yet'));
+    setEmptyNote('chart-ratio', waiting || (chartEmpty(ratioChart)
+      ? (p && !p.heapTraced ? 'Heap not traced: start tracing to see its ratio' : 'No ratio yet (the live heap is empty)')
+      : null));
   }
 
   // ---------------------------------------------------------------- cards and header
@@ -970,6 +986,8 @@
   function start() {
     wire();
     initCharts();
+    renderCharts();
+    renderTable();
     setConnection('connecting');
     renderAlerts();
     initialLoad().finally(connect);
