@@ -168,6 +168,53 @@ pub fn pids() -> Result<Vec<u32>, ProcfsError> {
         .collect())
 }
 
+/// What memtrace itself costs: CPU time, memory, and the kernel memory of its BPF maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfCost {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Sum of `memlock` of this process's BPF map descriptors (`/proc/self/fdinfo`).
+    pub bpf_map_bytes: u64,
+}
+
+pub fn self_cost() -> SelfCost {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid out-pointer for getrusage.
+    let cpu_seconds = if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0 {
+        // SAFETY: getrusage succeeded and filled it.
+        let usage = unsafe { usage.assume_init() };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    } else {
+        0.0
+    };
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    let mut bpf_map_bytes = 0;
+    if let Ok(entries) = fs::read_dir("/proc/self/fdinfo") {
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path()) else { continue };
+            if !text.contains("map_type:") {
+                continue;
+            }
+            bpf_map_bytes += text
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    SelfCost { cpu_seconds, rss_bytes: field("VmRSS:"), peak_rss_bytes: field("VmHWM:"), bpf_map_bytes }
+}
+
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

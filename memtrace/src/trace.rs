@@ -56,6 +56,8 @@ pub struct TraceReport {
     pub events_undecodable: u64,
     /// Library roll-up, consumers with symbolized stacks, and the leak view.
     pub attribution: ConsumerReport,
+    /// What tracing cost memtrace itself.
+    pub agent: crate::procfs::SelfCost,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -150,6 +152,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         events_received: session.stats.received.load(Ordering::Relaxed),
         events_undecodable: session.stats.undecodable.load(Ordering::Relaxed),
         attribution,
+        agent: crate::procfs::self_cost(),
     })
 }
 
