@@ -1,0 +1,1 @@
+// Placeholder: the dashboard's real files replace this one.
