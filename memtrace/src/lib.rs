@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod agent;
 pub mod analysis;
 pub mod events;
+pub mod http;
 pub mod launch;
 pub mod probes;
 pub mod procfs;
