@@ -11,6 +11,16 @@ fn main() -> anyhow::Result<()> {
              `cargo xtask test`), which installs it into a cache and puts it on PATH"
         ));
     }
+    // The dashboard's charting library comes from the npm registry (package-lock.json) and is
+    // embedded in the binary.
+    let vendor = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard/dist/vendor/chart.umd.min.js");
+    println!("cargo:rerun-if-changed={vendor}");
+    if !std::path::Path::new(vendor).is_file() {
+        return Err(anyhow!(
+            "{vendor} is missing: build through `cargo xtask build` (or run `npm ci && npm run build` in \
+             memtrace/dashboard), which installs the dashboard's charting library from its lockfile"
+        ));
+    }
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../memtrace-ebpf");
     aya_build::build_ebpf(
         [aya_build::Package { name: "memtrace-ebpf", root_dir, ..Default::default() }],

@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod analysis;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod launch;
 pub mod probes;
 pub mod procfs;

@@ -179,6 +179,26 @@ fn bootstrap() -> anyhow::Result<PathBuf> {
     Ok(dir.join("bin"))
 }
 
+/// Installs the dashboard's charting library from its lockfile (npm ci), once.
+fn bootstrap_dashboard(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("memtrace/dashboard");
+    let vendor = dir.join("dist/vendor/chart.umd.min.js");
+    let lock = dir.join("package-lock.json");
+    let fresh = |a: &Path, b: &Path| -> bool {
+        match (a.metadata().and_then(|m| m.modified()), b.metadata().and_then(|m| m.modified())) {
+            (Ok(a), Ok(b)) => a >= b,
+            _ => false,
+        }
+    };
+    if vendor.is_file() && fresh(&vendor, &lock) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the dashboard's charting library (npm ci in {})", dir.display());
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+        .context("npm (Node.js) is needed once to fetch the dashboard's charting library")?;
+    run(Command::new("npm").args(["run", "build"]).current_dir(&dir))
+}
+
 /// PATH with bpf-linker's directory first.
 fn path_with(dir: &Path) -> anyhow::Result<OsString> {
     let mut paths = vec![dir.to_path_buf()];
@@ -189,6 +209,7 @@ fn path_with(dir: &Path) -> anyhow::Result<OsString> {
 }
 
 fn cargo(root: &Path, linker_dir: &Path) -> anyhow::Result<Command> {
+    bootstrap_dashboard(root)?;
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root).env("PATH", path_with(linker_dir)?);
     Ok(cmd)
