@@ -54,14 +54,21 @@ pub struct AgentOptions {
     pub drilldown: DrilldownOptions,
     /// Persist snapshots, alerts and consumers in the data directory.
     pub persist: bool,
+    /// Turn on the kernel's BPF run-time statistics while running (for the agent's own cost).
+    pub bpf_stats: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DrilldownOptions {
     pub enabled: bool,
+    #[serde(rename = "windowSeconds", serialize_with = "as_seconds")]
     pub window: Duration,
     pub max_processes: usize,
+}
+
+fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 impl Default for DrilldownOptions {
@@ -75,18 +82,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Something that happened, for WebSocket clients and other subscribers.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "type", content = "data")]
-pub enum AgentEvent {
-    #[serde(rename = "snapshot")]
-    Snapshot(Arc<HostSnapshot>),
-    #[serde(rename = "alert:created")]
-    AlertCreated(Value),
-    #[serde(rename = "alert:resolved")]
-    AlertResolved(Value),
-    #[serde(rename = "pattern:detected")]
-    PatternDetected(Value),
-}
+pub use crate::http::StreamEvent as AgentEvent;
 
 /// A process whose heap the agent traces for a while because it grew.
 #[derive(Clone, Debug, Serialize)]
@@ -157,6 +153,10 @@ impl Agent {
             accounting.set_traced(pid, true);
             traced.insert(pid);
             log::info!("tracing the malloc family of pid {pid} in {} ({} functions)", target.path.display(), report.attached.len());
+        }
+        if options.bpf_stats {
+            probes.enable_stats()?;
+            log::info!("BPF run-time statistics on while the agent runs (a few ns per program run)");
         }
         let ring = probes.take_ring_buffer()?;
 
@@ -386,7 +386,7 @@ impl Agent {
                 }
             }
             let (Some((kind, trigger)), true) = (trigger, confident) else { continue };
-            detected.push(serde_json::to_value(pattern).unwrap_or(Value::Null));
+            detected.push(pattern.clone());
             let Some(process) = latest.get(&pattern.pid) else { continue };
             let severity = match pattern.pattern.severity {
                 crate::analysis::Severity::Low => Severity::Info,
@@ -417,8 +417,8 @@ impl Agent {
         }
         drop(state);
         self.dispatch(alert_events);
-        for value in detected {
-            self.publish(AgentEvent::PatternDetected(value));
+        for pattern in detected {
+            self.publish(AgentEvent::PatternDetected(pattern));
         }
         if self.options.drilldown.enabled {
             for (pid, comm, reason, alert_id) in drill {
@@ -598,7 +598,7 @@ pub fn chain(err: &dyn std::error::Error) -> String {
 /// runs the HTTP side alongside.
 pub async fn run<F, Fut>(config: Config, options: AgentOptions, serve: F) -> Result<(), AgentError>
 where
-    F: FnOnce(Arc<Agent>, watch::Receiver<bool>) -> Fut,
+    F: FnOnce(Arc<dyn crate::http::Backend>, watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (agent, _, ring) = Agent::start(config, options).await?;
@@ -611,7 +611,7 @@ where
             applier_agent.apply(&batch);
         }
     });
-    let server = tokio::spawn(serve(agent.clone(), stop_rx.clone()));
+    let server = tokio::spawn(serve(agent.clone() as Arc<dyn crate::http::Backend>, stop_rx.clone()));
 
     log::info!(
         "memtrace agent running (pid {}): snapshots every {:?}, analysis every {:?}",

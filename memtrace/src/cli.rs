@@ -131,6 +131,9 @@ pub struct AgentArgs {
     /// Seconds a drill-down traces a growing process's heap.
     #[arg(long, default_value_t = 60)]
     pub drilldown_window: u64,
+    /// Turn on the kernel's BPF run-time statistics (memtrace_bpf_program_run_time_seconds_total).
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// Processes drilled into at once.
     #[arg(long, default_value_t = 2)]
     pub drilldown_max: usize,

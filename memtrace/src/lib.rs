@@ -14,6 +14,8 @@ pub mod http;
 pub mod launch;
 pub mod probes;
 pub mod procfs;
+pub mod reports;
+pub mod service;
 pub mod session;
 pub mod snapshot;
 pub mod store;

@@ -110,15 +110,34 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
             max_processes: args.drilldown_max,
         },
         persist: !args.no_persist,
+        bpf_stats: args.bpf_stats,
     };
+    let token = config.resolve_token().context("reading the API token")?;
+    let listen = config.monitor.listen;
+    if !memtrace::http::is_loopback(listen.ip()) && token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {listen} (not loopback) without a token: set monitor.token, \
+             MEMTRACE_TOKEN or monitor.tokenFile"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime
-        .block_on(memtrace::agent::run(config, options, |_agent, mut stop| async move {
-            let _ = stop.changed().await;
-        }))
+    runtime.block_on(async move {
+        // Bind first, so that a taken port fails before any probe is loaded.
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        log::info!("HTTP API, /metrics and dashboard on http://{}/api/memory/dashboard", listener.local_addr().unwrap_or(listen));
+        memtrace::agent::run(config, options, move |agent, mut stop| async move {
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(err) = memtrace::http::serve_listener(listener, token, agent, shutdown).await {
+                log::error!("HTTP server: {}", memtrace::agent::chain(&err));
+            }
+        })
+        .await
         .context("memtrace agent")
+    })
 }

@@ -102,6 +102,8 @@ pub enum ProbeError {
     NoProcess(u32),
     #[error("memtrace does not trace itself (pid {0})")]
     SelfTrace(u32),
+    #[error("enabling BPF run-time statistics")]
+    Stats(#[source] io::Error),
     #[error("reading map {name}")]
     Map {
         name: &'static str,
@@ -237,6 +239,8 @@ pub struct Probes {
     ebpf: Ebpf,
     _tracefs: TracefsMount,
     links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
+    /// Keeps the kernel's BPF statistics on while held (closing it turns them off).
+    stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// What attaching the malloc family did.
@@ -276,7 +280,7 @@ impl Probes {
             load_uprobe(&mut ebpf, name)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
-        Ok(Self { ebpf, _tracefs: tracefs, links: HashMap::new() })
+        Ok(Self { ebpf, _tracefs: tracefs, links: HashMap::new(), stats: None })
     }
 
     /// Attaches the malloc family of `target`, scoped to its process (or host-wide when `pid` is
@@ -428,5 +432,38 @@ impl crate::attribution::StackSource for KernelStacks<'_> {
         let id = u32::try_from(stack_id).ok()?;
         let stack = self.0.get(&id, 0).ok()?;
         Some(stack.frames().iter().map(|frame| frame.ip).collect())
+    }
+}
+
+impl Probes {
+    /// Run time (ns) and run count of each program, from `/proc/self/fdinfo` (non-zero only while
+    /// BPF statistics are enabled: `--bpf-stats` or `kernel.bpf_stats_enabled=1`).
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        let mut by_id: HashMap<u32, (u64, u64)> = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") {
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+                let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok());
+                if let (Some(id), Some(time), Some(count)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:")) {
+                    by_id.insert(id as u32, (time, count));
+                }
+            }
+        }
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let id = program.info().ok()?.id();
+                let (time, count) = by_id.get(&id).copied().unwrap_or((0, 0));
+                Some((name.to_string(), time, count))
+            })
+            .collect()
+    }
+
+    /// Turns on the kernel's BPF run-time statistics for as long as this value lives.
+    pub fn enable_stats(&mut self) -> Result<(), ProbeError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|err| ProbeError::Stats(io::Error::other(err.to_string())))?;
+        self.stats = Some(fd);
+        Ok(())
     }
 }

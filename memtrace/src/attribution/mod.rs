@@ -154,6 +154,19 @@ pub struct ConsumerReport {
     /// Call sites beyond the accounting's site limit, merged into one overflow site.
     pub overflowed_sites: u64,
     pub leaks: Vec<LeakGroup>,
+    /// Every call site with live memory and its whole symbolized stack (for flame graphs and
+    /// profiles; not part of the JSON).
+    #[serde(skip)]
+    pub sites: Vec<SiteLive>,
+}
+
+/// Live memory of one call site with its whole stack, innermost frame first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteLive {
+    pub kind: SiteClass,
+    pub frames: Vec<Frame>,
+    pub live_bytes: u64,
+    pub live_count: u64,
 }
 
 /// Where a site was attributed.
@@ -164,6 +177,7 @@ struct Attributed {
     library: String,
     skipped: usize,
     stack: Vec<String>,
+    frames: Vec<Frame>,
 }
 
 /// Symbolizer, caches and peaks across reports.
@@ -228,6 +242,7 @@ impl Attributor {
                 library: unknown.into(),
                 skipped: 0,
                 stack: Vec::new(),
+                frames: Vec::new(),
             }
         } else {
             let index = attributed_frame(&frames, &self.config.wrappers);
@@ -238,6 +253,7 @@ impl Attributor {
                 library: frame.module.clone(),
                 skipped: index,
                 stack: frames.iter().skip(index).take(depth).map(Frame::display).collect(),
+                frames: frames.clone(),
             }
         };
         self.sites.insert(cache_key, attributed.clone());
@@ -251,11 +267,20 @@ impl Attributor {
         let mut largest_site: HashMap<String, u64> = HashMap::new();
         let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
         let inner = Blazesym::new();
+        let mut sites = Vec::new();
         for (site_id, stats) in state.sites.iter() {
             if stats.total_calls == 0 && stats.live_bytes == 0 {
                 continue;
             }
             let attributed = self.attribute_site(&inner, state, stats.key, stacks);
+            if stats.live_bytes > 0 {
+                sites.push(SiteLive {
+                    kind: stats.key.class,
+                    frames: attributed.frames.clone(),
+                    live_bytes: stats.live_bytes,
+                    live_count: stats.live_count,
+                });
+            }
             site_consumer.insert(
                 site_id,
                 (attributed.consumer_id.clone(), attributed.name.clone(), attributed.library.clone(), attributed.stack.clone()),
@@ -355,6 +380,7 @@ impl Attributor {
             evicted_bytes,
             overflowed_sites: state.sites.overflowed,
             leaks,
+            sites,
         }
     }
 
