@@ -37,7 +37,7 @@ fn caller(ctx: &ProbeContext) -> u64 {
 /// `has_return`, the outer call's depth counts this call until its return probe undoes it.
 #[inline(always)]
 fn nested(id: u64, has_return: bool) -> bool {
-    let Some(outer) = INFLIGHT.get_ptr_mut(&id) else { return false };
+    let Some(outer) = INFLIGHT.get_ptr_mut(id) else { return false };
     // SAFETY: the pointer comes from a successful lookup in a map only this thread writes for
     // this key.
     unsafe {
@@ -68,7 +68,7 @@ fn enter(ctx: &ProbeContext, kind: u32, size: u64, old_addr: u64, old_size: u64)
         stack_id: stack_id(ctx),
         ts_ns: now(),
     };
-    if INFLIGHT.insert(&id, &state, 0).is_err() {
+    if INFLIGHT.insert(id, state, 0).is_err() {
         bump(COUNTER_INFLIGHT_FULL);
     }
     0
@@ -140,7 +140,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(id) = current() else { return 0 };
-    let Some(state) = INFLIGHT.get_ptr_mut(&id) else {
+    let Some(state) = INFLIGHT.get_ptr_mut(id) else {
         bump(COUNTER_RETURN_WITHOUT_ENTRY);
         return 0;
     };
@@ -152,7 +152,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         }
         *state
     };
-    let _ = INFLIGHT.remove(&id);
+    let _ = INFLIGHT.remove(id);
     let ret: u64 = ctx.ret();
     let mut ev = event(state.kind, id);
     ev.addr = match state.kind {

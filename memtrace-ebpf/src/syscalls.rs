@@ -31,14 +31,14 @@ fn ret(ctx: &TracePointContext) -> Option<u64> {
 #[inline(always)]
 fn keep(id: u64, args: SyscallArgs) {
     // A full map only loses this call: the exit probe then finds nothing and sends nothing.
-    let _ = SYSCALLS.insert(&id, &args, 0);
+    let _ = SYSCALLS.insert(id, args, 0);
 }
 
 #[inline(always)]
 fn take(id: u64, kind: u32) -> Option<SyscallArgs> {
     // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { SYSCALLS.get(&id) }.copied();
-    let _ = SYSCALLS.remove(&id);
+    let args = unsafe { SYSCALLS.get(id) }.copied();
+    let _ = SYSCALLS.remove(id);
     args.filter(|args| args.kind == kind)
 }
 

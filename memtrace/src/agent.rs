@@ -492,7 +492,6 @@ impl Agent {
             }
             state.accounting.set_traced(drill.pid, false);
         }
-        drop(stacks);
         let mut probes = probes;
         for (drill, _) in &finished {
             probes.detach_allocator(Some(drill.pid));

@@ -377,7 +377,7 @@ impl Backend for Agent {
         input.drilldowns_active = state.drilldowns.len() as u64;
         if let Some(last) = self.last_snapshot(&state) {
             let mut processes: Vec<&ProcessSnapshot> = last.processes.iter().collect();
-            processes.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes));
+            processes.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes));
             for (rank, p) in processes.into_iter().enumerate() {
                 let pattern = state.patterns.get(&p.pid);
                 input.processes.push(ProcessMetrics {

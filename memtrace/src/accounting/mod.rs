@@ -526,7 +526,7 @@ impl Accounting {
                 processes.push(snapshot);
             }
         }
-        processes.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes));
+        processes.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes));
         HostSnapshot { timestamp: timestamp_ms, mem_total_bytes: info.total, mem_available_bytes: info.available, processes }
     }
 }
