@@ -28,6 +28,8 @@ fn main() {
     for name in ["memops", "fixed_plan"] {
         compile(&cc, &["-O1", "-g", "-fno-omit-frame-pointer"], &out.join(name), &[&format!("workloads/{name}.c")]);
     }
+    // A statically linked workload: its malloc is in the executable, not in a libc.
+    compile(&cc, &["-O1", "-g", "-static"], &out.join("memops_static"), &["workloads/memops.c"]);
     for (variant, fp) in [("fp", "-fno-omit-frame-pointer"), ("nofp", "-fomit-frame-pointer")] {
         let dir = out.join(format!("attrib-{variant}"));
         std::fs::create_dir_all(&dir).expect("output dir");

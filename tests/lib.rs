@@ -53,7 +53,12 @@ pub struct Memops {
 
 impl Memops {
     pub fn start() -> Self {
-        let mut child = Command::new(workload("memops"))
+        Self::start_named("memops")
+    }
+
+    /// A build of the workload by name (`memops`, `memops_static`).
+    pub fn start_named(name: &str) -> Self {
+        let mut child = Command::new(workload(name))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -227,3 +227,18 @@ fn never_traces_itself() {
     session.poll();
     assert!(session.accounting.process(me).is_none());
 }
+
+#[test]
+fn static_binary_is_traced_through_its_own_malloc() {
+    let Some(mut session) = session() else { return };
+    let mut w = Memops::start_named("memops_static");
+    let pid = w.pid();
+    let report = session.trace_pid(pid).expect("attach");
+    assert!(report.attached.contains(&"malloc"));
+    w.run("mallocn 0 30 700");
+    w.run("freen 0 10");
+    w.run("calloc 100 3 100");
+    let s = state(&mut session, pid);
+    assert_eq!((s.heap.live_bytes, s.heap.live_count()), (20 * 700 + 300, 21));
+    no_loss(&session);
+}

@@ -87,7 +87,13 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     };
     let mut session = Session::start(&args.options)?;
     session.only(&[pid]);
-    let report = session.trace_pid(pid)?;
+    let report = match args.command.first() {
+        Some(program) => {
+            let target = crate::probes::allocator_for_command(program, pid)?;
+            session.trace_target(pid, &target)?
+        }
+        None => session.trace_pid(pid)?,
+    };
     log::info!("tracing pid {pid}: attached to {} in its allocator", report.attached.join(", "));
     catch_interrupts();
     if let Some(child) = child.as_mut() {
@@ -109,7 +115,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
             session.poll();
             break true;
         }
-        if last_refresh.elapsed() >= Duration::from_millis(500) {
+        if last_refresh.elapsed() >= Duration::from_millis(100) {
             last = session.accounting.snapshot(pid).or(last);
             last_refresh = Instant::now();
         }
