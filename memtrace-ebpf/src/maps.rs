@@ -20,6 +20,11 @@ pub static SELF_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static CAPTURE_STACKS: Global<u32> = Global::new(1);
 
+/// The reader is woken only once this many bytes wait in the ring buffer (it also drains on a
+/// short timer): a wake-up per event would cost two context switches per allocation.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: Global<u64> = Global::new(256 * 1024);
+
 /// Every event goes through this ring buffer. Its size is set by the agent at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -85,7 +90,12 @@ pub fn emit(event: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(0);
+            let flags = if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES.load() {
+                aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP
+            } else {
+                aya_ebpf::bindings::BPF_RB_NO_WAKEUP
+            };
+            entry.submit(u64::from(flags));
             bump(memtrace_common::COUNTER_EVENTS);
         }
         None => bump(memtrace_common::COUNTER_RINGBUF_DROPS),

@@ -80,6 +80,7 @@ impl ProbeArgs {
             inflight_entries: self.inflight_entries,
             stack_entries: self.stack_entries,
             capture_stacks: !self.no_stacks,
+            ..Default::default()
         }
     }
 }

@@ -161,6 +161,9 @@ pub fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<(Kind, Event)>, stats:
 
 pub type Batch = Vec<(Kind, Event)>;
 
+/// How often the reader drains the ring buffer without a wake-up from the kernel.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Reads the ring buffer whenever the kernel signals data and hands batches over `tx` until `tx`
 /// is closed or `stop` fires; then drains once more so that nothing submitted is lost.
 pub async fn reader(
@@ -173,18 +176,24 @@ pub async fn reader(
     // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open for as long as it is
     // registered.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|err| err.into_parts().1)?;
+    // The kernel wakes the reader only when enough bytes wait; the timer drains the rest.
+    let mut timer = tokio::time::interval(DRAIN_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut batch = Vec::with_capacity(1024);
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                let mut batch = Vec::with_capacity(1024);
                 drain(guard.get_inner_mut(), &mut batch, &stats);
                 guard.clear_ready();
-                if !batch.is_empty() && tx.send(batch).await.is_err() {
-                    return Ok(());
-                }
+            }
+            _ = timer.tick() => {
+                drain(fd.get_mut(), &mut batch, &stats);
             }
             _ = stop.changed() => break,
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return Ok(());
         }
     }
     let mut batch = Vec::new();

@@ -122,11 +122,19 @@ pub struct ProbeOptions {
     /// Distinct user stacks kept (entries of the stack map).
     pub stack_entries: u32,
     pub capture_stacks: bool,
+    /// Bytes waiting in the ring buffer before the reader is woken (it also drains on a timer).
+    pub wakeup_bytes: u64,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ring_buffer_bytes: 16 << 20, inflight_entries: 16384, stack_entries: 16384, capture_stacks: true }
+        Self {
+            ring_buffer_bytes: 16 << 20,
+            inflight_entries: 16384,
+            stack_entries: 16384,
+            capture_stacks: true,
+            wakeup_bytes: 256 << 10,
+        }
     }
 }
 
@@ -295,6 +303,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("CAPTURE_STACKS", &capture, true)
+            .override_global("WAKEUP_BYTES", &options.wakeup_bytes.min(u64::from(options.ring_buffer_bytes) / 4), true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .map_max_entries("INFLIGHT", options.inflight_entries)
             .map_max_entries("STACKS", options.stack_entries)
