@@ -43,6 +43,11 @@ pub const MAP_SHARED: u32 = 0x01;
 pub const MAP_ANONYMOUS: u32 = 0x20;
 pub const MAP_FIXED: u32 = 0x10;
 
+/// Set in `Event::flags` of `mmap`, `mremap` and `brk` events made while an allocator call of the
+/// same thread was in flight: memory the allocator maps for itself, accounted in the process's
+/// mappings but not attributed as a direct mapping of the caller.
+pub const FLAG_ALLOCATOR_INTERNAL: u32 = 1 << 31;
+
 /// No stack was captured for the event.
 pub const NO_STACK: i64 = -1;
 

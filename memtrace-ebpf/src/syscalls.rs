@@ -2,9 +2,9 @@
 //! event is sent at `sys_exit_*` with the result, so that failed calls are never accounted.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use memtrace_common::{KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP, SyscallArgs};
+use memtrace_common::{FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP, SyscallArgs};
 
-use crate::maps::{SYSCALLS, current, emit, event, stack_id, syscall_caller};
+use crate::maps::{INFLIGHT, SYSCALLS, current, emit, event, stack_id, syscall_caller};
 
 /// Offset of the first syscall argument in every `syscalls:sys_enter_*` record, and of `ret` in
 /// every `syscalls:sys_exit_*` record (after the common header and `int __syscall_nr`).
@@ -26,6 +26,18 @@ fn ret(ctx: &TracePointContext) -> Option<u64> {
     // SAFETY: as in `arg`.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.ok()?;
     if (-MAX_ERRNO..0).contains(&ret) { None } else { Some(ret as u64) }
+}
+
+/// Marks an event made inside an allocator call of this thread (the allocator mapping memory for
+/// itself); otherwise records who made it.
+#[inline(always)]
+fn attribute(ctx: &TracePointContext, id: u64, ev: &mut memtrace_common::Event) {
+    if INFLIGHT.get_ptr(id).is_some() {
+        ev.flags |= FLAG_ALLOCATOR_INTERNAL;
+    } else {
+        ev.stack_id = stack_id(ctx);
+        ev.caller = syscall_caller();
+    }
 }
 
 #[inline(always)]
@@ -79,8 +91,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     ev.size = args.len;
     ev.flags = args.flags;
     ev.aux = args.aux;
-    ev.stack_id = stack_id(&ctx);
-    ev.caller = syscall_caller();
+    attribute(&ctx, id, &mut ev);
     emit(&ev);
     0
 }
@@ -150,8 +161,7 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
     ev.old_addr = args.addr;
     ev.old_size = args.old_len;
     ev.flags = args.flags;
-    ev.stack_id = stack_id(&ctx);
-    ev.caller = syscall_caller();
+    attribute(&ctx, id, &mut ev);
     emit(&ev);
     0
 }
@@ -165,8 +175,7 @@ pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
     let Some(addr) = ret(&ctx) else { return 0 };
     let mut ev = event(KIND_BRK, id);
     ev.addr = addr;
-    ev.stack_id = stack_id(&ctx);
-    ev.caller = syscall_caller();
+    attribute(&ctx, id, &mut ev);
     emit(&ev);
     0
 }

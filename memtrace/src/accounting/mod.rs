@@ -7,7 +7,7 @@ pub mod mappings;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use memtrace_common::{Event, MAP_ANONYMOUS};
+use memtrace_common::{Event, FLAG_ALLOCATOR_INTERNAL, MAP_ANONYMOUS};
 
 use self::{
     heap::{Change, Heap, LiveAlloc},
@@ -439,10 +439,16 @@ impl Accounting {
             return;
         }
         let state = self.state(pid);
+        // Memory the allocator maps for itself is the heap's, not a direct mapping of a caller.
+        let internal = ev.flags & FLAG_ALLOCATOR_INTERNAL != 0;
         match kind {
             Kind::Mmap => {
                 let map_kind = if ev.flags & MAP_ANONYMOUS != 0 { MapKind::Anon } else { MapKind::File };
-                let site = state.sites.intern(SiteKey { class: SiteClass::Mmap, stack_id: ev.stack_id, caller: ev.caller });
+                let site = if internal {
+                    NO_SITE
+                } else {
+                    state.sites.intern(SiteKey { class: SiteClass::Mmap, stack_id: ev.stack_id, caller: ev.caller })
+                };
                 if map_kind == MapKind::File && (ev.aux >> 32) & PROT_EXEC != 0 {
                     state.modules_dirty = true;
                 }
@@ -468,7 +474,11 @@ impl Accounting {
                 state.brk.start.get_or_insert(ev.addr);
                 state.brk.current = Some(ev.addr);
                 if ev.addr > previous {
-                    let site = state.sites.intern(SiteKey { class: SiteClass::Brk, stack_id: ev.stack_id, caller: ev.caller });
+                    let site = if internal {
+                        NO_SITE
+                    } else {
+                        state.sites.intern(SiteKey { class: SiteClass::Brk, stack_id: ev.stack_id, caller: ev.caller })
+                    };
                     let grown = ev.addr - previous;
                     state.sites.add(site, grown, true);
                     state.brk.growth.push((site, grown));
@@ -678,6 +688,23 @@ mod tests {
         let p = a.process(1).expect("pid");
         assert_eq!(p.mappings.anon_bytes(), 3 * page);
         assert_eq!(p.mappings.file_bytes(), 8 * page);
+    }
+
+    #[test]
+    fn allocator_internal_mappings_are_not_direct_consumers() {
+        let mut a = acct();
+        let page = procfs::page_size();
+        let mut internal = ev(Kind::Mmap, 1, 0x100000, 4 * page, 0);
+        internal.1.flags = MAP_ANONYMOUS | FLAG_ALLOCATOR_INTERNAL;
+        let mut direct = ev(Kind::Mmap, 1, 0x900000, 2 * page, 0);
+        direct.1.flags = MAP_ANONYMOUS;
+        direct.1.caller = 0x401000;
+        a.apply_batch(&[internal, direct]);
+        let p = a.process(1).expect("pid");
+        assert_eq!(p.mappings.anon_bytes(), 6 * page, "both are mapped");
+        let sites: Vec<_> = p.sites.iter().filter(|(_, s)| s.key.class == SiteClass::Mmap).collect();
+        assert_eq!(sites.len(), 1, "only the direct mapping is a call site");
+        assert_eq!(sites[0].1.live_bytes, 2 * page);
     }
 
     #[test]
