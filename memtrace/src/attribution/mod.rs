@@ -125,6 +125,11 @@ pub struct ConsumerMetadata {
     pub over_limit: bool,
     /// Frames skipped as allocator internals or wrappers before the attributed one.
     pub skipped_frames: usize,
+    /// A mapping or break growth made by the allocator itself (libc) in a process whose heap is
+    /// traced: it backs heap blocks already counted at their callers, so library roll-ups leave it
+    /// out.
+    #[serde(default)]
+    pub allocator_internal: bool,
 }
 
 /// Allocations still live after the leak age, grouped by consumer.
@@ -302,6 +307,9 @@ impl Attributor {
                     suspicious: false,
                     over_limit: false,
                     skipped_frames: attributed.skipped,
+                    allocator_internal: state.heap_traced
+                        && stats.key.class != SiteClass::Malloc
+                        && attributed.library.starts_with("libc"),
                 },
             });
             consumer.allocated_memory += stats.live_bytes;
@@ -332,7 +340,7 @@ impl Attributor {
 
         // Library roll-ups over every consumer, before eviction.
         let mut libraries: HashMap<String, LibrarySnapshot> = HashMap::new();
-        for c in &consumers {
+        for c in consumers.iter().filter(|c| !c.metadata.allocator_internal) {
             let lib = libraries.entry(c.category.clone()).or_insert_with(|| LibrarySnapshot { library: c.category.clone(), ..Default::default() });
             lib.live_bytes += c.allocated_memory;
             lib.peak_bytes += c.peak_memory;
