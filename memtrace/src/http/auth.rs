@@ -117,6 +117,11 @@ pub(super) async fn guard(State(state): State<AppState>, request: Request, next:
     if !state_changing && state.loopback {
         return next.run(request).await;
     }
+    // The dashboard's own files hold no data: a browser cannot add a bearer header to a page load,
+    // so they are served without the token; every API call the page then makes carries it.
+    if !state_changing && (path == "/api/memory/dashboard" || path.starts_with("/api/memory/dashboard/")) {
+        return next.run(request).await;
+    }
     let Some(expected) = state.token.as_deref() else {
         let reason = if state_changing {
             NO_TOKEN
