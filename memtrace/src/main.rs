@@ -128,7 +128,6 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Bind first, so that a taken port fails before any probe is loaded.
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-        log::info!("HTTP API, /metrics and dashboard on http://{}/api/memory/dashboard", listener.local_addr().unwrap_or(listen));
         memtrace::agent::run(config, options, move |agent, mut stop| async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
