@@ -164,7 +164,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     assert_eq!(heap[0]["value"][1], "40960");
     let processes = query("memtrace_process_rss_bytes").expect("query answered");
     assert!(processes.len() > 1, "{processes:?}");
-    assert!(processes.iter().any(|p| p["metric"]["pid"] == pid.to_string()), "{processes:?}");
+    let pid_label = pid.to_string();
+    assert!(processes.iter().any(|p| p["metric"]["pid"] == pid_label.as_str()), "{processes:?}");
 
     // The scrape itself is healthy, and the rules were loaded.
     let targets = http(&client, "GET", &format!("http://{web}/api/v1/targets"), None).expect("targets").json();
