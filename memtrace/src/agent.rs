@@ -386,6 +386,10 @@ impl Agent {
                 }
             }
             let (Some((kind, trigger)), true) = (trigger, confident) else { continue };
+            // The agent's own warm-up is not an alert, and it never traces itself.
+            if pattern.pid == std::process::id() {
+                continue;
+            }
             detected.push(pattern.clone());
             let Some(process) = latest.get(&pattern.pid) else { continue };
             let severity = match pattern.pattern.severity {
@@ -621,7 +625,10 @@ where
     let mut snapshots = tokio::time::interval(agent.config.monitor.snapshot_interval());
     let mut analysis = tokio::time::interval(agent.config.monitor.analysis_interval());
     analysis.tick().await;
+    // Both listeners exist for the whole loop, so a signal that arrives while a snapshot or an
+    // analysis runs is not lost.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(AgentError::Reader)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(AgentError::Reader)?;
     loop {
         tokio::select! {
             _ = snapshots.tick() => {
@@ -644,7 +651,7 @@ where
                     Err(err) => log::warn!("analysis task: {err}"),
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }

@@ -239,11 +239,54 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     run(&mut unit)?;
     // The CLI tests run the binary itself.
     run(cargo(root, &linker)?.args(["build", "--package", "memtrace", "--bin", "memtrace"]))?;
+    // Programs the agent's integration tests drive (Prometheus, promtool, headless Chromium).
+    install_test_packages();
     // Integration tests share kernel state (probes, tracefs), so one at a time.
     let mut integration = cargo(root, &linker)?;
     integration.args(["test", "--package", "memtrace-integration", "--", "--test-threads=1"]).args(args);
     run(&mut integration)?;
     Ok(())
+}
+
+/// Debian packages the integration tests need, each with the programs it provides.
+const TEST_PACKAGES: &[(&str, &[&str])] = &[("prometheus", &["prometheus", "promtool"]), ("chromium", &["chromium"])];
+
+/// Whether `program` is in /usr/bin or on PATH (as the tests look for it).
+fn installed(program: &str) -> bool {
+    Path::new("/usr/bin").join(program).is_file()
+        || env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Installs the missing test packages with apt-get; nothing runs when all are there. A failure
+/// is only a warning: the tests that need the package then fail under CI=true with a message
+/// naming it, and are skipped elsewhere.
+fn install_test_packages() {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, programs)| !programs.iter().all(|p| installed(p)))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("xtask: installing Debian packages for the integration tests: {}", missing.join(" "));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        run(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null()))
+    };
+    let result = apt(&["update"]).and_then(|()| {
+        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        args.extend(&missing);
+        apt(&args)
+    });
+    if let Err(err) = result {
+        eprintln!(
+            "xtask: warning: could not install {} ({err:#}); the tests that need them are skipped, or fail under CI=true",
+            missing.join(" ")
+        );
+    }
 }
 
 fn lint(root: &Path) -> anyhow::Result<()> {

@@ -90,6 +90,30 @@ impl Mappings {
         removed
     }
 
+    /// Maps the parts of `[start, start + len)` that no known range covers (seeding from
+    /// `/proc/PID/maps` keeps what events already said about a range, its call site included).
+    pub fn fill(&mut self, start: u64, len: u64, kind: MapKind) {
+        let end = self.page_end(start, len);
+        let mut known: Vec<(u64, u64)> = self
+            .ranges
+            .range(..end)
+            .rev()
+            .take_while(|(_, range)| range.end > start)
+            .map(|(&s, range)| (s, range.end))
+            .collect();
+        known.reverse();
+        let mut cursor = start;
+        for (s, e) in known {
+            if s > cursor {
+                self.insert(cursor, s - cursor, kind, NO_SITE);
+            }
+            cursor = cursor.max(e);
+        }
+        if cursor < end {
+            self.insert(cursor, end - cursor, kind, NO_SITE);
+        }
+    }
+
     /// Unmaps `[start, start + len)` (rounded up to whole pages). Returns the pieces removed.
     pub fn remove(&mut self, start: u64, len: u64) -> Vec<Removed> {
         let end = self.page_end(start, len);
@@ -227,6 +251,19 @@ mod tests {
         // MREMAP_DONTUNMAP keeps the old range.
         m.remap(0x900000, P, 0xa00000, P, true);
         assert_eq!(m.file_bytes(), 2 * P);
+    }
+
+    #[test]
+    fn fill_keeps_known_ranges() {
+        let mut m = Mappings::new(P);
+        m.insert(0x100000 + P, P, MapKind::Anon, 7);
+        m.fill(0x100000, 4 * P, MapKind::Anon);
+        assert_eq!(m.anon_bytes(), 4 * P);
+        assert_eq!(m.at(0x100000 + P), Some((MapKind::Anon, 7)), "the known site stays");
+        assert_eq!(m.at(0x100000), Some((MapKind::Anon, NO_SITE)));
+        assert_eq!(m.at(0x100000 + 3 * P), Some((MapKind::Anon, NO_SITE)));
+        m.fill(0x100000, 4 * P, MapKind::Anon);
+        assert_eq!(m.anon_bytes(), 4 * P, "idempotent");
     }
 
     #[test]

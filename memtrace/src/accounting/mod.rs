@@ -159,6 +159,10 @@ pub struct ProcessState {
     pub modules: Modules,
     /// An executable file mapping appeared since `modules` was read.
     pub modules_dirty: bool,
+    /// Whether what the kernel shows of the process (`/proc`) has been read. Processes seen only
+    /// through events are read lazily (at a snapshot, or when traced): a short-lived process costs
+    /// no `/proc` reads at all.
+    pub seeded: bool,
     /// When the state was seeded from `/proc` (kernel monotonic ns): events older than this are
     /// already reflected in it.
     pub seeded_ns: u64,
@@ -353,12 +357,26 @@ impl Accounting {
         }
     }
 
-    /// The state of `pid`, created (and seeded from the source) on first sight.
+    /// The state of `pid`, created on first sight, and seeded from the source (`/proc`) if it was
+    /// not yet.
     pub fn state(&mut self, pid: u32) -> &mut ProcessState {
         let Self { procs, source, page, max_sites, traced, trace_all, stats, .. } = self;
+        let state = procs.entry(pid).or_insert_with(|| {
+            stats.processes_seen += 1;
+            blank_state(pid, *page, *max_sites, *trace_all || traced.contains(&pid))
+        });
+        if !state.seeded {
+            seed(state, source.as_ref());
+        }
+        state
+    }
+
+    /// The state of `pid` as events know it, created on first sight without reading `/proc`.
+    fn event_state(&mut self, pid: u32) -> &mut ProcessState {
+        let Self { procs, page, max_sites, traced, trace_all, stats, .. } = self;
         procs.entry(pid).or_insert_with(|| {
             stats.processes_seen += 1;
-            new_state(source.as_ref(), pid, *page, *max_sites, *trace_all || traced.contains(&pid))
+            blank_state(pid, *page, *max_sites, *trace_all || traced.contains(&pid))
         })
     }
 
@@ -386,11 +404,17 @@ impl Accounting {
             Kind::Exec => {
                 // The address space was replaced: start over from what the kernel shows now,
                 // unless the state was read from the kernel after this exec already.
-                if self.procs.get(&pid).is_some_and(|state| state.seeded_ns > ev.ts_ns) {
+                if self.procs.get(&pid).is_some_and(|state| state.seeded && state.seeded_ns > ev.ts_ns) {
                     return;
                 }
                 self.procs.remove(&pid);
-                self.state(pid);
+                // A traced process is read at once (its libraries are needed to name its stacks);
+                // others when a snapshot first needs them.
+                if self.trace_all || self.traced.contains(&pid) {
+                    self.state(pid);
+                } else {
+                    self.event_state(pid);
+                }
                 return;
             }
             _ => {}
@@ -417,7 +441,7 @@ impl Accounting {
                     self.new_operations += 1;
                 }
             }
-            let state = self.state(pid);
+            let state = self.event_state(pid);
             state.heap_traced = true;
             let site = state.sites.intern(SiteKey { class: SiteClass::Malloc, stack_id: ev.stack_id, caller: ev.caller });
             let alloc = LiveAlloc { size: ev.size, site, born_s };
@@ -438,7 +462,7 @@ impl Accounting {
             }
             return;
         }
-        let state = self.state(pid);
+        let state = self.event_state(pid);
         // Memory the allocator maps for itself is the heap's, not a direct mapping of a caller.
         let internal = ev.flags & FLAG_ALLOCATOR_INTERNAL != 0;
         match kind {
@@ -541,13 +565,12 @@ impl Accounting {
     }
 }
 
-/// A new process state, seeded with what the kernel shows of the process now.
-fn new_state(source: &dyn ProcessSource, pid: u32, page: u64, max_sites: usize, heap_traced: bool) -> ProcessState {
-    let stat = source.stat(pid).unwrap_or_default();
-    let mut state = ProcessState {
+/// A process state with nothing known yet.
+fn blank_state(pid: u32, page: u64, max_sites: usize, heap_traced: bool) -> ProcessState {
+    ProcessState {
         pid,
-        comm: stat.comm,
-        start_time: stat.start_time,
+        comm: String::new(),
+        start_time: 0,
         heap: Heap::default(),
         mappings: Mappings::new(page),
         brk: Brk::default(),
@@ -556,25 +579,42 @@ fn new_state(source: &dyn ProcessSource, pid: u32, page: u64, max_sites: usize, 
         status: Status::default(),
         modules: Modules::default(),
         modules_dirty: false,
-        seeded_ns: monotonic_ns(),
-    };
-    if stat.start_brk != 0 {
-        state.brk.start = Some(stat.start_brk);
+        seeded: false,
+        seeded_ns: 0,
+    }
+}
+
+/// Adds what the kernel shows of the process now: identity, mapped objects, the mappings events
+/// did not report (made before memtrace saw the process), and the program break.
+fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
+    let pid = state.pid;
+    state.seeded = true;
+    state.seeded_ns = monotonic_ns();
+    if let Some(stat) = source.stat(pid) {
+        state.comm = stat.comm;
+        if state.start_time == 0 {
+            state.start_time = stat.start_time;
+        }
+        if stat.start_brk != 0 {
+            state.brk.start = Some(stat.start_brk);
+        }
     }
     let maps = source.maps(pid).unwrap_or_default();
-    state.modules = Modules::from_maps(pid, &maps);
+    if !maps.is_empty() {
+        state.modules = Modules::from_maps(pid, &maps);
+        state.modules_dirty = false;
+    }
     for line in maps {
         if line.path == "[heap]" {
             state.brk.current.get_or_insert(line.end);
         } else if !line.is_special() {
             let kind = if line.is_file() { MapKind::File } else { MapKind::Anon };
-            state.mappings.insert(line.start, line.end - line.start, kind, NO_SITE);
+            state.mappings.fill(line.start, line.end - line.start, kind);
         }
     }
     if state.brk.current.is_none() {
         state.brk.current = state.brk.start;
     }
-    state
 }
 
 /// The clock of kernel event timestamps (`bpf_ktime_get_ns`).
