@@ -60,13 +60,13 @@ pub struct ReportArgs {
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 16, value_parser = parse_ring_mib)]
+    #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mb: u32,
     /// Allocator calls that can be in flight at once (in-flight map entries).
     #[arg(long, default_value_t = 16384)]
     pub inflight_entries: u32,
     /// Distinct user stacks kept in the kernel's stack map.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 8192)]
     pub stack_entries: u32,
     /// Do not capture user stacks (cheaper; no call-site attribution).
     #[arg(long)]

@@ -139,10 +139,15 @@ impl PipelineStats {
     }
 }
 
-/// Copies every record now in the ring buffer into `batch`. Returns how many were read.
+/// Events handed over at once: bounds the memory a burst can take in user space.
+pub const BATCH_MAX: usize = 16384;
+
+/// Copies the records now in the ring buffer into `batch`, at most `BATCH_MAX`. Returns how many
+/// were read (fewer than `BATCH_MAX`: the ring buffer is empty).
 pub fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<(Kind, Event)>, stats: &PipelineStats) -> usize {
     let mut read = 0;
-    while let Some(item) = ring.next() {
+    while read < BATCH_MAX {
+        let Some(item) = ring.next() else { break };
         read += 1;
         match decode(&item) {
             Ok(decoded) => {
@@ -184,8 +189,9 @@ pub async fn reader(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut batch, &stats);
-                guard.clear_ready();
+                if drain(guard.get_inner_mut(), &mut batch, &stats) < BATCH_MAX {
+                    guard.clear_ready();
+                }
             }
             _ = timer.tick() => {
                 drain(fd.get_mut(), &mut batch, &stats);
@@ -196,10 +202,15 @@ pub async fn reader(
             return Ok(());
         }
     }
-    let mut batch = Vec::new();
-    drain(fd.get_mut(), &mut batch, &stats);
-    if !batch.is_empty() {
-        let _ = tx.send(batch).await;
+    loop {
+        let mut batch = Vec::new();
+        let read = drain(fd.get_mut(), &mut batch, &stats);
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            break;
+        }
+        if read < BATCH_MAX {
+            break;
+        }
     }
     Ok(())
 }

@@ -129,9 +129,9 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: 8 << 20,
             inflight_entries: 16384,
-            stack_entries: 16384,
+            stack_entries: 8192,
             capture_stacks: true,
             wakeup_bytes: 256 << 10,
         }

@@ -69,19 +69,25 @@ impl Session {
 
     /// Drains the ring buffer and applies every event. Returns how many records were read.
     pub fn poll(&mut self) -> usize {
-        self.batch.clear();
-        let read = events::drain(&mut self.ring, &mut self.batch, &self.stats);
-        if self.only.is_empty() {
-            self.accounting.apply_batch(&self.batch);
-        } else {
-            for (kind, event) in &self.batch {
-                if self.only.contains(&event.tgid) {
-                    self.accounting.apply(*kind, event);
+        let mut total = 0;
+        loop {
+            self.batch.clear();
+            let read = events::drain(&mut self.ring, &mut self.batch, &self.stats);
+            total += read;
+            if self.only.is_empty() {
+                self.accounting.apply_batch(&self.batch);
+            } else {
+                for (kind, event) in &self.batch {
+                    if self.only.contains(&event.tgid) {
+                        self.accounting.apply(*kind, event);
+                    }
                 }
             }
+            self.accounting.refresh_dirty_modules();
+            if read < events::BATCH_MAX {
+                return total;
+            }
         }
-        self.accounting.refresh_dirty_modules();
-        read
     }
 
     /// Waits until the kernel signals events or `timeout` passes.
