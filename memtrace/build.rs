@@ -1,7 +1,7 @@
 //! Builds the eBPF object (the `memtrace` binary of `memtrace-ebpf`, for `bpfel-unknown-none`, with the
 //! nightly toolchain and bpf-linker) into OUT_DIR, where `probes` embeds it.
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
     }
     // The dashboard's charting library comes from the npm registry (package-lock.json) and is
     // embedded in the binary.
-    let vendor = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard/dist/vendor/chart.umd.min.js");
+    let vendor = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboard/dist/vendor/chart.umd.min.js"
+    );
     println!("cargo:rerun-if-changed={vendor}");
     if !std::path::Path::new(vendor).is_file() {
         return Err(anyhow!(
@@ -23,7 +26,11 @@ fn main() -> anyhow::Result<()> {
     }
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../memtrace-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "memtrace-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "memtrace-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Nightly,
     )
     .context("building the eBPF object (memtrace-ebpf)")

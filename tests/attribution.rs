@@ -7,7 +7,7 @@ use std::{
 };
 
 use memtrace::{
-    attribution::{AttributionConfig, Attributor, Consumer, ConsumerReport, monotonic_seconds},
+    attribution::{monotonic_seconds, AttributionConfig, Attributor, Consumer, ConsumerReport},
     probes::KernelStacks,
     session::Session,
 };
@@ -22,12 +22,18 @@ struct Workload {
 
 impl Workload {
     fn start(variant: &str, exit: bool) -> Self {
-        let path = std::path::PathBuf::from(env!("OUT_DIR")).join(format!("attrib-{variant}")).join("attrib_main");
+        let path = std::path::PathBuf::from(env!("OUT_DIR"))
+            .join(format!("attrib-{variant}"))
+            .join("attrib_main");
         let mut cmd = Command::new(path);
         if exit {
             cmd.arg("exit");
         }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("workload starts");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("workload starts");
         let mut out = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
         out.read_line(&mut line).expect("ready");
@@ -54,9 +60,17 @@ impl Drop for Workload {
 
 fn report(session: &mut Session, pid: u32) -> ConsumerReport {
     session.poll();
-    let config = AttributionConfig { leak_age_seconds: 0, ..AttributionConfig::default() };
+    let config = AttributionConfig {
+        leak_age_seconds: 0,
+        ..AttributionConfig::default()
+    };
     let mut attributor = Attributor::new(config);
-    let state = session.accounting.process(pid).or_else(|| session.accounting.exited_state(pid)).expect("state").clone();
+    let state = session
+        .accounting
+        .process(pid)
+        .or_else(|| session.accounting.exited_state(pid))
+        .expect("state")
+        .clone();
     let mut stacks = KernelStacks(session.probes.stacks().expect("stack map"));
     attributor.report(&state, &mut stacks, monotonic_seconds())
 }
@@ -65,12 +79,19 @@ fn consumer<'a>(report: &'a ConsumerReport, library: &str, kind: &str) -> Vec<&'
     report
         .consumers
         .iter()
-        .filter(|c| c.category == library && serde_json::to_value(c.kind).expect("kind").as_str() == Some(kind))
+        .filter(|c| {
+            c.category == library
+                && serde_json::to_value(c.kind).expect("kind").as_str() == Some(kind)
+        })
         .collect()
 }
 
 fn library_live(report: &ConsumerReport, library: &str) -> u64 {
-    report.libraries.iter().find(|l| l.library == library).map_or(0, |l| l.live_bytes)
+    report
+        .libraries
+        .iter()
+        .find(|l| l.library == library)
+        .map_or(0, |l| l.live_bytes)
 }
 
 fn check(report: &ConsumerReport, frame_pointers: bool, exited: bool) {
@@ -82,7 +103,11 @@ fn check(report: &ConsumerReport, frame_pointers: bool, exited: bool) {
     assert_eq!(leaks[0].allocated_memory, 50 * 4096);
     assert_eq!(leaks[0].active_allocations, 50);
     assert_eq!(leaks[0].total_calls, 50);
-    assert!(leaks[0].stack_trace[0].starts_with("leak_one (libleak.so+0x"), "{:?}", leaks[0].stack_trace);
+    assert!(
+        leaks[0].stack_trace[0].starts_with("leak_one (libleak.so+0x"),
+        "{:?}",
+        leaks[0].stack_trace
+    );
     if frame_pointers {
         let stack = leaks[0].stack_trace.join("\n");
         assert!(stack.contains("leak_chunks"), "{stack}");
@@ -98,16 +123,38 @@ fn check(report: &ConsumerReport, frame_pointers: bool, exited: bool) {
     // operator new goes to its caller in libcxx.so: 10 arrays of 1000 plus the vector's
     // reserve(4096) of pointers (which the vector's static destructor frees at exit).
     let vector = if exited { 0 } else { 4096 * 8 };
-    assert_eq!(library_live(report, "libcxx.so"), 10 * 1000 + vector, "{}", dump());
-    assert!(consumer(report, "libcxx.so", "malloc").iter().any(|c| c.name.contains("cxx_keep") && c.allocated_memory >= 10_000), "{}", dump());
-    assert!(report.libraries.iter().all(|l| !l.library.starts_with("libstdc++") || l.live_bytes == 0), "{}", dump());
+    assert_eq!(
+        library_live(report, "libcxx.so"),
+        10 * 1000 + vector,
+        "{}",
+        dump()
+    );
+    assert!(
+        consumer(report, "libcxx.so", "malloc")
+            .iter()
+            .any(|c| c.name.contains("cxx_keep") && c.allocated_memory >= 10_000),
+        "{}",
+        dump()
+    );
+    assert!(
+        report
+            .libraries
+            .iter()
+            .all(|l| !l.library.starts_with("libstdc++") || l.live_bytes == 0),
+        "{}",
+        dump()
+    );
     // The direct mapping made by libleak.
     let maps = consumer(report, "libleak.so", "mmap");
     assert_eq!(maps.len(), 1, "{}", dump());
     assert_eq!(maps[0].name, "leak_map");
     assert_eq!(maps[0].allocated_memory, 16 * PAGE);
     // The leak view groups the still-live allocations by consumer.
-    let leak = report.leaks.iter().find(|l| l.name == "leak_one").expect("leak group");
+    let leak = report
+        .leaks
+        .iter()
+        .find(|l| l.name == "leak_one")
+        .expect("leak group");
     assert_eq!((leak.bytes, leak.count), (50 * 4096, 50));
 }
 
@@ -142,6 +189,9 @@ fn exited_process_still_gets_named_frames() {
     assert!(status.success());
     // Symbolized only now, after the process is gone.
     let report = report(&mut session, pid);
-    assert!(session.accounting.process(pid).is_none(), "the process is gone");
+    assert!(
+        session.accounting.process(pid).is_none(),
+        "the process is gone"
+    );
     check(&report, true, true);
 }

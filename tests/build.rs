@@ -26,21 +26,56 @@ fn main() {
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
     for name in ["memops", "fixed_plan", "grower", "leaker"] {
-        compile(&cc, &["-O1", "-g", "-fno-omit-frame-pointer"], &out.join(name), &[&format!("workloads/{name}.c")]);
+        compile(
+            &cc,
+            &["-O1", "-g", "-fno-omit-frame-pointer"],
+            &out.join(name),
+            &[&format!("workloads/{name}.c")],
+        );
     }
     // A statically linked workload: its malloc is in the executable, not in a libc.
-    compile(&cc, &["-O1", "-g", "-static"], &out.join("memops_static"), &["workloads/memops.c"]);
-    for (variant, fp) in [("fp", "-fno-omit-frame-pointer"), ("nofp", "-fomit-frame-pointer")] {
+    compile(
+        &cc,
+        &["-O1", "-g", "-static"],
+        &out.join("memops_static"),
+        &["workloads/memops.c"],
+    );
+    for (variant, fp) in [
+        ("fp", "-fno-omit-frame-pointer"),
+        ("nofp", "-fomit-frame-pointer"),
+    ] {
         let dir = out.join(format!("attrib-{variant}"));
         std::fs::create_dir_all(&dir).expect("output dir");
         let shared = ["-O1", "-g", fp, "-fPIC", "-shared"];
-        compile(&cc, &shared, &dir.join("libleak.so"), &["workloads/attrib/libleak.c"]);
-        compile(&cc, &shared, &dir.join("libclean.so"), &["workloads/attrib/libclean.c"]);
-        compile(&cxx, &shared, &dir.join("libcxx.so"), &["workloads/attrib/libcxx.cpp"]);
+        compile(
+            &cc,
+            &shared,
+            &dir.join("libleak.so"),
+            &["workloads/attrib/libleak.c"],
+        );
+        compile(
+            &cc,
+            &shared,
+            &dir.join("libclean.so"),
+            &["workloads/attrib/libclean.c"],
+        );
+        compile(
+            &cxx,
+            &shared,
+            &dir.join("libcxx.so"),
+            &["workloads/attrib/libcxx.cpp"],
+        );
         let dir_arg = format!("-L{}", dir.display());
         compile(
             &cc,
-            &["-O1", "-g", fp, &dir_arg, "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed"],
+            &[
+                "-O1",
+                "-g",
+                fp,
+                &dir_arg,
+                "-Wl,-rpath,$ORIGIN",
+                "-Wl,--no-as-needed",
+            ],
             &dir.join("attrib_main"),
             &["workloads/attrib/main.c", "-lleak", "-lclean", "-lcxx"],
         );

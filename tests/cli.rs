@@ -5,7 +5,7 @@ use std::{
     process::Command,
 };
 
-use memtrace_integration::{Memops, memtrace_binary, session, workload};
+use memtrace_integration::{memtrace_binary, session, workload, Memops};
 
 fn can_trace() -> bool {
     // Loading once in-process tells whether this machine lets us (and fails under CI=true if not).
@@ -22,11 +22,16 @@ fn trace_command_reports_exact_heap() {
         .arg(workload("fixed_plan"))
         .output()
         .expect("memtrace runs");
-    assert!(out.status.success(), "memtrace trace failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "memtrace trace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     // The workload prints "done" before memtrace prints its report.
     let json_start = stdout.find('{').expect("a JSON report");
-    let report: serde_json::Value = serde_json::from_str(&stdout[json_start..]).expect("valid JSON");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout[json_start..]).expect("valid JSON");
     let p = &report["process"];
     assert_eq!(report["exited"], true);
     assert_eq!(report["exitCode"], 0);
@@ -51,7 +56,14 @@ fn trace_pid_with_duration() {
     let mut w = Memops::start();
     let pid = w.pid();
     let child = Command::new(memtrace_binary())
-        .args(["trace", "--json", "--duration", "3", "--pid", &pid.to_string()])
+        .args([
+            "trace",
+            "--json",
+            "--duration",
+            "3",
+            "--pid",
+            &pid.to_string(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -67,7 +79,8 @@ fn trace_pid_with_duration() {
             }
         }
     });
-    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("memtrace attached in time");
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("memtrace attached in time");
     w.run("mallocn 0 64 2048");
     w.run("freen 0 16");
     let out = child.wait_with_output().expect("memtrace finishes");
@@ -81,13 +94,22 @@ fn trace_pid_with_duration() {
 
 #[test]
 fn bad_arguments_are_clear_errors() {
-    let out = Command::new(memtrace_binary()).args(["trace"]).output().expect("memtrace runs");
+    let out = Command::new(memtrace_binary())
+        .args(["trace"])
+        .output()
+        .expect("memtrace runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pid or a command"));
-    let out = Command::new(memtrace_binary()).args(["trace", "--pid", "x"]).output().expect("memtrace runs");
+    let out = Command::new(memtrace_binary())
+        .args(["trace", "--pid", "x"])
+        .output()
+        .expect("memtrace runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
-    let out = Command::new(memtrace_binary()).args(["agent", "--ring-buffer-mb", "3"]).output().expect("memtrace runs");
+    let out = Command::new(memtrace_binary())
+        .args(["agent", "--ring-buffer-mb", "3"])
+        .output()
+        .expect("memtrace runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
 }

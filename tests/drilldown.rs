@@ -38,18 +38,33 @@ fn growing_process_is_drilled_into() {
         top: 0,
         probes: ProbeOptions::default(),
         history: 100,
-        drilldown: DrilldownOptions { enabled: true, window: Duration::from_secs(3), max_processes: 2 },
+        drilldown: DrilldownOptions {
+            enabled: true,
+            window: Duration::from_secs(3),
+            max_processes: 2,
+        },
         persist: false,
         bpf_stats: false,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (agent, _, mut ring) = runtime.block_on(Agent::start(config, options)).expect("agent starts");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (agent, _, mut ring) = runtime
+        .block_on(Agent::start(config, options))
+        .expect("agent starts");
     let stats = PipelineStats::default();
 
-    let mut child = Command::new(workload("grower")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("grower");
+    let mut child = Command::new(workload("grower"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("grower");
     let pid = child.id();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut drilled = false;
@@ -62,19 +77,34 @@ fn growing_process_is_drilled_into() {
         drilled |= agent.state().expect("state").drilldowns.contains_key(&pid);
         agent.finish_drilldowns().expect("drill-downs");
         let state = agent.state().expect("state");
-        let alert = state.engine.active().into_iter().find(|a| a.context.pid == pid).cloned();
-        let done = alert.as_ref().and_then(|a| a.context.top_consumers.clone()).is_some() && !state.drilldowns.contains_key(&pid);
+        let alert = state
+            .engine
+            .active()
+            .into_iter()
+            .find(|a| a.context.pid == pid)
+            .cloned();
+        let done = alert
+            .as_ref()
+            .and_then(|a| a.context.top_consumers.clone())
+            .is_some()
+            && !state.drilldowns.contains_key(&pid);
         drop(state);
         if done {
             break alert;
         }
-        assert!(Instant::now() < deadline, "no drill-down result for pid {pid} in time (drilled: {drilled})");
+        assert!(
+            Instant::now() < deadline,
+            "no drill-down result for pid {pid} in time (drilled: {drilled})"
+        );
         // Snapshots are taken at this cadence (the agent's interval in this test).
         std::thread::sleep(Duration::from_millis(300));
     };
     let alert = found.expect("alert");
     assert!(drilled, "the heap of pid {pid} was traced for a window");
-    let consumers = alert.context.top_consumers.expect("consumers in the alert context");
+    let consumers = alert
+        .context
+        .top_consumers
+        .expect("consumers in the alert context");
     let top = &consumers[0];
     assert_eq!(top["name"], "grow_leak", "{consumers:#}");
     assert_eq!(top["category"], "grower");
@@ -82,7 +112,10 @@ fn growing_process_is_drilled_into() {
     assert_eq!(alert.context.library.as_deref(), Some("grower"));
     // Detached after the window.
     let state = agent.state().expect("state");
-    assert!(!state.accounting.process(pid).is_some_and(|p| p.heap_traced), "heap tracing ended with the window");
+    assert!(
+        !state.accounting.process(pid).is_some_and(|p| p.heap_traced),
+        "heap tracing ended with the window"
+    );
     drop(state);
     let _ = child.stdin.as_mut().map(|s| s.write_all(b"\n"));
     let _ = child.wait();

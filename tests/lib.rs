@@ -11,7 +11,7 @@ use std::{
 };
 
 use memtrace::{
-    probes::{COUNTER_NAMES, ProbeOptions},
+    probes::{ProbeOptions, COUNTER_NAMES},
     session::Session,
 };
 
@@ -35,7 +35,9 @@ pub fn session() -> Option<Session> {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("cannot load the eBPF object under CI=true: {chain}");
             }
-            eprintln!("\n!!! SKIPPED: cannot load the eBPF object ({chain}). Run as root to trace. !!!\n");
+            eprintln!(
+                "\n!!! SKIPPED: cannot load the eBPF object ({chain}). Run as root to trace. !!!\n"
+            );
             None
         }
     }
@@ -43,7 +45,10 @@ pub fn session() -> Option<Session> {
 
 /// Kernel counter by name (see `memtrace::probes::COUNTER_NAMES`).
 pub fn counter(session: &Session, name: &str) -> u64 {
-    let index = COUNTER_NAMES.iter().position(|n| *n == name).expect("known counter");
+    let index = COUNTER_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .expect("known counter");
     session.probes.counters().expect("counters readable")[index]
 }
 
@@ -71,7 +76,11 @@ impl Memops {
         let mut line = String::new();
         stdout.read_line(&mut line).expect("memops says ready");
         assert_eq!(line.trim(), "ready");
-        Self { child, stdin, stdout }
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -85,14 +94,21 @@ impl Memops {
         self.stdin.flush().expect("flushed");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("reply read");
-        let value = line.trim().strip_prefix("ok ").unwrap_or_else(|| panic!("{command}: unexpected reply {line:?}"));
+        let value = line
+            .trim()
+            .strip_prefix("ok ")
+            .unwrap_or_else(|| panic!("{command}: unexpected reply {line:?}"));
         value.parse().expect("numeric reply")
     }
 
     pub fn exit(mut self) -> i32 {
         let _ = writeln!(self.stdin, "exit 0");
         let _ = self.stdin.flush();
-        self.child.wait().expect("memops exits").code().unwrap_or(-1)
+        self.child
+            .wait()
+            .expect("memops exits")
+            .code()
+            .unwrap_or(-1)
     }
 }
 
@@ -112,8 +128,16 @@ pub fn page() -> u64 {
 pub fn memtrace_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/memtrace
-    let binary = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("memtrace")).expect("target dir");
-    assert!(binary.exists(), "{} is missing: run the tests with `cargo xtask test`, which builds it", binary.display());
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("memtrace"))
+        .expect("target dir");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        binary.display()
+    );
     binary
 }
 
@@ -133,10 +157,17 @@ pub fn under_ci() -> bool {
 /// missing: under `CI=true` the test fails with a clear message (`cargo xtask test` installs
 /// these); otherwise it is skipped loudly (`None`).
 pub fn peer_program(name: &str, candidates: &[&str], what_for: &str) -> Option<PathBuf> {
-    let found = candidates.iter().map(PathBuf::from).find(|p| p.is_file()).or_else(|| {
-        std::env::var_os("PATH")
-            .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()))
-    });
+    let found = candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
     if found.is_none() {
         let message = format!(
             "{name} is needed {what_for} but is not installed (looked in {candidates:?} and PATH); \
@@ -157,10 +188,16 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("memtrace-it-{tag}-{}-{n}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "memtrace-it-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
         Self(path)
     }
 
@@ -195,7 +232,10 @@ pub fn wait_for<T>(
             return value;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -215,12 +255,19 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.text().chars().take(500).collect::<String>()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!(
+                "not JSON ({err}): {}",
+                self.text().chars().take(500).collect::<String>()
+            )
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -235,7 +282,12 @@ pub fn http_client() -> ureq::Agent {
 }
 
 /// Sends `method url` with an optional bearer token. `Err` only when no answer came.
-pub fn http(client: &ureq::Agent, method: &str, url: &str, token: Option<&str>) -> Result<Reply, ureq::Error> {
+pub fn http(
+    client: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Reply, ureq::Error> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let result = match method {
         "GET" => {
@@ -266,11 +318,29 @@ pub fn http(client: &ureq::Agent, method: &str, url: &str, token: Option<&str>) 
     let headers: Vec<(String, String)> = response
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let content_type = headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.clone()).unwrap_or_default();
-    let body = response.body_mut().with_config().limit(1 << 30).read_to_vec()?;
-    Ok(Reply { status, content_type, headers, body })
+    let content_type = headers
+        .iter()
+        .find(|(n, _)| n == "content-type")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()?;
+    Ok(Reply {
+        status,
+        content_type,
+        headers,
+        body,
+    })
 }
 
 /// How to start a `memtrace agent` for a test.
@@ -347,7 +417,10 @@ impl Agent {
         std::fs::write(&config_path, &spec.config).expect("writing the configuration");
         std::fs::create_dir_all(&spec.data_dir).expect("creating the data directory");
         let port = free_port();
-        let listen = format!("{}:{port}", spec.listen_ip.as_deref().unwrap_or("127.0.0.1"));
+        let listen = format!(
+            "{}:{port}",
+            spec.listen_ip.as_deref().unwrap_or("127.0.0.1")
+        );
         let mut command = Command::new(memtrace_binary());
         command
             .arg("agent")
@@ -397,15 +470,26 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let running = self.stderr_contains("memtrace agent running");
-            if running && self.http("GET", "/health", self.token.as_deref()).is_ok_and(|r| r.status == 200) {
+            if running
+                && self
+                    .http("GET", "/health", self.token.as_deref())
+                    .is_ok_and(|r| r.status == 200)
+            {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 if let Some(reader) = self.stderr_reader.take() {
                     let _ = reader.join();
                 }
-                return Err(format!("memtrace agent exited ({status}) before it was ready\n{}", self.stderr_tail(40)));
+                return Err(format!(
+                    "memtrace agent exited ({status}) before it was ready\n{}",
+                    self.stderr_tail(40)
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -424,14 +508,22 @@ impl Agent {
 
     /// Whether a line of the agent's standard error so far contains `text`.
     pub fn stderr_contains(&self, text: &str) -> bool {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|l| l.contains(text))
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.contains(text))
     }
 
     /// The last `n` lines of the agent's standard error, for failure messages.
     pub fn stderr_tail(&self, n: usize) -> String {
         let lines = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         let skip = lines.len().saturating_sub(n);
-        let mut text = format!("--- last {} of {} lines of the agent's stderr ---\n", lines.len() - skip, lines.len());
+        let mut text = format!(
+            "--- last {} of {} lines of the agent's stderr ---\n",
+            lines.len() - skip,
+            lines.len()
+        );
         for line in lines.iter().skip(skip) {
             text.push_str(line);
             text.push('\n');
@@ -440,21 +532,36 @@ impl Agent {
     }
 
     /// `method path` on the agent (path starting with `/`), with the bearer `token` if given.
-    pub fn http(&self, method: &str, path: &str, token: Option<&str>) -> Result<Reply, ureq::Error> {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Reply, ureq::Error> {
         http(&self.client, method, &format!("{}{path}", self.url), token)
     }
 
     /// `method path` that must be answered; the agent's stderr tail is shown otherwise.
     pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
-        self.http(method, path, token)
-            .unwrap_or_else(|err| panic!("{method} {path}: no answer: {err}\n{}", self.stderr_tail(30)))
+        self.http(method, path, token).unwrap_or_else(|err| {
+            panic!(
+                "{method} {path}: no answer: {err}\n{}",
+                self.stderr_tail(30)
+            )
+        })
     }
 
     /// `GET path` answered 200 with JSON (with the agent's token, if it has one: a listener
     /// beyond loopback needs it for reading too).
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let reply = self.request("GET", path, self.token.as_deref());
-        assert_eq!(reply.status, 200, "GET {path}: {}\n{}", reply.text(), self.stderr_tail(30));
+        assert_eq!(
+            reply.status,
+            200,
+            "GET {path}: {}\n{}",
+            reply.text(),
+            self.stderr_tail(30)
+        );
         reply.json()
     }
 
@@ -478,9 +585,13 @@ impl Agent {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("memtrace agent did not exit within 30 s of SIGINT\n{}", self.stderr_tail(40));
+                panic!(
+                    "memtrace agent did not exit within 30 s of SIGINT\n{}",
+                    self.stderr_tail(40)
+                );
             }
-            if sent_at.elapsed() >= Duration::from_secs(5) && !self.stderr_contains("shutting down") {
+            if sent_at.elapsed() >= Duration::from_secs(5) && !self.stderr_contains("shutting down")
+            {
                 eprintln!(
                     "\n!!! memtrace agent (pid {pid}) ignored SIGINT for 5 s (a known agent bug: a SIGINT that \
                      arrives while the main loop handles a snapshot is lost); sending it again !!!\n"
@@ -530,7 +641,9 @@ impl Leaker {
             .spawn()
             .expect("leaker starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout piped")).read_line(&mut line).expect("leaker says ready");
+        BufReader::new(child.stdout.take().expect("stdout piped"))
+            .read_line(&mut line)
+            .expect("leaker says ready");
         assert_eq!(line.trim(), "ready");
         Self { child }
     }

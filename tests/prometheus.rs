@@ -10,13 +10,18 @@ use std::{
     time::Duration,
 };
 
-use memtrace_integration::{Agent, AgentSpec, Memops, TempDir, free_port, http, http_client, peer_program, wait_for};
+use memtrace_integration::{
+    free_port, http, http_client, peer_program, wait_for, Agent, AgentSpec, Memops, TempDir,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "prometheus-test-token-42";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate is in the repository").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the repository")
+        .to_path_buf()
 }
 
 /// Runs `promtool args...` (with `stdin` on its standard input) and checks it succeeds.
@@ -29,10 +34,23 @@ fn promtool(promtool: &Path, args: &[&str], dir: &Path, stdin: &[u8]) -> String 
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool runs");
-    child.stdin.take().expect("stdin piped").write_all(stdin).expect("writing to promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(stdin)
+        .expect("writing to promtool");
     let out = child.wait_with_output().expect("promtool finishes");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool {args:?} failed ({}):\n{text}", out.status);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -46,7 +64,10 @@ impl Prometheus {
     fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- Prometheus log (last 30 lines) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+        format!(
+            "--- Prometheus log (last 30 lines) ---\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 }
 
@@ -59,24 +80,42 @@ impl Drop for Prometheus {
 
 #[test]
 fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
-    let Some(promtool_bin) =
-        peer_program("promtool", &["/usr/bin/promtool"], "to check /metrics and the alerting rules")
-    else {
+    let Some(promtool_bin) = peer_program(
+        "promtool",
+        &["/usr/bin/promtool"],
+        "to check /metrics and the alerting rules",
+    ) else {
         return;
     };
-    let Some(prometheus_bin) = peer_program("prometheus", &["/usr/bin/prometheus"], "to scrape the agent") else {
+    let Some(prometheus_bin) = peer_program(
+        "prometheus",
+        &["/usr/bin/prometheus"],
+        "to scrape the agent",
+    ) else {
         return;
     };
     let root = repo_root();
     let rules_dir = root.join("deploy/prometheus");
-    promtool(&promtool_bin, &["check", "rules", "memtrace-rules.yml"], &rules_dir, b"");
-    promtool(&promtool_bin, &["test", "rules", "memtrace-rules.test.yml"], &rules_dir, b"");
+    promtool(
+        &promtool_bin,
+        &["check", "rules", "memtrace-rules.yml"],
+        &rules_dir,
+        b"",
+    );
+    promtool(
+        &promtool_bin,
+        &["test", "rules", "memtrace-rules.test.yml"],
+        &rules_dir,
+        b"",
+    );
 
     // Beyond loopback the agent answers reads with the token only: Prometheus must send it.
     let data = TempDir::new("prometheus-agent");
     let mut spec = AgentSpec::new("", data.path()).token(TOKEN);
     spec.listen_ip = Some("0.0.0.0".into());
-    let Some(agent) = Agent::start(&spec) else { return };
+    let Some(agent) = Agent::start(&spec) else {
+        return;
+    };
     assert_eq!(
         agent.request("GET", "/metrics", None).status,
         401,
@@ -94,14 +133,20 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         "memops' heap at the agent",
         || agent.stderr_tail(20),
         || {
-            (agent.get_json(&format!("/api/memory/processes/{pid}"))["snapshot"]["heapLiveBytes"] == 40960)
+            (agent.get_json(&format!("/api/memory/processes/{pid}"))["snapshot"]["heapLiveBytes"]
+                == 40960)
                 .then_some(())
         },
     );
 
     let metrics = agent.request("GET", "/metrics", Some(TOKEN));
     assert_eq!(metrics.status, 200);
-    promtool(&promtool_bin, &["check", "metrics"], &rules_dir, &metrics.body);
+    promtool(
+        &promtool_bin,
+        &["check", "metrics"],
+        &rules_dir,
+        &metrics.body,
+    );
 
     // Prometheus: scrape every second, bearer token from a file, the shipped rules loaded.
     let dir = TempDir::new("prometheus");
@@ -123,14 +168,22 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         ),
     )
     .expect("prometheus.yml");
-    promtool(&promtool_bin, &["check", "config", &config.display().to_string()], dir.path(), b"");
+    promtool(
+        &promtool_bin,
+        &["check", "config", &config.display().to_string()],
+        dir.path(),
+        b"",
+    );
     let web = format!("127.0.0.1:{}", free_port());
     let log = dir.path().join("prometheus.log");
     let log_file = std::fs::File::create(&log).expect("log file");
     let server = Prometheus {
         child: Command::new(&prometheus_bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
@@ -142,37 +195,77 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     let client = http_client();
     let query = |q: &str| -> Option<Vec<Value>> {
         let url = format!("http://{web}/api/v1/query?query={q}");
-        let reply = http(&client, "GET", &url, None).ok().filter(|r| r.status == 200)?;
+        let reply = http(&client, "GET", &url, None)
+            .ok()
+            .filter(|r| r.status == 200)?;
         let json = reply.json();
-        (json["status"] == "success").then(|| json["data"]["result"].as_array().cloned().unwrap_or_default())
+        (json["status"] == "success").then(|| {
+            json["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
     };
     let context = || format!("{}\n{}", server.log(), agent.stderr_tail(15));
 
-    let agent_rss = wait_for(Duration::from_secs(60), "memtrace_agent_rss_bytes in Prometheus", context, || {
-        query("memtrace_agent_rss_bytes").filter(|r| !r.is_empty())
-    });
+    let agent_rss = wait_for(
+        Duration::from_secs(60),
+        "memtrace_agent_rss_bytes in Prometheus",
+        context,
+        || query("memtrace_agent_rss_bytes").filter(|r| !r.is_empty()),
+    );
     assert_eq!(agent_rss.len(), 1, "{agent_rss:?}");
     assert_eq!(agent_rss[0]["metric"]["job"], "memtrace");
-    let rss: f64 = agent_rss[0]["value"][1].as_str().and_then(|v| v.parse().ok()).expect("a sample value");
+    let rss: f64 = agent_rss[0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a sample value");
     assert!(rss > 1e6, "the agent's RSS is {rss} bytes");
 
     // Per-process series, with their labels: memops' exact heap.
-    let heap = wait_for(Duration::from_secs(30), "memops' heap series in Prometheus", context, || {
-        query(&format!("memtrace_process_heap_live_bytes%7Bpid=%22{pid}%22%7D")).filter(|r| !r.is_empty())
-    });
+    let heap = wait_for(
+        Duration::from_secs(30),
+        "memops' heap series in Prometheus",
+        context,
+        || {
+            query(&format!(
+                "memtrace_process_heap_live_bytes%7Bpid=%22{pid}%22%7D"
+            ))
+            .filter(|r| !r.is_empty())
+        },
+    );
     assert_eq!(heap[0]["metric"]["comm"], "memops");
     assert_eq!(heap[0]["value"][1], "40960");
     let processes = query("memtrace_process_rss_bytes").expect("query answered");
     assert!(processes.len() > 1, "{processes:?}");
     let pid_label = pid.to_string();
-    assert!(processes.iter().any(|p| p["metric"]["pid"] == pid_label.as_str()), "{processes:?}");
+    assert!(
+        processes
+            .iter()
+            .any(|p| p["metric"]["pid"] == pid_label.as_str()),
+        "{processes:?}"
+    );
 
     // The scrape itself is healthy, and the rules were loaded.
-    let targets = http(&client, "GET", &format!("http://{web}/api/v1/targets"), None).expect("targets").json();
+    let targets = http(
+        &client,
+        "GET",
+        &format!("http://{web}/api/v1/targets"),
+        None,
+    )
+    .expect("targets")
+    .json();
     let target = &targets["data"]["activeTargets"][0];
     assert_eq!(target["health"], "up", "{target:#}");
-    let rules = http(&client, "GET", &format!("http://{web}/api/v1/rules"), None).expect("rules").json();
-    assert!(rules["data"]["groups"].as_array().is_some_and(|g| !g.is_empty()), "{rules:#}");
+    let rules = http(&client, "GET", &format!("http://{web}/api/v1/rules"), None)
+        .expect("rules")
+        .json();
+    assert!(
+        rules["data"]["groups"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty()),
+        "{rules:#}"
+    );
 
     drop(server);
     assert_eq!(w.exit(), 0);

@@ -5,7 +5,7 @@
 //! its probes have fired, so `Session::poll` right after it sees every event: no sleeping.
 
 use memtrace::{accounting::ProcessState, session::Session};
-use memtrace_integration::{Memops, counter, page, session};
+use memtrace_integration::{counter, page, session, Memops};
 
 fn state(session: &mut Session, pid: u32) -> &ProcessState {
     session.poll();
@@ -14,7 +14,11 @@ fn state(session: &mut Session, pid: u32) -> &ProcessState {
 
 fn no_loss(session: &Session) {
     assert_eq!(counter(session, "ring_buffer_full"), 0, "events were lost");
-    assert_eq!(counter(session, "inflight_map_full"), 0, "in-flight map overflowed");
+    assert_eq!(
+        counter(session, "inflight_map_full"),
+        0,
+        "in-flight map overflowed"
+    );
 }
 
 #[test]
@@ -33,7 +37,14 @@ fn malloc_and_free_exact() {
     assert_eq!(s.heap.live_bytes, 60 * 1000);
     assert_eq!(s.heap.live_count(), 60);
     assert_eq!(s.heap.peak_bytes, 100_000);
-    assert_eq!((s.heap.total_allocs, s.heap.total_frees, s.heap.unknown_frees), (100, 40, 0));
+    assert_eq!(
+        (
+            s.heap.total_allocs,
+            s.heap.total_frees,
+            s.heap.unknown_frees
+        ),
+        (100, 40, 0)
+    );
     assert!(s.heap_traced);
     no_loss(&session);
 }
@@ -94,11 +105,17 @@ fn aligned_allocations() {
     // A small alignment makes glibc's memalign call malloc internally: counted once.
     assert_eq!(w.run("memalign 3 8 50"), 1);
     let s = state(&mut session, pid);
-    assert_eq!((s.heap.live_bytes, s.heap.live_count()), (1000 + 8192 + 100 + 50, 4));
+    assert_eq!(
+        (s.heap.live_bytes, s.heap.live_count()),
+        (1000 + 8192 + 100 + 50, 4)
+    );
     assert_eq!(s.heap.total_allocs, 4);
     w.run("freen 0 4");
     let s = state(&mut session, pid);
-    assert_eq!((s.heap.live_bytes, s.heap.live_count(), s.heap.unknown_frees), (0, 0, 0));
+    assert_eq!(
+        (s.heap.live_bytes, s.heap.live_count(), s.heap.unknown_frees),
+        (0, 0, 0)
+    );
     no_loss(&session);
 }
 
@@ -120,7 +137,10 @@ fn mappings_partial_unmap_and_mremap() {
 
     // Unmap 3 pages out of the middle of the second mapping.
     assert_eq!(w.run(&format!("munmap 1 {} {}", 2 * p, 3 * p)), 1);
-    assert_eq!(state(&mut session, pid).mappings.anon_bytes() - before.anon_bytes(), 9 * p);
+    assert_eq!(
+        state(&mut session, pid).mappings.anon_bytes() - before.anon_bytes(),
+        9 * p
+    );
 
     // Grow the first from 4 to 16 pages (it may move).
     assert_eq!(w.run(&format!("mremap 0 {} {}", 4 * p, 16 * p)), 1);
@@ -170,8 +190,16 @@ fn exit_drops_the_process_and_keeps_its_last_figures() {
     assert_eq!(state(&mut session, pid).heap.live_bytes, 3330);
     assert_eq!(w.exit(), 0);
     session.poll();
-    assert!(session.accounting.process(pid).is_none(), "state dropped at exit");
-    let last = session.accounting.exited().rev().find(|p| p.pid == pid).expect("last figures kept");
+    assert!(
+        session.accounting.process(pid).is_none(),
+        "state dropped at exit"
+    );
+    let last = session
+        .accounting
+        .exited()
+        .rev()
+        .find(|p| p.pid == pid)
+        .expect("last figures kept");
     assert_eq!(last.heap_live_bytes, 3330);
     assert_eq!(last.heap_live_count, 10);
     no_loss(&session);
@@ -196,7 +224,10 @@ fn untraced_process_does_not_appear() {
     assert_eq!(s.heap.live_bytes, 5 * 50 * 64);
     assert_eq!(s.heap.total_allocs, 500);
     let o = session.accounting.process(other.pid());
-    assert!(o.is_none_or(|o| !o.heap_traced && o.heap.total_allocs == 0), "no heap events from the untraced process");
+    assert!(
+        o.is_none_or(|o| !o.heap_traced && o.heap.total_allocs == 0),
+        "no heap events from the untraced process"
+    );
     no_loss(&session);
 }
 
@@ -220,7 +251,10 @@ fn detach_stops_heap_events() {
 fn never_traces_itself() {
     let Some(mut session) = session() else { return };
     let me = std::process::id();
-    assert!(session.trace_pid(me).is_err(), "attaching to the agent itself is refused");
+    assert!(
+        session.trace_pid(me).is_err(),
+        "attaching to the agent itself is refused"
+    );
     // The tracepoints never report the agent's own mmaps.
     let big = vec![1u8; 64 << 20];
     drop(big);
@@ -239,6 +273,9 @@ fn static_binary_is_traced_through_its_own_malloc() {
     w.run("freen 0 10");
     w.run("calloc 100 3 100");
     let s = state(&mut session, pid);
-    assert_eq!((s.heap.live_bytes, s.heap.live_count()), (20 * 700 + 300, 21));
+    assert_eq!(
+        (s.heap.live_bytes, s.heap.live_count()),
+        (20 * 700 + 300, 21)
+    );
     no_loss(&session);
 }

@@ -5,8 +5,8 @@
 #![no_std]
 #![no_main]
 
-mod maps;
 mod malloc;
+mod maps;
 mod process;
 mod syscalls;
 

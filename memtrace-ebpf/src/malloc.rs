@@ -12,12 +12,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use memtrace_common::{
-    COUNTER_INFLIGHT_FULL, COUNTER_NESTED, COUNTER_RETURN_WITHOUT_ENTRY, InFlight, KIND_ALIGNED_ALLOC,
-    KIND_CALLOC, KIND_FREE, KIND_MALLOC, KIND_MEMALIGN, KIND_POSIX_MEMALIGN, KIND_PVALLOC,
-    KIND_REALLOC, KIND_VALLOC,
+    InFlight, COUNTER_INFLIGHT_FULL, COUNTER_NESTED, COUNTER_RETURN_WITHOUT_ENTRY,
+    KIND_ALIGNED_ALLOC, KIND_CALLOC, KIND_FREE, KIND_MALLOC, KIND_MEMALIGN, KIND_POSIX_MEMALIGN,
+    KIND_PVALLOC, KIND_REALLOC, KIND_VALLOC,
 };
 
-use crate::maps::{INFLIGHT, bump, current, emit, event, now, stack_id};
+use crate::maps::{bump, current, emit, event, now, stack_id, INFLIGHT};
 
 /// An in-flight entry older than this belongs to a thread that died inside the allocator; its id
 /// has been reused, so the entry is replaced rather than treated as an outer call.
@@ -37,7 +37,9 @@ fn caller(ctx: &ProbeContext) -> u64 {
 /// `has_return`, the outer call's depth counts this call until its return probe undoes it.
 #[inline(always)]
 fn nested(id: u64, has_return: bool) -> bool {
-    let Some(outer) = INFLIGHT.get_ptr_mut(id) else { return false };
+    let Some(outer) = INFLIGHT.get_ptr_mut(id) else {
+        return false;
+    };
     // SAFETY: the pointer comes from a successful lookup in a map only this thread writes for
     // this key.
     unsafe {
@@ -99,7 +101,13 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 /// `posix_memalign(memptr, alignment, size)`: the out-parameter is read at return.
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, KIND_POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1))
+    enter(
+        &ctx,
+        KIND_POSIX_MEMALIGN,
+        arg(&ctx, 2),
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+    )
 }
 
 #[uprobe]
@@ -174,7 +182,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     ev.size = state.size;
-    ev.old_addr = if state.kind == KIND_POSIX_MEMALIGN { 0 } else { state.old_addr };
+    ev.old_addr = if state.kind == KIND_POSIX_MEMALIGN {
+        0
+    } else {
+        state.old_addr
+    };
     ev.old_size = state.old_size;
     ev.caller = state.caller;
     ev.stack_id = state.stack_id;

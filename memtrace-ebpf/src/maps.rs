@@ -1,16 +1,16 @@
 //! Maps, load-time configuration and the helpers every hook shares.
 
 use aya_ebpf::{
-    Global,
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_get_current_task_btf, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    Global,
 };
-use memtrace_common::{COUNTERS_LEN, Event, InFlight, SyscallArgs};
+use memtrace_common::{Event, InFlight, SyscallArgs, COUNTERS_LEN};
 
 /// The agent's own process id: it is never traced.
 #[unsafe(no_mangle)]
@@ -90,7 +90,9 @@ pub fn emit(event: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            let flags = if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES.load() {
+            let flags = if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
+                >= WAKEUP_BYTES.load()
+            {
                 aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP
             } else {
                 aya_ebpf::bindings::BPF_RB_NO_WAKEUP

@@ -2,9 +2,11 @@
 //! event is sent at `sys_exit_*` with the result, so that failed calls are never accounted.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use memtrace_common::{FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP, SyscallArgs};
+use memtrace_common::{
+    SyscallArgs, FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP,
+};
 
-use crate::maps::{INFLIGHT, SYSCALLS, current, emit, event, stack_id, syscall_caller};
+use crate::maps::{current, emit, event, stack_id, syscall_caller, INFLIGHT, SYSCALLS};
 
 /// Offset of the first syscall argument in every `syscalls:sys_enter_*` record, and of `ret` in
 /// every `syscalls:sys_exit_*` record (after the common header and `int __syscall_nr`).
@@ -25,7 +27,11 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 fn ret(ctx: &TracePointContext) -> Option<u64> {
     // SAFETY: as in `arg`.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.ok()?;
-    if (-MAX_ERRNO..0).contains(&ret) { None } else { Some(ret as u64) }
+    if (-MAX_ERRNO..0).contains(&ret) {
+        None
+    } else {
+        Some(ret as u64)
+    }
 }
 
 /// Marks an event made inside an allocator call of this thread (the allocator mapping memory for
@@ -84,7 +90,9 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
-    let Some(args) = take(id, KIND_MMAP) else { return 0 };
+    let Some(args) = take(id, KIND_MMAP) else {
+        return 0;
+    };
     let Some(addr) = ret(&ctx) else { return 0 };
     let mut ev = event(KIND_MMAP, id);
     ev.addr = addr;
@@ -104,7 +112,12 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
     keep(
         id,
-        SyscallArgs { kind: KIND_MUNMAP, addr: arg(&ctx, 0), len: arg(&ctx, 1), ..SyscallArgs::default() },
+        SyscallArgs {
+            kind: KIND_MUNMAP,
+            addr: arg(&ctx, 0),
+            len: arg(&ctx, 1),
+            ..SyscallArgs::default()
+        },
     );
     0
 }
@@ -114,7 +127,9 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
-    let Some(args) = take(id, KIND_MUNMAP) else { return 0 };
+    let Some(args) = take(id, KIND_MUNMAP) else {
+        return 0;
+    };
     if ret(&ctx).is_none() {
         return 0;
     }
@@ -153,7 +168,9 @@ pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
-    let Some(args) = take(id, KIND_MREMAP) else { return 0 };
+    let Some(args) = take(id, KIND_MREMAP) else {
+        return 0;
+    };
     let Some(addr) = ret(&ctx) else { return 0 };
     let mut ev = event(KIND_MREMAP, id);
     ev.addr = addr;

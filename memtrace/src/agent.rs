@@ -10,17 +10,19 @@ use std::{
 };
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::{
     accounting::{Accounting, Procfs},
-    alerts::{AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger, channels::Dispatcher},
-    analysis::{PatternConfig, PatternType, ProcessPattern, analyze_snapshots},
-    attribution::{AttributionConfig, Attributor, ConsumerReport, monotonic_seconds},
+    alerts::{
+        channels::Dispatcher, AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger,
+    },
+    analysis::{analyze_snapshots, PatternConfig, PatternType, ProcessPattern},
+    attribution::{monotonic_seconds, AttributionConfig, Attributor, ConsumerReport},
     config::Config,
     events::{self, Kind, PipelineStats},
-    probes::{KernelStacks, ProbeError, ProbeOptions, Probes, allocator_of, host_libc},
+    probes::{allocator_of, host_libc, KernelStacks, ProbeError, ProbeOptions, Probes},
     snapshot::HostSnapshot,
     store::{Store, UtcDate},
 };
@@ -73,12 +75,19 @@ fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Resul
 
 impl Default for DrilldownOptions {
     fn default() -> Self {
-        Self { enabled: true, window: Duration::from_secs(60), max_processes: 2 }
+        Self {
+            enabled: true,
+            window: Duration::from_secs(60),
+            max_processes: 2,
+        }
     }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Something that happened, for WebSocket clients and other subscribers.
@@ -131,12 +140,30 @@ pub struct Agent {
 
 impl Agent {
     /// Loads the probes, attaches what the options ask for, restores persisted state.
-    pub async fn start(config: Config, options: AgentOptions) -> Result<(Arc<Self>, events::Batch, aya::maps::RingBuf<aya::maps::MapData>), AgentError> {
+    pub async fn start(
+        config: Config,
+        options: AgentOptions,
+    ) -> Result<
+        (
+            Arc<Self>,
+            events::Batch,
+            aya::maps::RingBuf<aya::maps::MapData>,
+        ),
+        AgentError,
+    > {
         let probe_options = options.probes.clone();
-        let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_options)).await.map_err(AgentError::Join)??;
+        let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_options))
+            .await
+            .map_err(AgentError::Join)??;
         let tracking = &config.tracking;
-        let mut accounting = Accounting::new(Box::new(Procfs))
-            .with_operations(tracking.min_allocation_size, if tracking.enabled { tracking.max_operations as usize } else { 0 });
+        let mut accounting = Accounting::new(Box::new(Procfs)).with_operations(
+            tracking.min_allocation_size,
+            if tracking.enabled {
+                tracking.max_operations as usize
+            } else {
+                0
+            },
+        );
         if options.malloc_all {
             log::warn!(
                 "--malloc-all: every malloc and free of every process now costs a uprobe hit (about 0.5 µs); \
@@ -152,11 +179,17 @@ impl Agent {
             let report = probes.attach_allocator(&target)?;
             accounting.set_traced(pid, true);
             traced.insert(pid);
-            log::info!("tracing the malloc family of pid {pid} in {} ({} functions)", target.path.display(), report.attached.len());
+            log::info!(
+                "tracing the malloc family of pid {pid} in {} ({} functions)",
+                target.path.display(),
+                report.attached.len()
+            );
         }
         if options.bpf_stats {
             probes.enable_stats()?;
-            log::info!("BPF run-time statistics on while the agent runs (a few ns per program run)");
+            log::info!(
+                "BPF run-time statistics on while the agent runs (a few ns per program run)"
+            );
         }
         let ring = probes.take_ring_buffer()?;
 
@@ -269,13 +302,23 @@ impl Agent {
         let now = now_ms();
         let mut state = self.state()?;
         let mut snapshot = state.accounting.host_snapshot(now);
-        let traced: Vec<u32> = snapshot.processes.iter().filter(|p| p.heap_traced).map(|p| p.pid).collect();
+        let traced: Vec<u32> = snapshot
+            .processes
+            .iter()
+            .filter(|p| p.heap_traced)
+            .map(|p| p.pid)
+            .collect();
         if !traced.is_empty() {
             let probes = self.probes()?;
             let stacks = probes.stacks()?;
             let mut stacks = KernelStacks(stacks);
             let now_s = monotonic_seconds();
-            let State { accounting, attributor, reports, .. } = &mut *state;
+            let State {
+                accounting,
+                attributor,
+                reports,
+                ..
+            } = &mut *state;
             for pid in &traced {
                 if let Some(process) = accounting.process(*pid) {
                     reports.insert(*pid, attributor.report(process, &mut stacks, now_s));
@@ -307,12 +350,16 @@ impl Agent {
         }
         state.last_pids = alive;
         for process in &snapshot.processes {
-            let growth = state.patterns.get(&process.pid).map(|p| p.pattern.growth_rate);
+            let growth = state
+                .patterns
+                .get(&process.pid)
+                .map(|p| p.pattern.growth_rate);
             alert_events.extend(state.engine.check_thresholds(process, growth, now));
         }
         let operations = state.accounting.take_new_operations();
         let consumers = consumers_document(&state.reports);
-        let prune = self.store.is_some() && state.last_prune_day != Some(UtcDate::from_unix_ms(now));
+        let prune =
+            self.store.is_some() && state.last_prune_day != Some(UtcDate::from_unix_ms(now));
         if prune {
             state.last_prune_day = Some(UtcDate::from_unix_ms(now));
         }
@@ -325,12 +372,18 @@ impl Agent {
             }
             let day = UtcDate::from_unix_ms(now);
             if !operations.is_empty() {
-                let lines: Vec<Value> = operations.iter().filter_map(|o| serde_json::to_value(o).ok()).collect();
+                let lines: Vec<Value> = operations
+                    .iter()
+                    .filter_map(|o| serde_json::to_value(o).ok())
+                    .collect();
                 if let Err(err) = store.append_operations(day, &lines) {
                     log::warn!("saving operations: {}", chain(&err));
                 }
             }
-            if consumers["processes"].as_array().is_some_and(|p| !p.is_empty()) {
+            if consumers["processes"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+            {
                 if let Err(err) = store.write_consumers(day, &consumers) {
                     log::warn!("saving consumers: {}", chain(&err));
                 }
@@ -364,13 +417,21 @@ impl Agent {
         let mut alert_events = Vec::new();
         let mut detected = Vec::new();
         let mut drill = Vec::new();
-        let latest: HashMap<u32, &crate::snapshot::ProcessSnapshot> =
-            history.last().map(|s| s.processes.iter().map(|p| (p.pid, p)).collect()).unwrap_or_default();
-        let pattern_triggers = [Trigger::PatternLinear, Trigger::PatternExponential, Trigger::LeakDetected, Trigger::SpikeDetected];
+        let latest: HashMap<u32, &crate::snapshot::ProcessSnapshot> = history
+            .last()
+            .map(|s| s.processes.iter().map(|p| (p.pid, p)).collect())
+            .unwrap_or_default();
+        let pattern_triggers = [
+            Trigger::PatternLinear,
+            Trigger::PatternExponential,
+            Trigger::LeakDetected,
+            Trigger::SpikeDetected,
+        ];
         state.patterns.clear();
         for pattern in &patterns {
             state.patterns.insert(pattern.pid, pattern.clone());
-            let confident = pattern.pattern.confident && pattern.pattern.kind != PatternType::Stable;
+            let confident =
+                pattern.pattern.confident && pattern.pattern.kind != PatternType::Stable;
             let trigger = match pattern.pattern.kind {
                 PatternType::Linear => Some((AlertType::Pattern, Trigger::PatternLinear)),
                 PatternType::Exponential => Some((AlertType::Pattern, Trigger::PatternExponential)),
@@ -385,16 +446,22 @@ impl Agent {
                     }
                 }
             }
-            let (Some((kind, trigger)), true) = (trigger, confident) else { continue };
+            let (Some((kind, trigger)), true) = (trigger, confident) else {
+                continue;
+            };
             // The agent's own warm-up is not an alert, and it never traces itself.
             if pattern.pid == std::process::id() {
                 continue;
             }
             detected.push(pattern.clone());
-            let Some(process) = latest.get(&pattern.pid) else { continue };
+            let Some(process) = latest.get(&pattern.pid) else {
+                continue;
+            };
             let severity = match pattern.pattern.severity {
                 crate::analysis::Severity::Low => Severity::Info,
-                crate::analysis::Severity::Medium | crate::analysis::Severity::High => Severity::Warning,
+                crate::analysis::Severity::Medium | crate::analysis::Severity::High => {
+                    Severity::Warning
+                }
                 crate::analysis::Severity::Critical => Severity::Critical,
             };
             let p = &pattern.pattern;
@@ -406,17 +473,34 @@ impl Agent {
             candidate.recommendations = vec![p.recommendation.clone()];
             candidate.pattern = serde_json::to_value(p).ok();
             if let Some(report) = state.reports.get(&pattern.pid) {
-                candidate.top_consumers = serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).ok();
+                candidate.top_consumers =
+                    serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).ok();
                 candidate.library = report.libraries.first().map(|l| l.library.clone());
             }
             if let Some(event) = state.engine.raise(candidate, now) {
                 let alert_id = event.alert().id.clone();
                 alert_events.push(event);
-                if matches!(p.kind, PatternType::Leak | PatternType::Linear | PatternType::Exponential) && !process.heap_traced {
-                    drill.push((pattern.pid, process.comm.clone(), format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate), Some(alert_id)));
+                if matches!(
+                    p.kind,
+                    PatternType::Leak | PatternType::Linear | PatternType::Exponential
+                ) && !process.heap_traced
+                {
+                    drill.push((
+                        pattern.pid,
+                        process.comm.clone(),
+                        format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate),
+                        Some(alert_id),
+                    ));
                 }
-            } else if matches!(p.kind, PatternType::Leak | PatternType::Linear) && !process.heap_traced {
-                drill.push((pattern.pid, process.comm.clone(), format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate), None));
+            } else if matches!(p.kind, PatternType::Leak | PatternType::Linear)
+                && !process.heap_traced
+            {
+                drill.push((
+                    pattern.pid,
+                    process.comm.clone(),
+                    format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate),
+                    None,
+                ));
             }
         }
         drop(state);
@@ -434,17 +518,29 @@ impl Agent {
         Ok(patterns)
     }
 
-    fn start_drilldown(&self, pid: u32, comm: String, reason: String, alert_id: Option<String>) -> Result<(), String> {
+    fn start_drilldown(
+        &self,
+        pid: u32,
+        comm: String,
+        reason: String,
+        alert_id: Option<String>,
+    ) -> Result<(), String> {
         let mut state = self.state().map_err(|e| e.to_string())?;
         if state.drilldowns.contains_key(&pid) || state.traced.contains(&pid) {
             return Ok(());
         }
         if state.drilldowns.len() >= self.options.drilldown.max_processes {
-            return Err(format!("{} drill-downs already running (the cap)", state.drilldowns.len()));
+            return Err(format!(
+                "{} drill-downs already running (the cap)",
+                state.drilldowns.len()
+            ));
         }
         let target = allocator_of(pid).map_err(|e| chain(&e))?;
         state.accounting.state(pid);
-        self.probes().map_err(|e| e.to_string())?.attach_allocator(&target).map_err(|e| chain(&e))?;
+        self.probes()
+            .map_err(|e| e.to_string())?
+            .attach_allocator(&target)
+            .map_err(|e| chain(&e))?;
         state.accounting.set_traced(pid, true);
         let now = now_ms();
         let window = self.options.drilldown.window;
@@ -468,8 +564,12 @@ impl Agent {
     /// Ends drill-downs whose window is over: their consumers go into the alert's context.
     pub fn finish_drilldowns(&self) -> Result<(), AgentError> {
         let mut state = self.state()?;
-        let due: Vec<Drilldown> =
-            state.drilldowns.values().filter(|d| d.deadline.is_some_and(|t| Instant::now() >= t)).cloned().collect();
+        let due: Vec<Drilldown> = state
+            .drilldowns
+            .values()
+            .filter(|d| d.deadline.is_some_and(|t| Instant::now() >= t))
+            .cloned()
+            .collect();
         if due.is_empty() {
             return Ok(());
         }
@@ -480,8 +580,14 @@ impl Agent {
         for drill in due {
             state.drilldowns.remove(&drill.pid);
             let report = {
-                let State { accounting, attributor, .. } = &mut *state;
-                accounting.process(drill.pid).map(|p| attributor.report(p, &mut stacks, now_s))
+                let State {
+                    accounting,
+                    attributor,
+                    ..
+                } = &mut *state;
+                accounting
+                    .process(drill.pid)
+                    .map(|p| attributor.report(p, &mut stacks, now_s))
             };
             if let Some(report) = report {
                 log::info!(
@@ -489,7 +595,14 @@ impl Agent {
                     drill.pid,
                     drill.comm,
                     report.consumers.len(),
-                    report.consumers.first().map(|c| format!("{} in {} ({} live bytes)", c.name, c.category, c.allocated_memory)).unwrap_or_default()
+                    report
+                        .consumers
+                        .first()
+                        .map(|c| format!(
+                            "{} in {} ({} live bytes)",
+                            c.name, c.category, c.allocated_memory
+                        ))
+                        .unwrap_or_default()
                 );
                 finished.push((drill.clone(), report.clone()));
                 state.reports.insert(drill.pid, report);
@@ -504,8 +617,13 @@ impl Agent {
         let mut updated = Vec::new();
         for (drill, report) in finished {
             if let Some(id) = drill.alert_id {
-                let top = serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).unwrap_or(Value::Null);
-                updated.extend(state.engine.annotate(&id, top, report.libraries.first().map(|l| l.library.clone())));
+                let top = serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>())
+                    .unwrap_or(Value::Null);
+                updated.extend(state.engine.annotate(
+                    &id,
+                    top,
+                    report.libraries.first().map(|l| l.library.clone()),
+                ));
             }
         }
         drop(state);
@@ -515,7 +633,9 @@ impl Agent {
                     log::warn!("saving alert {}: {}", alert.id, chain(&err));
                 }
             }
-            self.publish(AgentEvent::AlertCreated(serde_json::to_value(&alert).unwrap_or(Value::Null)));
+            self.publish(AgentEvent::AlertCreated(
+                serde_json::to_value(&alert).unwrap_or(Value::Null),
+            ));
         }
         Ok(())
     }
@@ -533,7 +653,9 @@ impl Agent {
         state.traced.insert(pid);
         state.drilldowns.remove(&pid);
         log::info!("tracing the malloc family of pid {pid} on request");
-        Ok(json!({ "pid": pid, "traced": true, "library": target.path, "attached": report.attached, "missing": report.missing }))
+        Ok(
+            json!({ "pid": pid, "traced": true, "library": target.path, "attached": report.attached, "missing": report.missing }),
+        )
     }
 
     /// Stops tracing a process's heap.
@@ -563,15 +685,24 @@ impl Agent {
 
     /// Kernel counters summed over CPUs.
     pub fn kernel_counters(&self) -> [u64; memtrace_common::COUNTERS_LEN as usize] {
-        self.probes.lock().ok().and_then(|p| p.counters().ok()).unwrap_or_default()
+        self.probes
+            .lock()
+            .ok()
+            .and_then(|p| p.counters().ok())
+            .unwrap_or_default()
     }
 
     pub fn events_received(&self) -> u64 {
-        self.stats.received.load(std::sync::atomic::Ordering::Relaxed)
+        self.stats
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn events_by_kind(&self) -> Vec<(Kind, u64)> {
-        Kind::ALL.iter().map(|k| (*k, self.stats.kind_count(*k))).collect()
+        Kind::ALL
+            .iter()
+            .map(|k| (*k, self.stats.kind_count(*k)))
+            .collect()
     }
 
     pub fn webhook_stats(&self) -> crate::alerts::channels::WebhookStats {
@@ -607,14 +738,22 @@ where
     let (agent, _, ring) = Agent::start(config, options).await?;
     let (tx, mut rx) = mpsc::channel::<events::Batch>(256);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(events::reader(ring, tx, agent.stats.clone(), stop_rx.clone()));
+    let reader = tokio::spawn(events::reader(
+        ring,
+        tx,
+        agent.stats.clone(),
+        stop_rx.clone(),
+    ));
     let applier_agent = agent.clone();
     let applier = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             applier_agent.apply(&batch);
         }
     });
-    let server = tokio::spawn(serve(agent.clone() as Arc<dyn crate::http::Backend>, stop_rx.clone()));
+    let server = tokio::spawn(serve(
+        agent.clone() as Arc<dyn crate::http::Backend>,
+        stop_rx.clone(),
+    ));
 
     log::info!(
         "memtrace agent running (pid {}): snapshots every {:?}, analysis every {:?}",
@@ -627,8 +766,10 @@ where
     analysis.tick().await;
     // Both listeners exist for the whole loop, so a signal that arrives while a snapshot or an
     // analysis runs is not lost.
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(AgentError::Reader)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(AgentError::Reader)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Reader)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(AgentError::Reader)?;
     loop {
         tokio::select! {
             _ = snapshots.tick() => {
@@ -682,7 +823,15 @@ fn log_summary(snapshot: &HostSnapshot, top: usize, agent: &Agent) {
         lost,
     );
     for p in snapshot.processes.iter().take(top) {
-        let heap = if p.heap_traced { format!(" heap {:.1} MiB ({} live)", mib(p.heap_live_bytes), p.heap_live_count) } else { String::new() };
+        let heap = if p.heap_traced {
+            format!(
+                " heap {:.1} MiB ({} live)",
+                mib(p.heap_live_bytes),
+                p.heap_live_count
+            )
+        } else {
+            String::new()
+        };
         log::info!(
             "  {:>7} {:<16} rss {:>8.1} MiB (anon {:.1}, file {:.1}) mmap anon {:.1} file {:.1} brk {:.1}{heap}",
             p.pid,

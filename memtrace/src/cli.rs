@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "memtrace", version, about = "eBPF host memory tracer: which process and which library holds memory, and how it grows")]
+#[command(
+    name = "memtrace",
+    version,
+    about = "eBPF host memory tracer: which process and which library holds memory, and how it grows"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -86,9 +90,13 @@ impl ProbeArgs {
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
-    let mib: u32 = s.parse().map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    let mib: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
     if mib == 0 || !mib.is_power_of_two() || mib > 1024 {
-        return Err(format!("{mib} MiB: the ring buffer must be a power of two between 1 and 1024 MiB"));
+        return Err(format!(
+            "{mib} MiB: the ring buffer must be a power of two between 1 and 1024 MiB"
+        ));
     }
     Ok(mib)
 }

@@ -3,13 +3,13 @@
 use std::{
     os::fd::AsRawFd,
     sync::{
-        Arc,
         atomic::{AtomicU64, Ordering},
+        Arc,
     },
 };
 
 use aya::maps::{MapData, RingBuf};
-use memtrace_common::{self as abi, EVENT_SIZE, Event};
+use memtrace_common::{self as abi, Event, EVENT_SIZE};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 /// What an event reports. See `memtrace_common::KIND_*` for the meaning of each event's fields.
@@ -144,7 +144,11 @@ pub const BATCH_MAX: usize = 16384;
 
 /// Copies the records now in the ring buffer into `batch`, at most `BATCH_MAX`. Returns how many
 /// were read (fewer than `BATCH_MAX`: the ring buffer is empty).
-pub fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<(Kind, Event)>, stats: &PipelineStats) -> usize {
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    batch: &mut Vec<(Kind, Event)>,
+    stats: &PipelineStats,
+) -> usize {
     let mut read = 0;
     while read < BATCH_MAX {
         let Some(item) = ring.next() else { break };
@@ -180,7 +184,8 @@ pub async fn reader(
     log::debug!("ring buffer reader on fd {}", ring.as_raw_fd());
     // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open for as long as it is
     // registered.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|err| err.into_parts().1)?;
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)?;
     // The kernel wakes the reader only when enough bytes wait; the timer drains the rest.
     let mut timer = tokio::time::interval(DRAIN_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,13 +226,19 @@ mod tests {
 
     fn bytes(event: &Event) -> Vec<u8> {
         // SAFETY: `Event` is plain integers without padding (size asserted in the ABI crate).
-        unsafe { std::slice::from_raw_parts((event as *const Event).cast::<u8>(), EVENT_SIZE) }.to_vec()
+        unsafe { std::slice::from_raw_parts((event as *const Event).cast::<u8>(), EVENT_SIZE) }
+            .to_vec()
     }
 
     #[test]
     fn decodes_every_kind() {
         for (raw, kind) in (1u32..=15).zip(Kind::ALL) {
-            let event = Event { kind: raw, tgid: 7, size: 42, ..Event::default() };
+            let event = Event {
+                kind: raw,
+                tgid: 7,
+                size: 42,
+                ..Event::default()
+            };
             let (decoded_kind, decoded) = decode(&bytes(&event)).expect("decodes");
             assert_eq!(decoded_kind, kind);
             assert_eq!(decoded, event);
@@ -236,15 +247,25 @@ mod tests {
 
     #[test]
     fn rejects_short_and_unknown() {
-        let event = Event { kind: abi::KIND_MALLOC, ..Event::default() };
+        let event = Event {
+            kind: abi::KIND_MALLOC,
+            ..Event::default()
+        };
         assert_eq!(decode(&bytes(&event)[..10]), Err(DecodeError::Length(10)));
-        let event = Event { kind: 99, ..Event::default() };
+        let event = Event {
+            kind: 99,
+            ..Event::default()
+        };
         assert_eq!(decode(&bytes(&event)), Err(DecodeError::Kind(99)));
     }
 
     #[test]
     fn decodes_unaligned() {
-        let event = Event { kind: abi::KIND_FREE, old_addr: 0xdead_beef, ..Event::default() };
+        let event = Event {
+            kind: abi::KIND_FREE,
+            old_addr: 0xdead_beef,
+            ..Event::default()
+        };
         let mut buffer = vec![0u8];
         buffer.extend(bytes(&event));
         assert_eq!(decode(&buffer[1..]).expect("decodes").1, event);

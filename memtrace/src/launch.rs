@@ -27,7 +27,11 @@ impl GatedChild {
             return Err(LaunchError::Empty);
         }
         // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
-        let args: Vec<CString> = argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>().map_err(LaunchError::Nul)?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(LaunchError::Nul)?;
         let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         ptrs.push(std::ptr::null());
         let failed = b"memtrace: exec failed\n";
@@ -66,7 +70,10 @@ impl GatedChild {
         }
         // SAFETY: the parent does not use the read end.
         unsafe { libc::close(read_end) };
-        Ok(Self { pid: pid as u32, gate: Some(write_end) })
+        Ok(Self {
+            pid: pid as u32,
+            gate: Some(write_end),
+        })
     }
 
     /// Lets the child exec.

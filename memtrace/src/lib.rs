@@ -6,8 +6,8 @@
 pub mod accounting;
 pub mod agent;
 pub mod alerts;
-pub mod attribution;
 pub mod analysis;
+pub mod attribution;
 pub mod config;
 pub mod events;
 pub mod http;

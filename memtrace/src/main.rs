@@ -11,7 +11,10 @@ use memtrace::config::{Config, ConfigOverrides};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // An empty RUST_LOG counts as unset.
-    let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| cli.log.clone());
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| cli.log.clone());
     env_logger::Builder::new().parse_filters(&filter).init();
     match cli.command {
         Command::Agent(args) => agent(args),
@@ -38,7 +41,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Analyze(args) => {
             let config = match &args.config {
-                Some(path) => Config::load(path).with_context(|| format!("reading {}", path.display()))?,
+                Some(path) => {
+                    Config::load(path).with_context(|| format!("reading {}", path.display()))?
+                }
                 None => Config::default(),
             };
             let pd = &config.pattern_detection;
@@ -49,9 +54,13 @@ fn main() -> anyhow::Result<()> {
                 growth_rate_mb: config.thresholds.growth_rate_mb,
                 ..Default::default()
             };
-            let (snapshots, skipped) = memtrace::analysis::read_snapshots_jsonl(&args.input).context("memtrace analyze")?;
+            let (snapshots, skipped) = memtrace::analysis::read_snapshots_jsonl(&args.input)
+                .context("memtrace analyze")?;
             if skipped > 0 {
-                log::warn!("{skipped} corrupted lines of {} skipped", args.input.display());
+                log::warn!(
+                    "{skipped} corrupted lines of {} skipped",
+                    args.input.display()
+                );
             }
             let patterns = memtrace::analysis::analyze_snapshots(&snapshots, &pattern);
             let text = if args.json {
@@ -62,7 +71,11 @@ fn main() -> anyhow::Result<()> {
             write_out(None, text.as_bytes())
         }
         Command::Report(args) => {
-            let mut url = format!("{}/api/memory/report?format={}", args.url.trim_end_matches('/'), args.format);
+            let mut url = format!(
+                "{}/api/memory/report?format={}",
+                args.url.trim_end_matches('/'),
+                args.format
+            );
             if let Some(pid) = args.pid {
                 url.push_str(&format!("&pid={pid}"));
             }
@@ -70,8 +83,13 @@ fn main() -> anyhow::Result<()> {
             if let Some(token) = &args.token {
                 request = request.header("Authorization", &format!("Bearer {token}"));
             }
-            let mut response = request.call().with_context(|| format!("asking the agent at {url}"))?;
-            let body = response.body_mut().read_to_vec().context("reading the report")?;
+            let mut response = request
+                .call()
+                .with_context(|| format!("asking the agent at {url}"))?;
+            let body = response
+                .body_mut()
+                .read_to_vec()
+                .context("reading the report")?;
             write_out(args.output.as_deref(), &body)
         }
     }
@@ -79,14 +97,20 @@ fn main() -> anyhow::Result<()> {
 
 fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
     match path {
-        Some(path) => std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display())),
-        None => std::io::stdout().write_all(bytes).context("writing to standard output"),
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+        }
+        None => std::io::stdout()
+            .write_all(bytes)
+            .context("writing to standard output"),
     }
 }
 
 fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path).with_context(|| format!("configuration {}", path.display()))?,
+        Some(path) => {
+            Config::load(path).with_context(|| format!("configuration {}", path.display()))?
+        }
         None => Config::default(),
     };
     config
@@ -127,12 +151,15 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         // Bind first, so that a taken port fails before any probe is loaded.
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
         memtrace::agent::run(config, options, move |agent, mut stop| async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(err) = memtrace::http::serve_listener(listener, token, agent, shutdown).await {
+            if let Err(err) = memtrace::http::serve_listener(listener, token, agent, shutdown).await
+            {
                 log::error!("HTTP server: {}", memtrace::agent::chain(&err));
             }
         })

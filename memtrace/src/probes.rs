@@ -10,9 +10,12 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+    programs::{
+        uprobe::{UProbeLinkId, UProbeScope},
+        ProgramError, TracePoint, UProbe,
+    },
+    Ebpf, EbpfError, EbpfLoader,
 };
 use memtrace_common::COUNTERS_LEN;
 
@@ -146,14 +149,27 @@ struct TracefsMount {
 impl TracefsMount {
     fn ensure() -> Result<Self, ProbeError> {
         let path = Path::new(TRACEFS);
-        let populated = path.read_dir().map(|mut entries| entries.next().is_some()).unwrap_or(false);
+        let populated = path
+            .read_dir()
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false);
         if populated {
-            return Ok(Self { mounted_here: false });
+            return Ok(Self {
+                mounted_here: false,
+            });
         }
         let target = CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
         let fstype = c"tracefs";
         // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
-        let ret = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        let ret = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
         if ret != 0 {
             return Err(ProbeError::Tracefs(io::Error::last_os_error()));
         }
@@ -176,7 +192,10 @@ impl Drop for TracefsMount {
 /// Raises RLIMIT_MEMLOCK for kernels that charge BPF maps to it (< 5.11). Newer kernels charge
 /// the memory cgroup instead, so a failure is only logged.
 fn raise_memlock() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: `limit` is a valid rlimit for the duration of the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         log::debug!(
@@ -203,19 +222,41 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
     let maps = procfs::maps(pid).map_err(|_| ProbeError::NoProcess(pid))?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let in_root = |path: &str| root.join(path.trim_start_matches('/'));
-    let name_of = |path: &str| Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let name_of = |path: &str| {
+        Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let mut libs: Vec<String> = Vec::new();
-    for line in maps.iter().filter(|l| l.is_file() && l.path.starts_with('/')) {
+    for line in maps
+        .iter()
+        .filter(|l| l.is_file() && l.path.starts_with('/'))
+    {
         if !libs.contains(&line.path) {
             libs.push(line.path.clone());
         }
     }
-    let cxx = libs.iter().find(|p| name_of(p).starts_with("libstdc++.so")).map(|p| in_root(p));
+    let cxx = libs
+        .iter()
+        .find(|p| name_of(p).starts_with("libstdc++.so"))
+        .map(|p| in_root(p));
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     if defines_symbol(&exe, "malloc") {
-        return Ok(AllocatorTarget { pid: Some(pid), path: exe, cxx });
+        return Ok(AllocatorTarget {
+            pid: Some(pid),
+            path: exe,
+            cxx,
+        });
     }
-    const ALLOCATORS: [&str; 5] = ["libjemalloc", "libtcmalloc", "libmimalloc", "libhoard", "libsnmalloc"];
+    const ALLOCATORS: [&str; 5] = [
+        "libjemalloc",
+        "libtcmalloc",
+        "libmimalloc",
+        "libhoard",
+        "libsnmalloc",
+    ];
     let candidates = libs
         .iter()
         .filter(|p| ALLOCATORS.iter().any(|a| name_of(p).starts_with(a)))
@@ -226,7 +267,11 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
     for path in candidates {
         let path = in_root(path);
         if defines_symbol(&path, "malloc") {
-            return Ok(AllocatorTarget { pid: Some(pid), path, cxx });
+            return Ok(AllocatorTarget {
+                pid: Some(pid),
+                path,
+                cxx,
+            });
         }
     }
     Err(ProbeError::NoAllocator { pid })
@@ -235,8 +280,12 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
 /// Whether the ELF file at `path` defines (not merely imports) `symbol`.
 pub fn defines_symbol(path: &Path, symbol: &str) -> bool {
     use object::{Object as _, ObjectSymbol as _};
-    let Ok(data) = std::fs::read(path) else { return false };
-    let Ok(file) = object::File::parse(&*data) else { return false };
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
     file.dynamic_symbols()
         .chain(file.symbols())
         .any(|s| s.is_definition() && s.name() == Ok(symbol))
@@ -249,8 +298,11 @@ pub fn allocator_for_command(program: &str, pid: u32) -> Result<AllocatorTarget,
     let path = if program.contains('/') {
         Some(PathBuf::from(program))
     } else {
-        std::env::var_os("PATH")
-            .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
     };
     let mut target = host_libc()?;
     target.pid = Some(pid);
@@ -264,14 +316,23 @@ pub fn allocator_for_command(program: &str, pid: u32) -> Result<AllocatorTarget,
 pub fn host_libc() -> Result<AllocatorTarget, ProbeError> {
     let me = std::process::id();
     let mut target = allocator_of(me)?;
-    let strip = |path: &Path| PathBuf::from(path.to_string_lossy().replace(&format!("/proc/{me}/root"), ""));
+    let strip = |path: &Path| {
+        PathBuf::from(
+            path.to_string_lossy()
+                .replace(&format!("/proc/{me}/root"), ""),
+        )
+    };
     target.pid = None;
     target.path = strip(&target.path);
-    target.cxx = ["/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .or_else(|| target.cxx.as_deref().map(strip));
+    target.cxx = [
+        "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+        "/usr/lib64/libstdc++.so.6",
+        "/usr/lib/libstdc++.so.6",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .or_else(|| target.cxx.as_deref().map(strip));
     Ok(target)
 }
 
@@ -303,31 +364,59 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("CAPTURE_STACKS", &capture, true)
-            .override_global("WAKEUP_BYTES", &options.wakeup_bytes.min(u64::from(options.ring_buffer_bytes) / 4), true)
+            .override_global(
+                "WAKEUP_BYTES",
+                &options
+                    .wakeup_bytes
+                    .min(u64::from(options.ring_buffer_bytes) / 4),
+                true,
+            )
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .map_max_entries("INFLIGHT", options.inflight_entries)
             .map_max_entries("STACKS", options.stack_entries)
             .load(crate::EBPF)
-            .map_err(|err| if is_permission(&err) { ProbeError::Privileges(err) } else { ProbeError::Load(err) })?;
+            .map_err(|err| {
+                if is_permission(&err) {
+                    ProbeError::Privileges(err)
+                } else {
+                    ProbeError::Load(err)
+                }
+            })?;
         for (category, name) in TRACEPOINTS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::Missing(name))?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            program.load().map_err(|source| ProbeError::Program { name, source })?;
-            program.attach(category, name).map_err(|source| ProbeError::Tracepoint { category, name, source })?;
+            program
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .attach(category, name)
+                .map_err(|source| ProbeError::Tracepoint {
+                    category,
+                    name,
+                    source,
+                })?;
         }
         for (_, name, _, _) in ALLOCATOR {
             load_uprobe(&mut ebpf, name)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
-        Ok(Self { ebpf, _tracefs: tracefs, links: HashMap::new(), stats: None })
+        Ok(Self {
+            ebpf,
+            _tracefs: tracefs,
+            links: HashMap::new(),
+            stats: None,
+        })
     }
 
     /// Attaches the malloc family of `target`, scoped to its process (or host-wide when `pid` is
     /// `None`). Optional functions that are absent are reported, not fatal.
-    pub fn attach_allocator(&mut self, target: &AllocatorTarget) -> Result<AttachReport, ProbeError> {
+    pub fn attach_allocator(
+        &mut self,
+        target: &AllocatorTarget,
+    ) -> Result<AttachReport, ProbeError> {
         if target.pid == Some(std::process::id()) {
             return Err(ProbeError::SelfTrace(std::process::id()));
         }
@@ -340,16 +429,24 @@ impl Probes {
         let mut links = Vec::new();
         let result = (|| {
             for (symbol, entry, has_return, required) in ALLOCATOR {
-                let attach = |ebpf: &mut Ebpf, program: &'static str| -> Result<UProbeLinkId, ProbeError> {
-                    let uprobe: &mut UProbe = ebpf
-                        .program_mut(program)
-                        .ok_or(ProbeError::Missing(program))?
-                        .try_into()
-                        .map_err(|source| ProbeError::Program { name: program, source })?;
-                    uprobe
-                        .attach(symbol, &target.path, scope)
-                        .map_err(|source| ProbeError::Uprobe { symbol, library: target.path.clone(), source })
-                };
+                let attach =
+                    |ebpf: &mut Ebpf, program: &'static str| -> Result<UProbeLinkId, ProbeError> {
+                        let uprobe: &mut UProbe = ebpf
+                            .program_mut(program)
+                            .ok_or(ProbeError::Missing(program))?
+                            .try_into()
+                            .map_err(|source| ProbeError::Program {
+                                name: program,
+                                source,
+                            })?;
+                        uprobe
+                            .attach(symbol, &target.path, scope)
+                            .map_err(|source| ProbeError::Uprobe {
+                                symbol,
+                                library: target.path.clone(),
+                                source,
+                            })
+                    };
                 match attach(&mut self.ebpf, entry) {
                     Ok(link) => links.push((entry, link)),
                     Err(err) if !required => {
@@ -366,13 +463,24 @@ impl Probes {
             }
             if let Some(cxx) = &target.cxx {
                 for symbol in CXX_NEW {
-                    let attach = |ebpf: &mut Ebpf, program: &'static str| -> Result<UProbeLinkId, ProbeError> {
+                    let attach = |ebpf: &mut Ebpf,
+                                  program: &'static str|
+                     -> Result<UProbeLinkId, ProbeError> {
                         let uprobe: &mut UProbe = ebpf
                             .program_mut(program)
                             .ok_or(ProbeError::Missing(program))?
                             .try_into()
-                            .map_err(|source| ProbeError::Program { name: program, source })?;
-                        uprobe.attach(symbol, cxx, scope).map_err(|source| ProbeError::Uprobe { symbol, library: cxx.clone(), source })
+                            .map_err(|source| ProbeError::Program {
+                                name: program,
+                                source,
+                            })?;
+                        uprobe
+                            .attach(symbol, cxx, scope)
+                            .map_err(|source| ProbeError::Uprobe {
+                                symbol,
+                                library: cxx.clone(),
+                                source,
+                            })
                     };
                     match attach(&mut self.ebpf, "malloc_enter") {
                         Ok(link) => links.push(("malloc_enter", link)),
@@ -383,7 +491,9 @@ impl Probes {
                     }
                     match attach(&mut self.ebpf, RETURN_PROGRAM) {
                         Ok(link) => links.push((RETURN_PROGRAM, link)),
-                        Err(err) => log::warn!("return probe of {symbol} in {}: {err}", cxx.display()),
+                        Err(err) => {
+                            log::warn!("return probe of {symbol} in {}: {err}", cxx.display())
+                        }
                     }
                     report.attached.push(symbol);
                 }
@@ -401,7 +511,9 @@ impl Probes {
     /// Detaches the malloc family of `pid` (`None`: the host-wide attachment). Returns whether
     /// anything was attached.
     pub fn detach_allocator(&mut self, pid: Option<u32>) -> bool {
-        let Some(links) = self.links.remove(&pid) else { return false };
+        let Some(links) = self.links.remove(&pid) else {
+            return false;
+        };
         for (program, link) in links {
             if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
                 if let Err(err) = uprobe.detach(link) {
@@ -419,17 +531,34 @@ impl Probes {
 
     /// Takes the ring buffer, for the reader task.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })
     }
 
     /// Kernel-side counters summed over CPUs, indexed by `memtrace_common::COUNTER_*`.
     pub fn counters(&self) -> Result<[u64; COUNTERS_LEN as usize], ProbeError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS"))?;
-        let array = PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(ProbeError::Missing("COUNTERS"))?;
+        let array = PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
         let mut out = [0u64; COUNTERS_LEN as usize];
         for (index, slot) in out.iter_mut().enumerate() {
-            let values = array.get(&(index as u32), 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            let values = array
+                .get(&(index as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
             *slot = values.iter().sum();
         }
         Ok(out)
@@ -437,8 +566,14 @@ impl Probes {
 
     /// The stack map, to resolve the stack ids that events carry.
     pub fn stacks(&self) -> Result<StackTraceMap<&MapData>, ProbeError> {
-        let map = self.ebpf.map("STACKS").ok_or(ProbeError::Missing("STACKS"))?;
-        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name: "STACKS", source })
+        let map = self
+            .ebpf
+            .map("STACKS")
+            .ok_or(ProbeError::Missing("STACKS"))?;
+        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "STACKS",
+            source,
+        })
     }
 }
 
@@ -448,12 +583,16 @@ fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
         .ok_or(ProbeError::Missing(name))?
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })?;
-    program.load().map_err(|source| ProbeError::Program { name, source })
+    program
+        .load()
+        .map_err(|source| ProbeError::Program { name, source })
 }
 
 fn is_permission(err: &EbpfError) -> bool {
     let text = format!("{err:?}");
-    text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("Operation not permitted")
+    text.contains("PermissionDenied")
+        || text.contains("EPERM")
+        || text.contains("Operation not permitted")
 }
 
 /// Human names of the kernel counters, for reports and metrics.
@@ -484,9 +623,17 @@ impl Probes {
         let mut by_id: HashMap<u32, (u64, u64)> = HashMap::new();
         if let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") {
             for entry in entries.flatten() {
-                let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-                let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok());
-                if let (Some(id), Some(time), Some(count)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:")) {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                let field = |key: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                if let (Some(id), Some(time), Some(count)) =
+                    (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+                {
                     by_id.insert(id as u32, (time, count));
                 }
             }

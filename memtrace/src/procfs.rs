@@ -37,7 +37,9 @@ pub struct Status {
 pub fn parse_status(text: &str) -> Status {
     let mut status = Status::default();
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let field = match key {
             "VmRSS" => &mut status.rss,
             "RssAnon" => &mut status.rss_anon,
@@ -46,7 +48,12 @@ pub fn parse_status(text: &str) -> Status {
             "VmSwap" => &mut status.swap,
             _ => continue,
         };
-        let kb = value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+        let kb = value
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
         *field = kb.saturating_mul(1024);
         if key == "VmRSS" {
             status.has_mm = true;
@@ -77,13 +84,20 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     // Fields after the command name start at field 3 (state).
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    Some(Stat { comm, start_time: field(22)?, start_brk: field(47).unwrap_or(0) })
+    Some(Stat {
+        comm,
+        start_time: field(22)?,
+        start_brk: field(47).unwrap_or(0),
+    })
 }
 
 pub fn stat(pid: u32) -> Result<Stat, ProcfsError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     let text = read(path.clone())?;
-    parse_stat(&text).ok_or(ProcfsError::Format { path, what: "stat fields" })
+    parse_stat(&text).ok_or(ProcfsError::Format {
+        path,
+        what: "stat fields",
+    })
 }
 
 /// One line of `/proc/PID/maps`.
@@ -144,8 +158,16 @@ pub struct MemInfo {
 pub fn parse_meminfo(text: &str) -> MemInfo {
     let mut info = MemInfo::default();
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
-        let bytes = value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024;
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let bytes = value
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            * 1024;
         match key {
             "MemTotal" => info.total = bytes,
             "MemAvailable" => info.available = bytes,
@@ -161,8 +183,10 @@ pub fn meminfo() -> Result<MemInfo, ProcfsError> {
 
 /// Process ids currently in `/proc`.
 pub fn pids() -> Result<Vec<u32>, ProcfsError> {
-    let entries = fs::read_dir("/proc")
-        .map_err(|source| ProcfsError::Read { path: PathBuf::from("/proc"), source })?;
+    let entries = fs::read_dir("/proc").map_err(|source| ProcfsError::Read {
+        path: PathBuf::from("/proc"),
+        source,
+    })?;
     Ok(entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .collect())
@@ -201,7 +225,9 @@ pub fn self_cost() -> SelfCost {
     let mut bpf_map_bytes = 0;
     if let Ok(entries) = fs::read_dir("/proc/self/fdinfo") {
         for entry in entries.flatten() {
-            let Ok(text) = fs::read_to_string(entry.path()) else { continue };
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
             if !text.contains("map_type:") {
                 continue;
             }
@@ -212,13 +238,21 @@ pub fn self_cost() -> SelfCost {
                 .unwrap_or(0);
         }
     }
-    SelfCost { cpu_seconds, rss_bytes: field("VmRSS:"), peak_rss_bytes: field("VmHWM:"), bpf_map_bytes }
+    SelfCost {
+        cpu_seconds,
+        rss_bytes: field("VmRSS:"),
+        peak_rss_bytes: field("VmHWM:"),
+        bpf_map_bytes,
+    }
 }
 
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|&size| size > 0).unwrap_or(4096)
+    u64::try_from(size)
+        .ok()
+        .filter(|&size| size > 0)
+        .unwrap_or(4096)
 }
 
 #[cfg(test)]
@@ -227,7 +261,8 @@ mod tests {
 
     #[test]
     fn status_fields_in_bytes() {
-        let text = "Name:\tcat\nVmRSS:\t    1924 kB\nRssAnon:\t      88 kB\nRssFile:\t    1836 kB\n\
+        let text =
+            "Name:\tcat\nVmRSS:\t    1924 kB\nRssAnon:\t      88 kB\nRssFile:\t    1836 kB\n\
                     RssShmem:\t       0 kB\nVmSwap:\t       4 kB\n";
         let status = parse_status(text);
         assert_eq!(status.rss, 1924 * 1024);
@@ -268,7 +303,9 @@ mod tests {
 
     #[test]
     fn meminfo_fields() {
-        let info = parse_meminfo("MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   23000000 kB\n");
+        let info = parse_meminfo(
+            "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   23000000 kB\n",
+        );
         assert_eq!(info.total, 24_000_000 * 1024);
         assert_eq!(info.available, 23_000_000 * 1024);
     }

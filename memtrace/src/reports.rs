@@ -42,16 +42,24 @@ pub fn folded_stacks<'a>(reports: impl IntoIterator<Item = &'a ConsumerReport>) 
     let mut counts: HashMap<String, u64> = HashMap::new();
     for report in reports {
         for site in &report.sites {
-            *counts.entry(folded(&format!("{} ({})", report.comm, report.pid), site)).or_default() += site.live_bytes;
+            *counts
+                .entry(folded(&format!("{} ({})", report.comm, report.pid), site))
+                .or_default() += site.live_bytes;
         }
     }
-    let mut lines: Vec<String> = counts.into_iter().map(|(stack, bytes)| format!("{stack} {bytes}")).collect();
+    let mut lines: Vec<String> = counts
+        .into_iter()
+        .map(|(stack, bytes)| format!("{stack} {bytes}"))
+        .collect();
     lines.sort();
     lines
 }
 
 /// An SVG flame graph of live bytes by stack.
-pub fn flamegraph<'a>(reports: impl IntoIterator<Item = &'a ConsumerReport>, title: &str) -> Result<String, ReportError> {
+pub fn flamegraph<'a>(
+    reports: impl IntoIterator<Item = &'a ConsumerReport>,
+    title: &str,
+) -> Result<String, ReportError> {
     let lines = folded_stacks(reports);
     if lines.is_empty() {
         return Err(ReportError::Empty);
@@ -181,11 +189,20 @@ pub fn pprof(report: &ConsumerReport, time_nanos: i64) -> Result<Vec<u8>, Report
     let mut strings = Strings::new();
     let mut profile = proto::Profile {
         sample_type: vec![
-            proto::ValueType { r#type: strings.get("inuse_objects"), unit: strings.get("count") },
-            proto::ValueType { r#type: strings.get("inuse_space"), unit: strings.get("bytes") },
+            proto::ValueType {
+                r#type: strings.get("inuse_objects"),
+                unit: strings.get("count"),
+            },
+            proto::ValueType {
+                r#type: strings.get("inuse_space"),
+                unit: strings.get("bytes"),
+            },
         ],
         time_nanos,
-        period_type: Some(proto::ValueType { r#type: strings.get("space"), unit: strings.get("bytes") }),
+        period_type: Some(proto::ValueType {
+            r#type: strings.get("space"),
+            unit: strings.get("bytes"),
+        }),
         period: 1,
         default_sample_type: 1,
         ..Default::default()
@@ -198,31 +215,42 @@ pub fn pprof(report: &ConsumerReport, time_nanos: i64) -> Result<Vec<u8>, Report
         for frame in &site.frames {
             let mapping_count = mappings.len() as u64;
             let mapping_id = *mappings.entry(frame.module.clone()).or_insert_with(|| {
-                profile.mapping.push(proto::Mapping { id: mapping_count + 1, filename: strings.get(&frame.module), has_functions: true });
+                profile.mapping.push(proto::Mapping {
+                    id: mapping_count + 1,
+                    filename: strings.get(&frame.module),
+                    has_functions: true,
+                });
                 mapping_count + 1
             });
             let name = frame.name();
             let file = frame.file.clone().unwrap_or_default();
             let function_count = functions.len() as u64;
-            let function_id = *functions.entry((name.clone(), file.clone())).or_insert_with(|| {
-                profile.function.push(proto::Function {
-                    id: function_count + 1,
-                    name: strings.get(&name),
-                    system_name: strings.get(&name),
-                    filename: strings.get(&file),
+            let function_id = *functions
+                .entry((name.clone(), file.clone()))
+                .or_insert_with(|| {
+                    profile.function.push(proto::Function {
+                        id: function_count + 1,
+                        name: strings.get(&name),
+                        system_name: strings.get(&name),
+                        filename: strings.get(&file),
+                    });
+                    function_count + 1
                 });
-                function_count + 1
-            });
             let location_count = locations.len() as u64;
-            let location_id = *locations.entry((frame.module.clone(), frame.offset)).or_insert_with(|| {
-                profile.location.push(proto::Location {
-                    id: location_count + 1,
-                    mapping_id,
-                    address: frame.addr,
-                    line: vec![proto::Line { function_id, line: i64::from(frame.line.unwrap_or(0)) }],
+            let location_id = *locations
+                .entry((frame.module.clone(), frame.offset))
+                .or_insert_with(|| {
+                    profile.location.push(proto::Location {
+                        id: location_count + 1,
+                        mapping_id,
+                        address: frame.addr,
+                        line: vec![proto::Line {
+                            function_id,
+                            line: i64::from(frame.line.unwrap_or(0)),
+                        }],
+                    });
+                    location_count + 1
                 });
-                location_count + 1
-            });
             ids.push(location_id);
         }
         profile.sample.push(proto::Sample {
@@ -266,8 +294,17 @@ pub fn text(report: &serde_json::Value) -> String {
         report["summary"]["tracedProcesses"],
         report["summary"]["activeAlerts"],
     );
-    let _ = writeln!(out, "what grew (over {} min of history):", report["growth"]["minutes"]);
-    for p in report["growth"]["processes"].as_array().into_iter().flatten().take(10) {
+    let _ = writeln!(
+        out,
+        "what grew (over {} min of history):",
+        report["growth"]["minutes"]
+    );
+    for p in report["growth"]["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(10)
+    {
         let delta = p["deltaRssBytes"].as_i64().unwrap_or(0);
         let _ = writeln!(
             out,
@@ -300,20 +337,54 @@ pub fn text(report: &serde_json::Value) -> String {
         );
     }
     let _ = writeln!(out, "\nactive alerts:");
-    let active = report["alerts"]["active"].as_array().cloned().unwrap_or_default();
+    let active = report["alerts"]["active"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if active.is_empty() {
         let _ = writeln!(out, "  none");
     }
     for a in &active {
-        let _ = writeln!(out, "  [{}] {} {}: {}", a["severity"].as_str().unwrap_or(""), a["type"].as_str().unwrap_or(""), a["id"].as_str().unwrap_or(""), a["message"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "  [{}] {} {}: {}",
+            a["severity"].as_str().unwrap_or(""),
+            a["type"].as_str().unwrap_or(""),
+            a["id"].as_str().unwrap_or(""),
+            a["message"].as_str().unwrap_or("")
+        );
     }
     let _ = writeln!(out, "\ntop consumers (traced processes):");
-    for process in report["consumers"]["processes"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "  pid {} ({}):", process["pid"], process["comm"].as_str().unwrap_or(""));
-        for lib in process["libraries"].as_array().into_iter().flatten().take(5) {
-            let _ = writeln!(out, "    {:>12} live  {}", mib(lib["liveBytes"].as_u64().unwrap_or(0)), lib["library"].as_str().unwrap_or(""));
+    for process in report["consumers"]["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "  pid {} ({}):",
+            process["pid"],
+            process["comm"].as_str().unwrap_or("")
+        );
+        for lib in process["libraries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(5)
+        {
+            let _ = writeln!(
+                out,
+                "    {:>12} live  {}",
+                mib(lib["liveBytes"].as_u64().unwrap_or(0)),
+                lib["library"].as_str().unwrap_or("")
+            );
         }
-        for c in process["consumers"].as_array().into_iter().flatten().take(5) {
+        for c in process["consumers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(5)
+        {
             let _ = writeln!(
                 out,
                 "    {:>12} in {} allocations: {} {} in {}",
@@ -349,8 +420,21 @@ mod tests {
             pid: 42,
             comm: "app".into(),
             sites: vec![
-                SiteLive { kind: SiteClass::Malloc, frames: vec![frame("leak_one", "libleak.so", 0x10), frame("main", "app", 0x20)], live_bytes: 4096, live_count: 2 },
-                SiteLive { kind: SiteClass::Mmap, frames: vec![frame("map_it", "libleak.so", 0x30)], live_bytes: 8192, live_count: 1 },
+                SiteLive {
+                    kind: SiteClass::Malloc,
+                    frames: vec![
+                        frame("leak_one", "libleak.so", 0x10),
+                        frame("main", "app", 0x20),
+                    ],
+                    live_bytes: 4096,
+                    live_count: 2,
+                },
+                SiteLive {
+                    kind: SiteClass::Mmap,
+                    frames: vec![frame("map_it", "libleak.so", 0x30)],
+                    live_bytes: 8192,
+                    live_count: 1,
+                },
             ],
             ..ConsumerReport::default()
         }
@@ -359,14 +443,23 @@ mod tests {
     #[test]
     fn folded_lines_are_root_first_with_bytes() {
         let lines = folded_stacks([&report()]);
-        assert_eq!(lines, vec!["app (42);main;leak_one 4096".to_string(), "app (42);map_it;[mmap] 8192".to_string()]);
+        assert_eq!(
+            lines,
+            vec![
+                "app (42);main;leak_one 4096".to_string(),
+                "app (42);map_it;[mmap] 8192".to_string()
+            ]
+        );
     }
 
     #[test]
     fn flamegraph_is_svg() {
         let svg = flamegraph([&report()], "live bytes").expect("svg");
         assert!(svg.contains("<svg") && svg.contains("leak_one"));
-        assert!(matches!(flamegraph([&ConsumerReport::default()], "x"), Err(ReportError::Empty)));
+        assert!(matches!(
+            flamegraph([&ConsumerReport::default()], "x"),
+            Err(ReportError::Empty)
+        ));
     }
 
     #[test]
@@ -374,12 +467,17 @@ mod tests {
         use prost::Message as _;
         let gz = pprof(&report(), 1).expect("profile");
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut bytes).expect("gunzip");
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut bytes)
+            .expect("gunzip");
         let profile = proto::Profile::decode(&bytes[..]).expect("decodes");
         assert_eq!(profile.sample.len(), 1, "only heap sites");
         assert_eq!(profile.sample[0].value, vec![2, 4096]);
         assert_eq!(profile.sample[0].location_id.len(), 2);
-        let types: Vec<&str> = profile.sample_type.iter().map(|t| profile.string_table[t.r#type as usize].as_str()).collect();
+        let types: Vec<&str> = profile
+            .sample_type
+            .iter()
+            .map(|t| profile.string_table[t.r#type as usize].as_str())
+            .collect();
         assert_eq!(types, ["inuse_objects", "inuse_space"]);
         assert_eq!(profile.string_table[0], "");
         let leaf = &profile.location[(profile.sample[0].location_id[0] - 1) as usize];

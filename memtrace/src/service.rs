@@ -2,15 +2,16 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::{
-    agent::{Agent, AgentError, State, chain, now_ms},
+    agent::{chain, now_ms, Agent, AgentError, State},
     analysis::{PatternType, ProcessPattern},
-    attribution::{ConsumerReport, monotonic_seconds},
+    attribution::{monotonic_seconds, ConsumerReport},
     http::{
-        AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric, ProcessMetrics, StreamEvent,
+        AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
+        ProcessMetrics, StreamEvent,
     },
     probes::{KernelStacks, ProbeError},
     reports,
@@ -19,8 +20,12 @@ use crate::{
 
 fn internal(err: AgentError) -> BackendError {
     match err {
-        AgentError::Probe(ProbeError::NoProcess(pid)) => BackendError::NotFound(format!("process {pid} does not exist")),
-        AgentError::Probe(err @ (ProbeError::SelfTrace(_) | ProbeError::NoAllocator { .. })) => BackendError::BadRequest(chain(&err)),
+        AgentError::Probe(ProbeError::NoProcess(pid)) => {
+            BackendError::NotFound(format!("process {pid} does not exist"))
+        }
+        AgentError::Probe(err @ (ProbeError::SelfTrace(_) | ProbeError::NoAllocator { .. })) => {
+            BackendError::BadRequest(chain(&err))
+        }
         other => BackendError::Internal(chain(&other)),
     }
 }
@@ -59,11 +64,20 @@ impl Agent {
     }
 
     /// Attribution of a traced process now (or its last report when it is gone).
-    fn fresh_report(&self, state: &mut State, pid: u32) -> Result<Option<ConsumerReport>, AgentError> {
+    fn fresh_report(
+        &self,
+        state: &mut State,
+        pid: u32,
+    ) -> Result<Option<ConsumerReport>, AgentError> {
         if state.accounting.process(pid).is_some_and(|p| p.heap_traced) {
             let probes = self.probes()?;
             let mut stacks = KernelStacks(probes.stacks()?);
-            let State { accounting, attributor, reports, .. } = state;
+            let State {
+                accounting,
+                attributor,
+                reports,
+                ..
+            } = state;
             if let Some(process) = accounting.process(pid) {
                 let report = attributor.report(process, &mut stacks, monotonic_seconds());
                 reports.insert(pid, report.clone());
@@ -78,7 +92,11 @@ impl Agent {
             return json!({ "minutes": minutes, "from": null, "to": null, "processes": [] });
         };
         let since = last.timestamp.saturating_sub(u64::from(minutes) * 60_000);
-        let window: Vec<&Arc<HostSnapshot>> = state.history.iter().filter(|s| s.timestamp >= since).collect();
+        let window: Vec<&Arc<HostSnapshot>> = state
+            .history
+            .iter()
+            .filter(|s| s.timestamp >= since)
+            .collect();
         let mut first: HashMap<u32, (u64, &ProcessSnapshot)> = HashMap::new();
         for snapshot in &window {
             for p in &snapshot.processes {
@@ -91,9 +109,17 @@ impl Agent {
             .filter_map(|p| {
                 let (t0, p0) = first.get(&p.pid)?;
                 let minutes_span = (last.timestamp.saturating_sub(*t0)) as f64 / 60_000.0;
-                let rate = |delta: i64| if minutes_span > 0.0 { delta as f64 / (1024.0 * 1024.0) / minutes_span } else { 0.0 };
+                let rate = |delta: i64| {
+                    if minutes_span > 0.0 {
+                        delta as f64 / (1024.0 * 1024.0) / minutes_span
+                    } else {
+                        0.0
+                    }
+                };
                 let delta_rss = p.rss_bytes as i64 - p0.rss_bytes as i64;
-                let heap = p.heap_traced.then_some((p0.heap_live_bytes, p.heap_live_bytes));
+                let heap = p
+                    .heap_traced
+                    .then_some((p0.heap_live_bytes, p.heap_live_bytes));
                 Some(json!({
                     "pid": p.pid,
                     "comm": p.comm,
@@ -109,7 +135,11 @@ impl Agent {
                 }))
             })
             .collect();
-        processes.sort_by(|a, b| b["deltaRssBytes"].as_i64().cmp(&a["deltaRssBytes"].as_i64()));
+        processes.sort_by(|a, b| {
+            b["deltaRssBytes"]
+                .as_i64()
+                .cmp(&a["deltaRssBytes"].as_i64())
+        });
         json!({ "minutes": minutes, "from": window.first().map(|s| s.timestamp), "to": last.timestamp, "processes": processes })
     }
 
@@ -118,7 +148,13 @@ impl Agent {
             Some(pid) => vec![pid],
             None => {
                 let mut pids: Vec<u32> = state.reports.keys().copied().collect();
-                pids.extend(state.accounting.processes().filter(|p| p.heap_traced).map(|p| p.pid));
+                pids.extend(
+                    state
+                        .accounting
+                        .processes()
+                        .filter(|p| p.heap_traced)
+                        .map(|p| p.pid),
+                );
                 pids.sort_unstable();
                 pids.dedup();
                 pids
@@ -150,14 +186,21 @@ impl Agent {
 
     fn patterns_sorted(state: &State) -> Vec<ProcessPattern> {
         let mut patterns: Vec<ProcessPattern> = state.patterns.values().cloned().collect();
-        patterns.sort_by(|a, b| b.pattern.confidence.total_cmp(&a.pattern.confidence).then(a.pid.cmp(&b.pid)));
+        patterns.sort_by(|a, b| {
+            b.pattern
+                .confidence
+                .total_cmp(&a.pattern.confidence)
+                .then(a.pid.cmp(&b.pid))
+        });
         patterns
     }
 }
 
 impl Backend for Agent {
     fn status(&self) -> Value {
-        let Ok(state) = self.state() else { return json!({ "isMonitoring": false, "error": "state unavailable" }) };
+        let Ok(state) = self.state() else {
+            return json!({ "isMonitoring": false, "error": "state unavailable" });
+        };
         let mut traced: Vec<u32> = state.traced.iter().copied().collect();
         traced.extend(state.drilldowns.keys());
         traced.sort_unstable();
@@ -181,9 +224,16 @@ impl Backend for Agent {
     }
 
     fn history(&self, count: usize) -> Vec<HostSnapshot> {
-        let Ok(state) = self.state() else { return Vec::new() };
+        let Ok(state) = self.state() else {
+            return Vec::new();
+        };
         let skip = state.history.len().saturating_sub(count);
-        state.history.iter().skip(skip).map(|s| (**s).clone()).collect()
+        state
+            .history
+            .iter()
+            .skip(skip)
+            .map(|s| (**s).clone())
+            .collect()
     }
 
     fn growth(&self, minutes: u32) -> Value {
@@ -213,7 +263,9 @@ impl Backend for Agent {
     fn resolve_alert(&self, id: &str) -> Result<Value, BackendError> {
         match Agent::resolve_alert(self, id).map_err(internal)? {
             Some(alert) => Ok(alert),
-            None => Err(BackendError::NotFound(format!("no active alert with id {id}"))),
+            None => Err(BackendError::NotFound(format!(
+                "no active alert with id {id}"
+            ))),
         }
     }
 
@@ -225,13 +277,24 @@ impl Backend for Agent {
     }
 
     fn processes(&self) -> Vec<ProcessSnapshot> {
-        let Ok(state) = self.state() else { return Vec::new() };
-        self.last_snapshot(&state).map(|s| s.processes.clone()).unwrap_or_default()
+        let Ok(state) = self.state() else {
+            return Vec::new();
+        };
+        self.last_snapshot(&state)
+            .map(|s| s.processes.clone())
+            .unwrap_or_default()
     }
 
     fn process(&self, pid: u32) -> Option<Value> {
         let mut state = self.state().ok()?;
-        let snapshot = state.accounting.snapshot(pid).or_else(|| state.accounting.exited().rev().find(|p| p.pid == pid).cloned())?;
+        let snapshot = state.accounting.snapshot(pid).or_else(|| {
+            state
+                .accounting
+                .exited()
+                .rev()
+                .find(|p| p.pid == pid)
+                .cloned()
+        })?;
         let report = self.fresh_report(&mut state, pid).ok().flatten();
         let mut snapshot = snapshot;
         if let Some(report) = &report {
@@ -255,7 +318,11 @@ impl Backend for Agent {
 
     fn trace_stop(&self, pid: u32) -> Result<Value, BackendError> {
         let traced = self.state().map_err(internal)?.traced.contains(&pid)
-            || self.state().map_err(internal)?.drilldowns.contains_key(&pid);
+            || self
+                .state()
+                .map_err(internal)?
+                .drilldowns
+                .contains_key(&pid);
         if !traced {
             return Err(BackendError::NotFound(format!("pid {pid} is not traced")));
         }
@@ -263,9 +330,12 @@ impl Backend for Agent {
     }
 
     fn export(&self) -> Value {
-        let Ok(mut state) = self.state() else { return json!({ "error": "state unavailable" }) };
+        let Ok(mut state) = self.state() else {
+            return json!({ "error": "state unavailable" });
+        };
         let consumers = self.consumers_document(&mut state, None);
-        let operations: Vec<&crate::accounting::Operation> = state.accounting.operations().collect();
+        let operations: Vec<&crate::accounting::Operation> =
+            state.accounting.operations().collect();
         json!({
             "exportedAt": now_ms(),
             "config": self.config,
@@ -278,10 +348,16 @@ impl Backend for Agent {
     }
 
     fn report_json(&self) -> Value {
-        let Ok(mut state) = self.state() else { return json!({ "error": "state unavailable" }) };
+        let Ok(mut state) = self.state() else {
+            return json!({ "error": "state unavailable" });
+        };
         let last = self.last_snapshot(&state);
         let consumers = self.consumers_document(&mut state, None);
-        let traced = state.accounting.processes().filter(|p| p.heap_traced).count();
+        let traced = state
+            .accounting
+            .processes()
+            .filter(|p| p.heap_traced)
+            .count();
         json!({
             "generatedAt": now_ms(),
             "host": {
@@ -310,7 +386,13 @@ impl Backend for Agent {
         let mut state = self.state().map_err(internal)?;
         let pids: Vec<u32> = match pid {
             Some(pid) => vec![pid],
-            None => state.accounting.processes().filter(|p| p.heap_traced).map(|p| p.pid).chain(state.reports.keys().copied()).collect(),
+            None => state
+                .accounting
+                .processes()
+                .filter(|p| p.heap_traced)
+                .map(|p| p.pid)
+                .chain(state.reports.keys().copied())
+                .collect(),
         };
         let mut reports = Vec::new();
         for pid in pids {
@@ -326,7 +408,8 @@ impl Backend for Agent {
                 None => "no process is traced".to_string(),
             }));
         }
-        reports::flamegraph(reports.iter(), "memtrace: live bytes by stack").map_err(|err| BackendError::NotFound(chain(&err)))
+        reports::flamegraph(reports.iter(), "memtrace: live bytes by stack")
+            .map_err(|err| BackendError::NotFound(chain(&err)))
     }
 
     fn pprof(&self, pid: u32) -> Result<Vec<u8>, BackendError> {
@@ -335,7 +418,8 @@ impl Backend for Agent {
             .fresh_report(&mut state, pid)
             .map_err(internal)?
             .ok_or_else(|| BackendError::NotFound(format!("pid {pid} is not traced: start tracing it first (POST /api/memory/trace/{pid})")))?;
-        reports::pprof(&report, (now_ms() as i64).saturating_mul(1_000_000)).map_err(|err| BackendError::Internal(chain(&err)))
+        reports::pprof(&report, (now_ms() as i64).saturating_mul(1_000_000))
+            .map_err(|err| BackendError::Internal(chain(&err)))
     }
 
     fn metrics(&self) -> MetricsInput {
@@ -356,21 +440,40 @@ impl Backend for Agent {
             input.bpf_programs = probes
                 .program_stats()
                 .into_iter()
-                .map(|(program, run_time_ns, runs)| BpfProgramStats { program, run_time_seconds_total: run_time_ns as f64 / 1e9, runs_total: runs })
+                .map(|(program, run_time_ns, runs)| BpfProgramStats {
+                    program,
+                    run_time_seconds_total: run_time_ns as f64 / 1e9,
+                    runs_total: runs,
+                })
                 .collect();
         }
-        let Ok(state) = self.state() else { return input };
+        let Ok(state) = self.state() else {
+            return input;
+        };
         input.alerts_suppressed_total = state.engine.suppressed_total();
         let mut counts: HashMap<(String, String), u64> = HashMap::new();
         for alert in state.engine.active() {
-            let kind = serde_json::to_value(alert.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            let severity = serde_json::to_value(alert.severity).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let kind = serde_json::to_value(alert.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let severity = serde_json::to_value(alert.severity)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             *counts.entry((kind, severity)).or_default() += 1;
         }
         for kind in ["threshold", "pattern", "leak", "spike"] {
             for severity in ["info", "warning", "critical"] {
-                let count = counts.get(&(kind.to_string(), severity.to_string())).copied().unwrap_or(0);
-                input.alerts_active.push(AlertCount { kind: kind.into(), severity: severity.into(), count });
+                let count = counts
+                    .get(&(kind.to_string(), severity.to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                input.alerts_active.push(AlertCount {
+                    kind: kind.into(),
+                    severity: severity.into(),
+                    count,
+                });
             }
         }
         input.consumers_evicted_total = state.reports.values().map(|r| r.evicted_consumers).sum();
@@ -382,9 +485,17 @@ impl Backend for Agent {
                 let pattern = state.patterns.get(&p.pid);
                 input.processes.push(ProcessMetrics {
                     snapshot: p.clone(),
-                    container: if rank < input.top_k { container_of(p.pid) } else { String::new() },
-                    growth_rate_bytes_per_second: pattern.map(|pp| pp.pattern.growth_rate * 1024.0 * 1024.0 / 60.0),
-                    pattern: pattern.map(|pp| PatternMetric { kind: pp.pattern.kind, confidence: pp.pattern.confidence }),
+                    container: if rank < input.top_k {
+                        container_of(p.pid)
+                    } else {
+                        String::new()
+                    },
+                    growth_rate_bytes_per_second: pattern
+                        .map(|pp| pp.pattern.growth_rate * 1024.0 * 1024.0 / 60.0),
+                    pattern: pattern.map(|pp| PatternMetric {
+                        kind: pp.pattern.kind,
+                        confidence: pp.pattern.confidence,
+                    }),
                 });
             }
         }
@@ -404,9 +515,23 @@ mod tests {
     #[test]
     fn container_ids_from_cgroup_paths() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(container_from_cgroup(&format!("0::/system.slice/docker-{id}.scope\n")), "0123456789ab");
-        assert_eq!(container_from_cgroup(&format!("0::/kubepods/besteffort/pod1/cri-containerd-{id}.scope\n")), "0123456789ab");
-        assert_eq!(container_from_cgroup(&format!("0::/kubepods/pod1/{id}\n")), "0123456789ab");
-        assert_eq!(container_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), "");
+        assert_eq!(
+            container_from_cgroup(&format!("0::/system.slice/docker-{id}.scope\n")),
+            "0123456789ab"
+        );
+        assert_eq!(
+            container_from_cgroup(&format!(
+                "0::/kubepods/besteffort/pod1/cri-containerd-{id}.scope\n"
+            )),
+            "0123456789ab"
+        );
+        assert_eq!(
+            container_from_cgroup(&format!("0::/kubepods/pod1/{id}\n")),
+            "0123456789ab"
+        );
+        assert_eq!(
+            container_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"),
+            ""
+        );
     }
 }

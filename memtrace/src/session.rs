@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     accounting::{Accounting, Procfs},
     events::{self, Batch, PipelineStats},
-    probes::{AllocatorTarget, AttachReport, ProbeError, ProbeOptions, Probes, allocator_of},
+    probes::{allocator_of, AllocatorTarget, AttachReport, ProbeError, ProbeOptions, Probes},
 };
 
 pub struct Session {
@@ -52,7 +52,11 @@ impl Session {
         self.trace_target(pid, &target)
     }
 
-    pub fn trace_target(&mut self, pid: u32, target: &AllocatorTarget) -> Result<AttachReport, ProbeError> {
+    pub fn trace_target(
+        &mut self,
+        pid: u32,
+        target: &AllocatorTarget,
+    ) -> Result<AttachReport, ProbeError> {
         if pid == std::process::id() {
             return Err(ProbeError::SelfTrace(pid));
         }
@@ -92,7 +96,11 @@ impl Session {
 
     /// Waits until the kernel signals events or `timeout` passes.
     pub fn wait(&self, timeout: Duration) {
-        let mut fd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut fd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut fd, 1, ms) };

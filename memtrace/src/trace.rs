@@ -9,9 +9,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::{AttributionConfig, Attributor, ConsumerReport, monotonic_seconds},
+    attribution::{monotonic_seconds, AttributionConfig, Attributor, ConsumerReport},
     launch::{GatedChild, LaunchError},
-    probes::{COUNTER_NAMES, ProbeError, ProbeOptions},
+    probes::{ProbeError, ProbeOptions, COUNTER_NAMES},
     session::Session,
     snapshot::ProcessSnapshot,
 };
@@ -94,7 +94,10 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         }
         None => session.trace_pid(pid)?,
     };
-    log::info!("tracing pid {pid}: attached to {} in its allocator", report.attached.join(", "));
+    log::info!(
+        "tracing pid {pid}: attached to {} in its allocator",
+        report.attached.join(", ")
+    );
     catch_interrupts();
     if let Some(child) = child.as_mut() {
         child.release();
@@ -107,7 +110,8 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     let exited = loop {
         session.wait(Duration::from_millis(100));
         session.poll();
-        let gone = session.accounting.process(pid).is_none() && session.accounting.exited().any(|p| p.pid == pid);
+        let gone = session.accounting.process(pid).is_none()
+            && session.accounting.exited().any(|p| p.pid == pid);
         if let Some(child) = child.as_mut() {
             exit_code = if gone { child.wait() } else { child.try_wait() };
         }
@@ -125,15 +129,29 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         }
     };
     let process = if exited {
-        session.accounting.exited().rev().find(|p| p.pid == pid).cloned().or(last).unwrap_or_default()
+        session
+            .accounting
+            .exited()
+            .rev()
+            .find(|p| p.pid == pid)
+            .cloned()
+            .or(last)
+            .unwrap_or_default()
     } else {
-        session.accounting.snapshot(pid).or(last).unwrap_or_default()
+        session
+            .accounting
+            .snapshot(pid)
+            .or(last)
+            .unwrap_or_default()
     };
     if !exited {
         session.accounting.refresh_modules(pid);
     }
     let mut attributor = Attributor::new(args.attribution.clone());
-    let state = session.accounting.process(pid).or_else(|| session.accounting.exited_state(pid));
+    let state = session
+        .accounting
+        .process(pid)
+        .or_else(|| session.accounting.exited_state(pid));
     let attribution = match state {
         Some(state) => {
             let mut stacks = crate::probes::KernelStacks(session.probes.stacks()?);
@@ -144,7 +162,11 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     let mut process = process;
     process.libraries = attribution.libraries.clone();
     let counters = session.probes.counters()?;
-    let kernel = COUNTER_NAMES.iter().zip(counters).map(|(name, value)| (name.to_string(), value.into())).collect();
+    let kernel = COUNTER_NAMES
+        .iter()
+        .zip(counters)
+        .map(|(name, value)| (name.to_string(), value.into()))
+        .collect();
     Ok(TraceReport {
         pid,
         comm: process.comm.clone(),
@@ -172,22 +194,59 @@ pub fn render_text(report: &TraceReport) -> String {
         report.pid,
         report.comm,
         report.duration_seconds,
-        if report.exited { format!(", exited (code {})", report.exit_code.map_or("?".into(), |c| c.to_string())) } else { String::new() }
+        if report.exited {
+            format!(
+                ", exited (code {})",
+                report.exit_code.map_or("?".into(), |c| c.to_string())
+            )
+        } else {
+            String::new()
+        }
     );
-    let _ = writeln!(out, "  rss          {:>14} bytes (anon {}, file {}, shmem {}), swap {}", p.rss_bytes, p.rss_anon_bytes, p.rss_file_bytes, p.rss_shmem_bytes, p.swap_bytes);
-    let _ = writeln!(out, "  heap live    {:>14} bytes in {} allocations (peak {})", p.heap_live_bytes, p.heap_live_count, p.heap_peak_bytes);
-    let _ = writeln!(out, "  heap calls   {:>14} allocations, {} frees, {} frees of memory allocated before tracing", p.heap_total_allocs, p.heap_total_frees, p.heap_unknown_frees);
+    let _ = writeln!(
+        out,
+        "  rss          {:>14} bytes (anon {}, file {}, shmem {}), swap {}",
+        p.rss_bytes, p.rss_anon_bytes, p.rss_file_bytes, p.rss_shmem_bytes, p.swap_bytes
+    );
+    let _ = writeln!(
+        out,
+        "  heap live    {:>14} bytes in {} allocations (peak {})",
+        p.heap_live_bytes, p.heap_live_count, p.heap_peak_bytes
+    );
+    let _ = writeln!(
+        out,
+        "  heap calls   {:>14} allocations, {} frees, {} frees of memory allocated before tracing",
+        p.heap_total_allocs, p.heap_total_frees, p.heap_unknown_frees
+    );
     let _ = writeln!(out, "  mmap anon    {:>14} bytes", p.mapped_anon_bytes);
     let _ = writeln!(out, "  mmap file    {:>14} bytes", p.mapped_file_bytes);
     let _ = writeln!(out, "  brk          {:>14} bytes", p.brk_bytes);
     if let Some(external) = p.external_bytes {
-        let ratio = p.external_ratio.map_or("-".to_string(), |r| format!("{r:.2}"));
-        let _ = writeln!(out, "  external     {:>14} bytes (rss - heap), external/heap {ratio}", external);
+        let ratio = p
+            .external_ratio
+            .map_or("-".to_string(), |r| format!("{r:.2}"));
+        let _ = writeln!(
+            out,
+            "  external     {:>14} bytes (rss - heap), external/heap {ratio}",
+            external
+        );
     }
-    let lost = report.kernel.get("ring_buffer_full").and_then(|v| v.as_u64()).unwrap_or(0);
-    let _ = writeln!(out, "  events       {:>14} received, {} lost (ring buffer full)", report.events_received, lost);
+    let lost = report
+        .kernel
+        .get("ring_buffer_full")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "  events       {:>14} received, {} lost (ring buffer full)",
+        report.events_received, lost
+    );
     if !report.missing.is_empty() {
-        let _ = writeln!(out, "  not in this allocator: {}", report.missing.join(", "));
+        let _ = writeln!(
+            out,
+            "  not in this allocator: {}",
+            report.missing.join(", ")
+        );
     }
     render_attribution(&mut out, &report.attribution, 10);
     out
@@ -199,14 +258,31 @@ pub fn render_attribution(out: &mut String, a: &ConsumerReport, top: usize) {
     if a.consumers.is_empty() {
         return;
     }
-    let _ = writeln!(out, "\nlibraries (live bytes they asked for, through the allocator or mapped directly):");
-    let _ = writeln!(out, "  {:>14} {:>14} {:>10}  library", "live", "peak", "calls");
+    let _ = writeln!(
+        out,
+        "\nlibraries (live bytes they asked for, through the allocator or mapped directly):"
+    );
+    let _ = writeln!(
+        out,
+        "  {:>14} {:>14} {:>10}  library",
+        "live", "peak", "calls"
+    );
     for lib in &a.libraries {
-        let _ = writeln!(out, "  {:>14} {:>14} {:>10}  {}", lib.live_bytes, lib.peak_bytes, lib.calls, lib.library);
+        let _ = writeln!(
+            out,
+            "  {:>14} {:>14} {:>10}  {}",
+            lib.live_bytes, lib.peak_bytes, lib.calls, lib.library
+        );
     }
     let _ = writeln!(out, "\ntop consumers:");
     for c in a.consumers.iter().take(top) {
-        let flag = if c.metadata.over_limit { " [over maxConsumerSize]" } else if c.metadata.suspicious { " [suspicious]" } else { "" };
+        let flag = if c.metadata.over_limit {
+            " [over maxConsumerSize]"
+        } else if c.metadata.suspicious {
+            " [suspicious]"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "  {:>14} live in {:>7} allocations ({} calls, avg {} B, peak {})  {} {} in {}{flag}",
@@ -215,7 +291,10 @@ pub fn render_attribution(out: &mut String, a: &ConsumerReport, top: usize) {
             c.total_calls,
             c.average_size,
             c.peak_memory,
-            serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             c.name,
             c.category
         );
@@ -224,7 +303,11 @@ pub fn render_attribution(out: &mut String, a: &ConsumerReport, top: usize) {
         }
     }
     if a.evicted_consumers > 0 {
-        let _ = writeln!(out, "  ({} more consumers with {} live bytes not shown: maxConsumers)", a.evicted_consumers, a.evicted_bytes);
+        let _ = writeln!(
+            out,
+            "  ({} more consumers with {} live bytes not shown: maxConsumers)",
+            a.evicted_consumers, a.evicted_bytes
+        );
     }
     if !a.leaks.is_empty() {
         let _ = writeln!(out, "\nstill live after the leak age (oldest first):");

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use self::{
     runs::{Ctx, Job, Outcome, Tracer},
@@ -94,12 +94,23 @@ struct Workload {
 
 impl Workload {
     fn job(&self, tracer: Tracer) -> (Job<'_>, &str) {
-        let (argv, size) = if tracer.per_call() { &self.heavy } else { &self.light };
+        let (argv, size) = if tracer.per_call() {
+            &self.heavy
+        } else {
+            &self.light
+        };
         let input = match (&self.heavy_input, tracer.per_call()) {
             (Some(heavy), true) => heavy,
             _ => &self.input,
         };
-        (Job { argv: argv.clone(), input, says_ready: self.says_ready }, size)
+        (
+            Job {
+                argv: argv.clone(),
+                input,
+                says_ready: self.says_ready,
+            },
+            size,
+        )
     }
 }
 
@@ -123,7 +134,8 @@ impl Pair {
 
     /// (traced − bare) / calls, in µs.
     fn per_call_us(&self) -> Option<f64> {
-        (self.traced.calls > 0).then(|| (self.traced.elapsed - self.bare.elapsed) / self.traced.calls as f64 * 1e6)
+        (self.traced.calls > 0)
+            .then(|| (self.traced.elapsed - self.bare.elapsed) / self.traced.calls as f64 * 1e6)
     }
 }
 
@@ -148,11 +160,23 @@ impl Series {
     }
 
     fn cpu_ratio(&self) -> Option<f64> {
-        median(&self.pairs.iter().filter_map(Pair::cpu_ratio).collect::<Vec<_>>())
+        median(
+            &self
+                .pairs
+                .iter()
+                .filter_map(Pair::cpu_ratio)
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn per_call_us(&self) -> Option<f64> {
-        median(&self.pairs.iter().filter_map(Pair::per_call_us).collect::<Vec<_>>())
+        median(
+            &self
+                .pairs
+                .iter()
+                .filter_map(Pair::per_call_us)
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn json(&self) -> Value {
@@ -193,7 +217,11 @@ fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// The parts of memtrace trace's report the suite uses.
@@ -248,7 +276,8 @@ impl PipelineRow {
     }
 
     fn net_cpu_per_million(&self) -> Option<f64> {
-        self.fixed_cpu.map(|f| (self.cpu - f).max(0.0) / self.received.max(1) as f64 * 1e6)
+        self.fixed_cpu
+            .map(|f| (self.cpu - f).max(0.0) / self.received.max(1) as f64 * 1e6)
     }
 
     fn json(&self) -> Value {
@@ -274,11 +303,20 @@ struct Target {
     met: Option<bool>,
 }
 
-pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) -> anyhow::Result<()> {
+pub fn run(
+    root: &Path,
+    binary: &Path,
+    json_path: Option<&Path>,
+    quick: bool,
+) -> anyhow::Result<()> {
     let began = Instant::now();
     let plan = Plan::new(quick);
     let machine = Machine::describe();
-    let target_dir = binary.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| root.join("target"));
+    let target_dir = binary
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("target"));
     let bin_dir = target_dir.join("bench");
     fs::create_dir_all(&bin_dir)?;
     let work = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
@@ -294,31 +332,56 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         eprintln!("bench: no C compiler: installing gcc with apt-get");
         let _ = setup::peers(&[("cc", "gcc", &["--version"])]);
     }
-    let peer = |name: &str| peers.iter().find(|p| p.program == name).expect("listed above");
-    let mut notes: Vec<String> = peers.iter().filter_map(|p| p.note.as_ref().map(|n| format!("{}: {n}", p.program))).collect();
+    let peer = |name: &str| {
+        peers
+            .iter()
+            .find(|p| p.program == name)
+            .expect("listed above")
+    };
+    let mut notes: Vec<String> = peers
+        .iter()
+        .filter_map(|p| p.note.as_ref().map(|n| format!("{}: {n}", p.program)))
+        .collect();
 
     eprintln!("bench: compiling the workloads into {}", bin_dir.display());
-    let malloc_loop = setup::compile(root, &bin_dir, "malloc_loop")?.to_string_lossy().into_owned();
-    let page_touch = setup::compile(root, &bin_dir, "page_touch")?.to_string_lossy().into_owned();
-    let spawn = setup::compile(root, &bin_dir, "spawn")?.to_string_lossy().into_owned();
-    let storm = setup::compile(root, &bin_dir, "mmap_storm")?.to_string_lossy().into_owned();
-    let live = setup::compile(root, &bin_dir, "live_allocs")?.to_string_lossy().into_owned();
+    let malloc_loop = setup::compile(root, &bin_dir, "malloc_loop")?
+        .to_string_lossy()
+        .into_owned();
+    let page_touch = setup::compile(root, &bin_dir, "page_touch")?
+        .to_string_lossy()
+        .into_owned();
+    let spawn = setup::compile(root, &bin_dir, "spawn")?
+        .to_string_lossy()
+        .into_owned();
+    let storm = setup::compile(root, &bin_dir, "mmap_storm")?
+        .to_string_lossy()
+        .into_owned();
+    let live = setup::compile(root, &bin_dir, "live_allocs")?
+        .to_string_lossy()
+        .into_owned();
 
     let private_libc = if peer("bpftrace").available() {
         match setup::private_libc(&work.join("libc")) {
             Ok(path) => path.parent().map(Path::to_path_buf),
             Err(err) => {
-                notes.push(format!("bpftrace not measured: no private libc copy ({err:#})"));
+                notes.push(format!(
+                    "bpftrace not measured: no private libc copy ({err:#})"
+                ));
                 None
             }
         }
     } else {
         None
     };
-    let ticks = proc::capture("getconf", &["CLK_TCK"]).and_then(|t| t.parse().ok()).unwrap_or(100.0);
+    let ticks = proc::capture("getconf", &["CLK_TCK"])
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100.0);
     let ctx = Ctx {
         memtrace: binary.to_path_buf(),
-        bpftrace: peer("bpftrace").path.clone().filter(|_| private_libc.is_some()),
+        bpftrace: peer("bpftrace")
+            .path
+            .clone()
+            .filter(|_| private_libc.is_some()),
         heaptrack: peer("heaptrack").path.clone(),
         private_libc,
         work: work.clone(),
@@ -330,8 +393,14 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         Workload {
             key: "malloc-loop",
             title: "malloc/free loop",
-            light: (vec![malloc_loop.clone(), plan.malloc_light.to_string()], format!("{} malloc+free pairs", plan.malloc_light)),
-            heavy: (vec![malloc_loop.clone(), plan.malloc_heavy.to_string()], format!("{} malloc+free pairs", plan.malloc_heavy)),
+            light: (
+                vec![malloc_loop.clone(), plan.malloc_light.to_string()],
+                format!("{} malloc+free pairs", plan.malloc_light),
+            ),
+            heavy: (
+                vec![malloc_loop.clone(), plan.malloc_heavy.to_string()],
+                format!("{} malloc+free pairs", plan.malloc_heavy),
+            ),
             input: gate.clone(),
             heavy_input: None,
             says_ready: true,
@@ -340,8 +409,14 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         Workload {
             key: "page-touch",
             title: "page-touch loop",
-            light: (vec![page_touch.clone(), plan.page_iterations.to_string()], format!("{} x mmap 1 MiB, touch, munmap", plan.page_iterations)),
-            heavy: (vec![page_touch.clone(), plan.page_iterations.to_string()], format!("{} x mmap 1 MiB, touch, munmap", plan.page_iterations)),
+            light: (
+                vec![page_touch.clone(), plan.page_iterations.to_string()],
+                format!("{} x mmap 1 MiB, touch, munmap", plan.page_iterations),
+            ),
+            heavy: (
+                vec![page_touch.clone(), plan.page_iterations.to_string()],
+                format!("{} x mmap 1 MiB, touch, munmap", plan.page_iterations),
+            ),
             input: gate.clone(),
             heavy_input: None,
             says_ready: true,
@@ -349,8 +424,13 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         },
     ];
     if let Some(sqlite) = peer("sqlite3").path.as_ref() {
-        let argv = vec![sqlite.to_string_lossy().into_owned(), "-batch".into(), ":memory:".into()];
-        let size = |rows: usize| format!("{rows} orders, {} customers, in memory", (rows / 20).max(1));
+        let argv = vec![
+            sqlite.to_string_lossy().into_owned(),
+            "-batch".into(),
+            ":memory:".into(),
+        ];
+        let size =
+            |rows: usize| format!("{rows} orders, {} customers, in memory", (rows / 20).max(1));
         let light_script = setup::sqlite_script(plan.sqlite_light);
         let heavy_script = setup::sqlite_script(plan.sqlite_heavy);
         fs::write(bin_dir.join("sqlite-light.sql"), &light_script)?;
@@ -371,8 +451,14 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
     workloads.push(Workload {
         key: "process-churn",
         title: "process churn",
-        light: (vec![spawn.clone(), plan.spawn_count.to_string()], format!("{} x fork+exec /bin/true", plan.spawn_count)),
-        heavy: (vec![spawn.clone(), plan.spawn_count.to_string()], format!("{} x fork+exec /bin/true", plan.spawn_count)),
+        light: (
+            vec![spawn.clone(), plan.spawn_count.to_string()],
+            format!("{} x fork+exec /bin/true", plan.spawn_count),
+        ),
+        heavy: (
+            vec![spawn.clone(), plan.spawn_count.to_string()],
+            format!("{} x fork+exec /bin/true", plan.spawn_count),
+        ),
         input: gate.clone(),
         heavy_input: None,
         says_ready: true,
@@ -389,15 +475,26 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
                 let error = match tracer {
                     t if t.is_bpftrace() && ctx.bpftrace.is_none() => Some(format!(
                         "not measured: {}",
-                        peer("bpftrace").note.clone().unwrap_or_else(|| "bpftrace is not available".into())
+                        peer("bpftrace")
+                            .note
+                            .clone()
+                            .unwrap_or_else(|| "bpftrace is not available".into())
                     )),
                     Tracer::Heaptrack if ctx.heaptrack.is_none() => Some(format!(
                         "not measured: {}",
-                        peer("heaptrack").note.clone().unwrap_or_else(|| "heaptrack is not available".into())
+                        peer("heaptrack")
+                            .note
+                            .clone()
+                            .unwrap_or_else(|| "heaptrack is not available".into())
                     )),
                     _ => None,
                 };
-                Series { tracer, size: size.to_string(), pairs: Vec::new(), error }
+                Series {
+                    tracer,
+                    size: size.to_string(),
+                    pairs: Vec::new(),
+                    error,
+                }
             })
             .collect();
         for round in 0..plan.pairs {
@@ -411,30 +508,46 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
                 let tracer = item.tracer;
                 let (job, _) = workload.job(tracer);
                 let private = tracer.is_bpftrace();
-                let reps = if tracer == Tracer::Agent { plan.agent_reps } else { 1 };
+                let reps = if tracer == Tracer::Agent {
+                    plan.agent_reps
+                } else {
+                    1
+                };
                 let total = plan.pairs * reps;
                 for rep in 0..reps {
-                if item.error.is_some() {
-                    break;
-                }
-                let index = round * reps + rep;
-                let tag = format!("{}-{}-{index}", workload.key, tracer.key());
-                let bare_first = index % 2 == 0;
-                let result = (|| -> anyhow::Result<Pair> {
-                    let mut bare = None;
-                    if bare_first {
-                        bare = Some(runs::run(&ctx, Tracer::Bare, &job, private, &format!("{tag}-bare"))?);
+                    if item.error.is_some() {
+                        break;
                     }
-                    let traced = runs::run(&ctx, tracer, &job, private, &tag)?;
-                    let bare = match bare {
-                        Some(b) => b,
-                        None => runs::run(&ctx, Tracer::Bare, &job, private, &format!("{tag}-bare"))?,
-                    };
-                    Ok(Pair { bare, traced })
-                })();
-                match result {
-                    Ok(pair) => {
-                        eprintln!(
+                    let index = round * reps + rep;
+                    let tag = format!("{}-{}-{index}", workload.key, tracer.key());
+                    let bare_first = index % 2 == 0;
+                    let result = (|| -> anyhow::Result<Pair> {
+                        let mut bare = None;
+                        if bare_first {
+                            bare = Some(runs::run(
+                                &ctx,
+                                Tracer::Bare,
+                                &job,
+                                private,
+                                &format!("{tag}-bare"),
+                            )?);
+                        }
+                        let traced = runs::run(&ctx, tracer, &job, private, &tag)?;
+                        let bare = match bare {
+                            Some(b) => b,
+                            None => runs::run(
+                                &ctx,
+                                Tracer::Bare,
+                                &job,
+                                private,
+                                &format!("{tag}-bare"),
+                            )?,
+                        };
+                        Ok(Pair { bare, traced })
+                    })();
+                    match result {
+                        Ok(pair) => {
+                            eprintln!(
                             "bench: {:<16} {:<28} pair {}/{}: bare {:.4} s, traced {:.4} s, ratio {:.3}",
                             workload.title,
                             tracer.label(),
@@ -444,16 +557,24 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
                             pair.traced.elapsed,
                             pair.ratio()
                         );
-                        for note in pair.traced.notes.iter().chain(&pair.bare.notes) {
-                            notes.push(format!("{} / {}: {note}", workload.title, tracer.label()));
+                            for note in pair.traced.notes.iter().chain(&pair.bare.notes) {
+                                notes.push(format!(
+                                    "{} / {}: {note}",
+                                    workload.title,
+                                    tracer.label()
+                                ));
+                            }
+                            item.pairs.push(pair);
                         }
-                        item.pairs.push(pair);
+                        Err(err) => {
+                            eprintln!(
+                                "bench: {} / {} failed: {err:#}",
+                                workload.title,
+                                tracer.label()
+                            );
+                            item.error = Some(format!("failed: {err:#}"));
+                        }
                     }
-                    Err(err) => {
-                        eprintln!("bench: {} / {} failed: {err:#}", workload.title, tracer.label());
-                        item.error = Some(format!("failed: {err:#}"));
-                    }
-                }
                 }
             }
         }
@@ -465,11 +586,22 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
     let mut pipeline: Vec<PipelineRow> = Vec::new();
     let mut pipeline_errors: Vec<String> = Vec::new();
     let one = |argv: Vec<String>, tag: &str, no_stacks: bool| -> anyhow::Result<Outcome> {
-        let job = Job { argv, input: &gate, says_ready: true };
+        let job = Job {
+            argv,
+            input: &gate,
+            says_ready: true,
+        };
         runs::trace(&ctx, &job, &[], tag, no_stacks, &[])
     };
-    let fixed_cpu = match one(vec![malloc_loop.clone(), "1".into()], "pipeline-idle", false) {
-        Ok(o) => o.report.as_ref().and_then(|r| r["agent"]["cpuSeconds"].as_f64()),
+    let fixed_cpu = match one(
+        vec![malloc_loop.clone(), "1".into()],
+        "pipeline-idle",
+        false,
+    ) {
+        Ok(o) => o
+            .report
+            .as_ref()
+            .and_then(|r| r["agent"]["cpuSeconds"].as_f64()),
         Err(err) => {
             pipeline_errors.push(format!("idle trace (fixed CPU cost) failed: {err:#}"));
             None
@@ -484,7 +616,16 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         let mut rows: Vec<PipelineRow> = series
             .pairs
             .iter()
-            .filter_map(|p| PipelineRow::from_report(format!("malloc loop, 1 thread, {}", series.size.replace(" malloc+free", "")), &p.traced, fixed_cpu))
+            .filter_map(|p| {
+                PipelineRow::from_report(
+                    format!(
+                        "malloc loop, 1 thread, {}",
+                        series.size.replace(" malloc+free", "")
+                    ),
+                    &p.traced,
+                    fixed_cpu,
+                )
+            })
             .collect();
         rows.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
         if !rows.is_empty() {
@@ -497,12 +638,19 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
     let extra_runs: Vec<(String, Vec<String>, &str, bool)> = vec![
         (
             format!("malloc loop, 2 threads, {} pairs", plan.malloc_heavy),
-            vec![malloc_loop.clone(), plan.malloc_heavy.to_string(), "2".into()],
+            vec![
+                malloc_loop.clone(),
+                plan.malloc_heavy.to_string(),
+                "2".into(),
+            ],
             "pipeline-malloc2",
             false,
         ),
         (
-            format!("mmap/munmap storm, 2 threads, {} pairs, --no-stacks", plan.storm_pairs),
+            format!(
+                "mmap/munmap storm, 2 threads, {} pairs, --no-stacks",
+                plan.storm_pairs
+            ),
             vec![storm.clone(), plan.storm_pairs.to_string(), "2".into()],
             "pipeline-storm",
             true,
@@ -515,20 +663,40 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
             Err(err) => pipeline_errors.push(format!("{name}: {err:#}")),
         }
     }
-    eprintln!("bench: {} live allocations under memtrace trace", plan.live_allocations);
-    let live_result = one(vec![live.clone(), plan.live_allocations.to_string()], "pipeline-live", false);
+    eprintln!(
+        "bench: {} live allocations under memtrace trace",
+        plan.live_allocations
+    );
+    let live_result = one(
+        vec![live.clone(), plan.live_allocations.to_string()],
+        "pipeline-live",
+        false,
+    );
     let live_row = match &live_result {
-        Ok(o) => PipelineRow::from_report(format!("{} live allocations", plan.live_allocations), o, fixed_cpu),
+        Ok(o) => PipelineRow::from_report(
+            format!("{} live allocations", plan.live_allocations),
+            o,
+            fixed_cpu,
+        ),
         Err(err) => {
             pipeline_errors.push(format!("live allocations: {err:#}"));
             None
         }
     };
-    let live_memory = live_result.as_ref().ok().and_then(|o| o.report.as_ref()).map(|r| {
-        let a = &r["agent"];
-        let get = |k: &str| a[k].as_u64().unwrap_or(0);
-        (get("peakRssBytes"), get("rssBytes"), get("bpfMapBytes"), r["process"]["heapLiveCount"].as_u64().unwrap_or(0))
-    });
+    let live_memory = live_result
+        .as_ref()
+        .ok()
+        .and_then(|o| o.report.as_ref())
+        .map(|r| {
+            let a = &r["agent"];
+            let get = |k: &str| a[k].as_u64().unwrap_or(0);
+            (
+                get("peakRssBytes"),
+                get("rssBytes"),
+                get("bpfMapBytes"),
+                r["process"]["heapLiveCount"].as_u64().unwrap_or(0),
+            )
+        });
     if let Some(row) = live_row {
         pipeline.push(row);
     }
@@ -538,14 +706,36 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
     let mut out = String::new();
     let versions = format!(
         "memtrace {} (release build, {}), bpftrace {}, heaptrack {}, sqlite3 {}",
-        proc::capture("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]).unwrap_or_default(),
+        proc::capture(
+            "git",
+            &[
+                "-C",
+                &root.to_string_lossy(),
+                "rev-parse",
+                "--short",
+                "HEAD"
+            ]
+        )
+        .unwrap_or_default(),
         binary.display(),
         or_missing(peer("bpftrace").version.trim_start_matches("bpftrace ")),
         or_missing(&peer("heaptrack").version.replace("heaptrack ", "")),
-        or_missing(peer("sqlite3").version.split_whitespace().next().unwrap_or_default()),
+        or_missing(
+            peer("sqlite3")
+                .version
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+        ),
     );
-    let _ = writeln!(out, "memtrace benchmark suite ({} run: {} pairs per figure)", if quick { "quick" } else { "full" }, plan.pairs);
     let _ = writeln!(
+        out,
+        "memtrace benchmark suite ({} run: {} pairs per figure)",
+        if quick { "quick" } else { "full" },
+        plan.pairs
+    );
+    let _ =
+        writeln!(
         out,
         "machine: Linux {}, {}, {} cores, {:.1} GiB memory; load average {} at start, {} at end",
         machine.kernel, machine.cpu, machine.cores, machine.memory_gib, machine.load_start, load_end
@@ -565,7 +755,13 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         for item in series {
             if let Some(err) = &item.error {
                 if item.pairs.is_empty() {
-                    let _ = writeln!(out, "{:<17} {:<29} {}", w.title, item.tracer.label(), first_line(err));
+                    let _ = writeln!(
+                        out,
+                        "{:<17} {:<29} {}",
+                        w.title,
+                        item.tracer.label(),
+                        first_line(err)
+                    );
                     continue;
                 }
             }
@@ -583,26 +779,56 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
                 format!("[{}-{}]", fmt_ratio(Some(min)), fmt_ratio(Some(max))),
                 fmt_ratio(item.cpu_ratio()),
                 fmt_ratio(item.wall_ratio()),
-                item.error.as_ref().map(|e| format!("  (then {})", first_line(e))).unwrap_or_default()
+                item.error
+                    .as_ref()
+                    .map(|e| format!("  (then {})", first_line(e)))
+                    .unwrap_or_default()
             );
         }
     }
 
     // Per-call costs on the malloc loop.
-    let malloc = results.iter().find(|(wi, _)| workloads[*wi].per_call).map(|(_, s)| s);
-    let per_call = |tracer: Tracer| malloc.and_then(|s| s.iter().find(|x| x.tracer == tracer)).and_then(Series::per_call_us);
+    let malloc = results
+        .iter()
+        .find(|(wi, _)| workloads[*wi].per_call)
+        .map(|(_, s)| s);
+    let per_call = |tracer: Tracer| {
+        malloc
+            .and_then(|s| s.iter().find(|x| x.tracer == tracer))
+            .and_then(Series::per_call_us)
+    };
     let floor = per_call(Tracer::BpftraceEntryReturn);
     let _ = writeln!(out);
     let _ = writeln!(out, "Per-call cost on the malloc loop: (traced - bare elapsed) / allocator calls, median over pairs");
-    let _ = writeln!(out, "{:<29} {:>10} {:>26}", "tracer", "us/call", "vs bpftrace entry+ret");
-    for tracer in [Tracer::BpftraceEntry, Tracer::BpftraceEntryReturn, Tracer::Trace, Tracer::TraceNoStacks, Tracer::Heaptrack, Tracer::Agent] {
+    let _ = writeln!(
+        out,
+        "{:<29} {:>10} {:>26}",
+        "tracer", "us/call", "vs bpftrace entry+ret"
+    );
+    for tracer in [
+        Tracer::BpftraceEntry,
+        Tracer::BpftraceEntryReturn,
+        Tracer::Trace,
+        Tracer::TraceNoStacks,
+        Tracer::Heaptrack,
+        Tracer::Agent,
+    ] {
         let cost = per_call(tracer);
         let vs = match (cost, floor) {
             (Some(c), Some(f)) if f > 0.0 && tracer != Tracer::Agent => format!("{:.2}x", c / f),
             _ => "-".into(),
         };
-        let size = malloc.and_then(|s| s.iter().find(|x| x.tracer == tracer)).map(|s| s.size.as_str()).unwrap_or_default();
-        let _ = writeln!(out, "{:<29} {:>10} {:>26}   ({size})", tracer.label(), cost.map_or("-".into(), |c| format!("{c:.3}")), vs);
+        let size = malloc
+            .and_then(|s| s.iter().find(|x| x.tracer == tracer))
+            .map(|s| s.size.as_str())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<29} {:>10} {:>26}   ({size})",
+            tracer.label(),
+            cost.map_or("-".into(), |c| format!("{c:.3}")),
+            vs
+        );
     }
 
     let _ = writeln!(out);
@@ -623,7 +849,12 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
             row.elapsed,
             row.rate(),
             row.cpu,
-            format!("{:.2} ({})", row.cpu_per_million(), row.net_cpu_per_million().map_or("-".into(), |n| format!("{n:.2} net"))),
+            format!(
+                "{:.2} ({})",
+                row.cpu_per_million(),
+                row.net_cpu_per_million()
+                    .map_or("-".into(), |n| format!("{n:.2} net"))
+            ),
         );
     }
     if let Some(f) = fixed_cpu {
@@ -656,19 +887,36 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
     let mut targets = Vec::new();
     let slowdown = |ratio: Option<f64>, limit: f64, name: &'static str| Target {
         name,
-        measured: ratio.map_or("not measured".into(), |r| format!("{:+.1}% (ratio {:.3})", (r - 1.0) * 100.0, r)),
+        measured: ratio.map_or("not measured".into(), |r| {
+            format!("{:+.1}% (ratio {:.3})", (r - 1.0) * 100.0, r)
+        }),
         met: ratio.map(|r| r <= 1.0 + limit),
     };
-    targets.push(slowdown(ratio_of("malloc-loop", Tracer::Agent), 0.01, "default mode: <=1% slowdown, malloc loop"));
-    targets.push(slowdown(ratio_of("page-touch", Tracer::Agent), 0.05, "default mode: <=5% slowdown, page-touch loop"));
+    targets.push(slowdown(
+        ratio_of("malloc-loop", Tracer::Agent),
+        0.01,
+        "default mode: <=1% slowdown, malloc loop",
+    ));
+    targets.push(slowdown(
+        ratio_of("page-touch", Tracer::Agent),
+        0.05,
+        "default mode: <=5% slowdown, page-touch loop",
+    ));
     let memtrace_call = per_call(Tracer::Trace);
     targets.push(match (memtrace_call, floor) {
         (Some(m), Some(f)) if f > 0.0 => Target {
             name: "malloc tracing per call <= 1.3x bpftrace floor",
-            measured: format!("{m:.3} us vs {f:.3} us = {:.2}x (entry+return floor)", m / f),
+            measured: format!(
+                "{m:.3} us vs {f:.3} us = {:.2}x (entry+return floor)",
+                m / f
+            ),
             met: Some(m / f <= 1.3),
         },
-        _ => Target { name: "malloc tracing per call <= 1.3x bpftrace floor", measured: "not measured".into(), met: None },
+        _ => Target {
+            name: "malloc tracing per call <= 1.3x bpftrace floor",
+            measured: "not measured".into(),
+            met: None,
+        },
     });
     let heaptrack_call = per_call(Tracer::Heaptrack);
     targets.push(match (memtrace_call, heaptrack_call) {
@@ -677,9 +925,16 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
             measured: format!("{m:.3} us vs heaptrack {h:.3} us per call"),
             met: Some(m <= h),
         },
-        _ => Target { name: "malloc tracing no slower than heaptrack", measured: "not measured".into(), met: None },
+        _ => Target {
+            name: "malloc tracing no slower than heaptrack",
+            measured: "not measured".into(),
+            met: None,
+        },
     });
-    let best = pipeline.iter().filter(|r| r.received > 0).max_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let best = pipeline
+        .iter()
+        .filter(|r| r.received > 0)
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()));
     targets.push(match best {
         Some(row) => Target {
             name: ">=1.5 M events/s delivered, every loss counted",
@@ -697,15 +952,26 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
     targets.push(match live_memory {
         Some((peak, _, maps, _)) => Target {
             name: "memtrace RSS + BPF maps <= 128 MiB, 1 M live allocations",
-            measured: format!("{:.1} MiB peak RSS + {:.1} MiB maps = {:.1} MiB", peak as f64 / MIB, maps as f64 / MIB, (peak + maps) as f64 / MIB),
+            measured: format!(
+                "{:.1} MiB peak RSS + {:.1} MiB maps = {:.1} MiB",
+                peak as f64 / MIB,
+                maps as f64 / MIB,
+                (peak + maps) as f64 / MIB
+            ),
             met: Some((peak + maps) as f64 <= 128.0 * MIB),
         },
-        None => Target { name: "memtrace RSS + BPF maps <= 128 MiB, 1 M live allocations", measured: "not measured".into(), met: None },
+        None => Target {
+            name: "memtrace RSS + BPF maps <= 128 MiB, 1 M live allocations",
+            measured: "not measured".into(),
+            met: None,
+        },
     });
     let most = pipeline.iter().max_by_key(|r| r.received);
     targets.push(match most {
         Some(row) => {
-            let figure = row.net_cpu_per_million().unwrap_or_else(|| row.cpu_per_million());
+            let figure = row
+                .net_cpu_per_million()
+                .unwrap_or_else(|| row.cpu_per_million());
             Target {
                 name: "memtrace CPU <= 0.5 s per million events",
                 measured: format!(
@@ -717,7 +983,11 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
                 met: Some(figure <= 0.5),
             }
         }
-        None => Target { name: "memtrace CPU <= 0.5 s per million events", measured: "not measured".into(), met: None },
+        None => Target {
+            name: "memtrace CPU <= 0.5 s per million events",
+            measured: "not measured".into(),
+            met: None,
+        },
     });
     let _ = writeln!(out);
     let _ = writeln!(out, "Targets");
@@ -737,10 +1007,23 @@ pub fn run(root: &Path, binary: &Path, json_path: Option<&Path>, quick: bool) ->
         let _ = writeln!(out);
         let _ = writeln!(out, "Notes");
         for (note, count) in &counted {
-            let _ = writeln!(out, "  {}{}", note, if *count > 1 { format!(" (x{count})") } else { String::new() });
+            let _ = writeln!(
+                out,
+                "  {}{}",
+                note,
+                if *count > 1 {
+                    format!(" (x{count})")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
-    let _ = writeln!(out, "\nsuite time {:.1} min", began.elapsed().as_secs_f64() / 60.0);
+    let _ = writeln!(
+        out,
+        "\nsuite time {:.1} min",
+        began.elapsed().as_secs_f64() / 60.0
+    );
     print!("{out}");
 
     if let Some(path) = json_path {
@@ -775,11 +1058,20 @@ fn write_json(path: &Path, doc: &Value) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
-    fs::write(path, serde_json::to_string_pretty(doc)? + "\n").with_context(|| format!("writing {}", PathBuf::from(path).display()))
+    fs::write(path, serde_json::to_string_pretty(doc)? + "\n")
+        .with_context(|| format!("writing {}", PathBuf::from(path).display()))
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
-    r.map_or("-".into(), |r| if r >= 100.0 { format!("{r:.0}x") } else if r >= 10.0 { format!("{r:.1}x") } else { format!("{r:.3}x") })
+    r.map_or("-".into(), |r| {
+        if r >= 100.0 {
+            format!("{r:.0}x")
+        } else if r >= 10.0 {
+            format!("{r:.1}x")
+        } else {
+            format!("{r:.3}x")
+        }
+    })
 }
 
 fn first_line(text: &str) -> &str {
@@ -787,5 +1079,9 @@ fn first_line(text: &str) -> &str {
 }
 
 fn or_missing(v: &str) -> &str {
-    if v.is_empty() { "(missing)" } else { v }
+    if v.is_empty() {
+        "(missing)"
+    } else {
+        v
+    }
 }

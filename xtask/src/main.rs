@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
 
 /// The bpf-linker release that builds against the nightly's LLVM here.
@@ -74,8 +74,15 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build(&root, release).map(|_| ()),
         Task::Run { debug, args } => {
             let binary = build(&root, !debug)?;
-            let args = if args.is_empty() { vec!["agent".to_string()] } else { args };
-            let status = Command::new(&binary).args(&args).status().with_context(|| format!("running {}", binary.display()))?;
+            let args = if args.is_empty() {
+                vec!["agent".to_string()]
+            } else {
+                args
+            };
+            let status = Command::new(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
             if !status.success() {
                 bail!("memtrace exited with {status}");
             }
@@ -92,7 +99,10 @@ fn main() -> anyhow::Result<()> {
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("xtask has no parent directory"))
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("xtask has no parent directory"))
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -106,7 +116,11 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -124,7 +138,9 @@ fn cache_dir() -> PathBuf {
 fn bootstrap() -> anyhow::Result<PathBuf> {
     let version = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"]))
         .context("the nightly toolchain is needed to build the eBPF crate (`rustup toolchain list` should show it)")?;
-    let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?);
+    let sysroot = PathBuf::from(output(
+        Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]),
+    )?);
     let rust_src = sysroot.join("lib/rustlib/src/rust/library/core");
     if !rust_src.exists() {
         eprintln!("xtask: adding rust-src to the {NIGHTLY} toolchain");
@@ -137,15 +153,33 @@ fn bootstrap() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("listing {}", lib_dir.display()))?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .find(|name| name.starts_with("libLLVM-") && name.ends_with(".so"))
-        .ok_or_else(|| anyhow!("no libLLVM-*.so in {}: this nightly does not ship LLVM as a library", lib_dir.display()))?;
-    let dylib = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
-    let major = dylib.trim_start_matches("LLVM-").split('-').next().unwrap_or_default().to_string();
+        .ok_or_else(|| {
+            anyhow!(
+                "no libLLVM-*.so in {}: this nightly does not ship LLVM as a library",
+                lib_dir.display()
+            )
+        })?;
+    let dylib = llvm
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
+    let major = dylib
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if major.parse::<u32>().is_err() {
         bail!("cannot tell the LLVM version from {llvm}");
     }
 
     // One cache entry per bpf-linker version and nightly, so a new nightly gets a new build.
-    let tag: String = version.split_whitespace().skip(1).collect::<Vec<_>>().join("-").replace(['(', ')'], "");
+    let tag: String = version
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("-")
+        .replace(['(', ')'], "");
     let dir = cache_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-{tag}"));
     let binary = dir.join("bin/bpf-linker");
     if binary.exists() {
@@ -153,9 +187,14 @@ fn bootstrap() -> anyhow::Result<PathBuf> {
         if found.contains(BPF_LINKER_VERSION) {
             return Ok(dir.join("bin"));
         }
-        eprintln!("xtask: cached bpf-linker reports {found:?}, expected {BPF_LINKER_VERSION}: rebuilding");
+        eprintln!(
+            "xtask: cached bpf-linker reports {found:?}, expected {BPF_LINKER_VERSION}: rebuilding"
+        );
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm} into {} (about a minute)", dir.display());
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm} into {} (about a minute)",
+        dir.display()
+    );
     let rustflags = format!(
         "-L {lib} -l dylib={dylib} -C link-arg=-Wl,-rpath,{lib}",
         lib = lib_dir.display()
@@ -185,7 +224,10 @@ fn bootstrap_dashboard(root: &Path) -> anyhow::Result<()> {
     let vendor = dir.join("dist/vendor/chart.umd.min.js");
     let lock = dir.join("package-lock.json");
     let fresh = |a: &Path, b: &Path| -> bool {
-        match (a.metadata().and_then(|m| m.modified()), b.metadata().and_then(|m| m.modified())) {
+        match (
+            a.metadata().and_then(|m| m.modified()),
+            b.metadata().and_then(|m| m.modified()),
+        ) {
             (Ok(a), Ok(b)) => a >= b,
             _ => false,
         }
@@ -193,9 +235,14 @@ fn bootstrap_dashboard(root: &Path) -> anyhow::Result<()> {
     if vendor.is_file() && fresh(&vendor, &lock) {
         return Ok(());
     }
-    eprintln!("xtask: installing the dashboard's charting library (npm ci in {})", dir.display());
-    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
-        .context("npm (Node.js) is needed once to fetch the dashboard's charting library")?;
+    eprintln!(
+        "xtask: installing the dashboard's charting library (npm ci in {})",
+        dir.display()
+    );
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))
+    .context("npm (Node.js) is needed once to fetch the dashboard's charting library")?;
     run(Command::new("npm").args(["run", "build"]).current_dir(&dir))
 }
 
@@ -224,18 +271,31 @@ fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    Ok(target_dir(root).join(if release { "release" } else { "debug" }).join("memtrace"))
+    Ok(target_dir(root)
+        .join(if release { "release" } else { "debug" })
+        .join("memtrace"))
 }
 
 fn target_dir(root: &Path) -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let linker = bootstrap()?;
     // Unit tests: pure logic on synthetic data, no privileges needed.
     let mut unit = cargo(root, &linker)?;
-    unit.args(["test", "--workspace", "--exclude", "memtrace-integration", "--exclude", "memtrace-ebpf", "--"]).args(args);
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "memtrace-integration",
+        "--exclude",
+        "memtrace-ebpf",
+        "--",
+    ])
+    .args(args);
     run(&mut unit)?;
     // The CLI tests run the binary itself.
     run(cargo(root, &linker)?.args(["build", "--package", "memtrace", "--bin", "memtrace"]))?;
@@ -243,18 +303,30 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     install_test_packages();
     // Integration tests share kernel state (probes, tracefs), so one at a time.
     let mut integration = cargo(root, &linker)?;
-    integration.args(["test", "--package", "memtrace-integration", "--", "--test-threads=1"]).args(args);
+    integration
+        .args([
+            "test",
+            "--package",
+            "memtrace-integration",
+            "--",
+            "--test-threads=1",
+        ])
+        .args(args);
     run(&mut integration)?;
     Ok(())
 }
 
 /// Debian packages the integration tests need, each with the programs it provides.
-const TEST_PACKAGES: &[(&str, &[&str])] = &[("prometheus", &["prometheus", "promtool"]), ("chromium", &["chromium"])];
+const TEST_PACKAGES: &[(&str, &[&str])] = &[
+    ("prometheus", &["prometheus", "promtool"]),
+    ("chromium", &["chromium"]),
+];
 
 /// Whether `program` is in /usr/bin or on PATH (as the tests look for it).
 fn installed(program: &str) -> bool {
     Path::new("/usr/bin").join(program).is_file()
-        || env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        || env::var_os("PATH")
+            .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Installs the missing test packages with apt-get; nothing runs when all are there. A failure
@@ -269,7 +341,10 @@ fn install_test_packages() {
     if missing.is_empty() {
         return;
     }
-    eprintln!("xtask: installing Debian packages for the integration tests: {}", missing.join(" "));
+    eprintln!(
+        "xtask: installing Debian packages for the integration tests: {}",
+        missing.join(" ")
+    );
     let apt = |args: &[&str]| -> anyhow::Result<()> {
         run(Command::new("apt-get")
             .args(args)
@@ -291,9 +366,29 @@ fn install_test_packages() {
 
 fn lint(root: &Path) -> anyhow::Result<()> {
     let linker = bootstrap()?;
-    run(cargo(root, &linker)?.args(["clippy", "--workspace", "--exclude", "memtrace-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
-    run(cargo(root, &linker)?
-        .args([&format!("+{NIGHTLY}"), "clippy", "--package", "memtrace-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"]))?;
+    run(cargo(root, &linker)?.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "memtrace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo(root, &linker)?.args([
+        &format!("+{NIGHTLY}"),
+        "clippy",
+        "--package",
+        "memtrace-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo(root, &linker)?.args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
     Ok(())
 }

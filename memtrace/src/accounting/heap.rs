@@ -71,7 +71,10 @@ impl Heap {
             return Change::default();
         }
         self.total_allocs += 1;
-        Change { removed: self.insert(addr, alloc), added: Some(alloc) }
+        Change {
+            removed: self.insert(addr, alloc),
+            added: Some(alloc),
+        }
     }
 
     /// `calloc(nmemb, elem)` returned `addr`; the size is checked for overflow.
@@ -88,7 +91,10 @@ impl Heap {
     /// `free(addr)`: an unknown pointer is counted, not subtracted.
     pub fn free(&mut self, addr: u64) -> Change {
         self.total_frees += 1;
-        Change { removed: self.take(addr), added: None }
+        Change {
+            removed: self.take(addr),
+            added: None,
+        }
     }
 
     /// `realloc(old, size)` returned `new`: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)`
@@ -114,12 +120,17 @@ impl Heap {
         self.total_reallocs += 1;
         let removed = self.take(old);
         self.insert(new, alloc);
-        Change { removed, added: Some(alloc) }
+        Change {
+            removed,
+            added: Some(alloc),
+        }
     }
 
     /// Allocations still live that were made at or before `before_s`.
     pub fn older_than(&self, before_s: u32) -> impl Iterator<Item = (&u64, &LiveAlloc)> {
-        self.live.iter().filter(move |(_, alloc)| alloc.born_s <= before_s)
+        self.live
+            .iter()
+            .filter(move |(_, alloc)| alloc.born_s <= before_s)
     }
 }
 
@@ -128,7 +139,11 @@ mod tests {
     use super::*;
 
     fn a(size: u64) -> LiveAlloc {
-        LiveAlloc { size, site: 0, born_s: 0 }
+        LiveAlloc {
+            size,
+            site: 0,
+            born_s: 0,
+        }
     }
 
     #[test]
@@ -143,7 +158,10 @@ mod tests {
         assert_eq!(heap.live_bytes, 6 * 64);
         assert_eq!(heap.live_count(), 6);
         assert_eq!(heap.peak_bytes, 10 * 64);
-        assert_eq!((heap.total_allocs, heap.total_frees, heap.unknown_frees), (10, 4, 0));
+        assert_eq!(
+            (heap.total_allocs, heap.total_frees, heap.unknown_frees),
+            (10, 4, 0)
+        );
     }
 
     #[test]
@@ -194,6 +212,9 @@ mod tests {
         let mut heap = Heap::default();
         heap.alloc(0x1000, a(10));
         heap.alloc(0x1000, a(20));
-        assert_eq!((heap.live_bytes, heap.replaced, heap.live_count()), (20, 1, 1));
+        assert_eq!(
+            (heap.live_bytes, heap.replaced, heap.live_count()),
+            (20, 1, 1)
+        );
     }
 }

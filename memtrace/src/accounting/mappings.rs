@@ -40,7 +40,12 @@ pub struct Mappings {
 
 impl Mappings {
     pub fn new(page_size: u64) -> Self {
-        Self { ranges: BTreeMap::new(), page: page_size.max(1), anon_bytes: 0, file_bytes: 0 }
+        Self {
+            ranges: BTreeMap::new(),
+            page: page_size.max(1),
+            anon_bytes: 0,
+            file_bytes: 0,
+        }
     }
 
     pub fn anon_bytes(&self) -> u64 {
@@ -142,12 +147,28 @@ impl Mappings {
             let bytes = cut_end - cut_start;
             let counter = self.counter(range.kind);
             *counter = counter.saturating_sub(bytes);
-            removed.push(Removed { bytes, kind: range.kind, site: range.site });
+            removed.push(Removed {
+                bytes,
+                kind: range.kind,
+                site: range.site,
+            });
             if s < start {
-                self.ranges.insert(s, Range { end: start, ..range });
+                self.ranges.insert(
+                    s,
+                    Range {
+                        end: start,
+                        ..range
+                    },
+                );
             }
             if range.end > end {
-                self.ranges.insert(end, Range { end: range.end, ..range });
+                self.ranges.insert(
+                    end,
+                    Range {
+                        end: range.end,
+                        ..range
+                    },
+                );
             }
         }
         removed
@@ -157,9 +178,23 @@ impl Mappings {
     /// the old one (or of what is already at `new` when the old range is unknown). With
     /// `MREMAP_DONTUNMAP` the old range stays mapped. `old_len == 0` duplicates a shared mapping.
     /// Returns the bytes removed and the bytes added.
-    pub fn remap(&mut self, old: u64, old_len: u64, new: u64, new_len: u64, keep_old: bool) -> (Vec<Removed>, u64, MapKind, u32) {
-        let (kind, site) = self.at(old).or_else(|| self.at(new)).unwrap_or((MapKind::Anon, NO_SITE));
-        let mut removed = if keep_old || old_len == 0 { Vec::new() } else { self.remove(old, old_len) };
+    pub fn remap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new: u64,
+        new_len: u64,
+        keep_old: bool,
+    ) -> (Vec<Removed>, u64, MapKind, u32) {
+        let (kind, site) = self
+            .at(old)
+            .or_else(|| self.at(new))
+            .unwrap_or((MapKind::Anon, NO_SITE));
+        let mut removed = if keep_old || old_len == 0 {
+            Vec::new()
+        } else {
+            self.remove(old, old_len)
+        };
         removed.extend(self.insert(new, new_len, kind, site));
         let added = self.page_end(new, new_len).saturating_sub(new);
         (removed, added, kind, site)
@@ -191,7 +226,14 @@ mod tests {
         let mut m = Mappings::new(P);
         m.insert(0x100000, 10 * P, MapKind::Anon, 3);
         let removed = m.remove(0x100000 + 4 * P, 2 * P);
-        assert_eq!(removed, vec![Removed { bytes: 2 * P, kind: MapKind::Anon, site: 3 }]);
+        assert_eq!(
+            removed,
+            vec![Removed {
+                bytes: 2 * P,
+                kind: MapKind::Anon,
+                site: 3
+            }]
+        );
         assert_eq!(m.anon_bytes(), 8 * P);
         assert_eq!(m.len(), 2);
         m.remove(0x100000, P);
@@ -259,7 +301,11 @@ mod tests {
         m.insert(0x100000 + P, P, MapKind::Anon, 7);
         m.fill(0x100000, 4 * P, MapKind::Anon);
         assert_eq!(m.anon_bytes(), 4 * P);
-        assert_eq!(m.at(0x100000 + P), Some((MapKind::Anon, 7)), "the known site stays");
+        assert_eq!(
+            m.at(0x100000 + P),
+            Some((MapKind::Anon, 7)),
+            "the known site stays"
+        );
         assert_eq!(m.at(0x100000), Some((MapKind::Anon, NO_SITE)));
         assert_eq!(m.at(0x100000 + 3 * P), Some((MapKind::Anon, NO_SITE)));
         m.fill(0x100000, 4 * P, MapKind::Anon);

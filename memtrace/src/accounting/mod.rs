@@ -11,7 +11,7 @@ use memtrace_common::{Event, FLAG_ALLOCATOR_INTERNAL, MAP_ANONYMOUS};
 
 use self::{
     heap::{Change, Heap, LiveAlloc},
-    mappings::{MapKind, Mappings, NO_SITE, Removed},
+    mappings::{MapKind, Mappings, Removed, NO_SITE},
 };
 use crate::{
     attribution::symbols::Modules,
@@ -67,7 +67,12 @@ pub struct Sites {
 
 impl Sites {
     fn new(max: usize) -> Self {
-        Self { stats: Vec::new(), index: HashMap::new(), max: max.max(3), overflowed: 0 }
+        Self {
+            stats: Vec::new(),
+            index: HashMap::new(),
+            max: max.max(3),
+            overflowed: 0,
+        }
     }
 
     fn intern(&mut self, key: SiteKey) -> u32 {
@@ -76,7 +81,11 @@ impl Sites {
         }
         let key = if self.stats.len() + 3 >= self.max {
             self.overflowed += 1;
-            SiteKey { class: key.class, stack_id: -2, caller: 0 }
+            SiteKey {
+                class: key.class,
+                stack_id: -2,
+                caller: 0,
+            }
         } else {
             key
         };
@@ -84,7 +93,14 @@ impl Sites {
             return id;
         }
         let id = self.stats.len() as u32;
-        self.stats.push(SiteStats { key, live_bytes: 0, live_count: 0, peak_bytes: 0, total_calls: 0, total_bytes: 0 });
+        self.stats.push(SiteStats {
+            key,
+            live_bytes: 0,
+            live_count: 0,
+            peak_bytes: 0,
+            total_calls: 0,
+            total_bytes: 0,
+        });
         self.index.insert(key, id);
         id
     }
@@ -298,7 +314,11 @@ impl Accounting {
     pub fn take_new_operations(&mut self) -> Vec<Operation> {
         let n = self.new_operations.min(self.operations.len());
         self.new_operations = 0;
-        self.operations.iter().skip(self.operations.len() - n).cloned().collect()
+        self.operations
+            .iter()
+            .skip(self.operations.len() - n)
+            .cloned()
+            .collect()
     }
 
     pub fn with_max_sites(mut self, max_sites: usize) -> Self {
@@ -336,12 +356,18 @@ impl Accounting {
 
     /// The last state of an exited process.
     pub fn exited_state(&self, pid: u32) -> Option<&ProcessState> {
-        self.exited.iter().rev().find(|e| e.state.pid == pid).map(|e| &e.state)
+        self.exited
+            .iter()
+            .rev()
+            .find(|e| e.state.pid == pid)
+            .map(|e| &e.state)
     }
 
     /// Re-reads the mapped objects of a live process (after it loaded a library).
     pub fn refresh_modules(&mut self, pid: u32) {
-        let Some(maps) = self.source.maps(pid) else { return };
+        let Some(maps) = self.source.maps(pid) else {
+            return;
+        };
         if let Some(state) = self.procs.get_mut(&pid) {
             state.modules = Modules::from_maps(pid, &maps);
             state.modules_dirty = false;
@@ -351,7 +377,12 @@ impl Accounting {
     /// Re-reads the mapped objects of traced processes that mapped executable code since they were
     /// last read, so their stacks stay symbolizable after they exit.
     pub fn refresh_dirty_modules(&mut self) {
-        let dirty: Vec<u32> = self.procs.values().filter(|s| s.modules_dirty && s.heap_traced).map(|s| s.pid).collect();
+        let dirty: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|s| s.modules_dirty && s.heap_traced)
+            .map(|s| s.pid)
+            .collect();
         for pid in dirty {
             self.refresh_modules(pid);
         }
@@ -360,7 +391,16 @@ impl Accounting {
     /// The state of `pid`, created on first sight, and seeded from the source (`/proc`) if it was
     /// not yet.
     pub fn state(&mut self, pid: u32) -> &mut ProcessState {
-        let Self { procs, source, page, max_sites, traced, trace_all, stats, .. } = self;
+        let Self {
+            procs,
+            source,
+            page,
+            max_sites,
+            traced,
+            trace_all,
+            stats,
+            ..
+        } = self;
         let state = procs.entry(pid).or_insert_with(|| {
             stats.processes_seen += 1;
             blank_state(pid, *page, *max_sites, *trace_all || traced.contains(&pid))
@@ -373,7 +413,15 @@ impl Accounting {
 
     /// The state of `pid` as events know it, created on first sight without reading `/proc`.
     fn event_state(&mut self, pid: u32) -> &mut ProcessState {
-        let Self { procs, page, max_sites, traced, trace_all, stats, .. } = self;
+        let Self {
+            procs,
+            page,
+            max_sites,
+            traced,
+            trace_all,
+            stats,
+            ..
+        } = self;
         procs.entry(pid).or_insert_with(|| {
             stats.processes_seen += 1;
             blank_state(pid, *page, *max_sites, *trace_all || traced.contains(&pid))
@@ -404,7 +452,11 @@ impl Accounting {
             Kind::Exec => {
                 // The address space was replaced: start over from what the kernel shows now,
                 // unless the state was read from the kernel after this exec already.
-                if self.procs.get(&pid).is_some_and(|state| state.seeded && state.seeded_ns > ev.ts_ns) {
+                if self
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|state| state.seeded && state.seeded_ns > ev.ts_ns)
+                {
                     return;
                 }
                 self.procs.remove(&pid);
@@ -423,7 +475,11 @@ impl Accounting {
         let page = self.page;
         if kind.is_heap() {
             if self.max_operations > 0 && kind != Kind::Free {
-                let size = if kind == Kind::Calloc { ev.size.saturating_mul(ev.old_size) } else { ev.size };
+                let size = if kind == Kind::Calloc {
+                    ev.size.saturating_mul(ev.old_size)
+                } else {
+                    ev.size
+                };
                 if size >= self.min_operation_size && ev.addr != 0 {
                     if self.operations.len() >= self.max_operations {
                         self.operations.pop_front();
@@ -443,13 +499,26 @@ impl Accounting {
             }
             let state = self.event_state(pid);
             state.heap_traced = true;
-            let site = state.sites.intern(SiteKey { class: SiteClass::Malloc, stack_id: ev.stack_id, caller: ev.caller });
-            let alloc = LiveAlloc { size: ev.size, site, born_s };
+            let site = state.sites.intern(SiteKey {
+                class: SiteClass::Malloc,
+                stack_id: ev.stack_id,
+                caller: ev.caller,
+            });
+            let alloc = LiveAlloc {
+                size: ev.size,
+                site,
+                born_s,
+            };
             let change = match kind {
-                Kind::Malloc | Kind::PosixMemalign | Kind::AlignedAlloc | Kind::Memalign | Kind::Valloc | Kind::Pvalloc => {
-                    state.heap.alloc(ev.addr, alloc)
-                }
-                Kind::Calloc => state.heap.calloc(ev.addr, ev.size, ev.old_size, site, born_s),
+                Kind::Malloc
+                | Kind::PosixMemalign
+                | Kind::AlignedAlloc
+                | Kind::Memalign
+                | Kind::Valloc
+                | Kind::Pvalloc => state.heap.alloc(ev.addr, alloc),
+                Kind::Calloc => state
+                    .heap
+                    .calloc(ev.addr, ev.size, ev.old_size, site, born_s),
                 Kind::Realloc => state.heap.realloc(ev.old_addr, ev.addr, alloc),
                 Kind::Free => state.heap.free(ev.old_addr),
                 _ => Change::default(),
@@ -467,11 +536,19 @@ impl Accounting {
         let internal = ev.flags & FLAG_ALLOCATOR_INTERNAL != 0;
         match kind {
             Kind::Mmap => {
-                let map_kind = if ev.flags & MAP_ANONYMOUS != 0 { MapKind::Anon } else { MapKind::File };
+                let map_kind = if ev.flags & MAP_ANONYMOUS != 0 {
+                    MapKind::Anon
+                } else {
+                    MapKind::File
+                };
                 let site = if internal {
                     NO_SITE
                 } else {
-                    state.sites.intern(SiteKey { class: SiteClass::Mmap, stack_id: ev.stack_id, caller: ev.caller })
+                    state.sites.intern(SiteKey {
+                        class: SiteClass::Mmap,
+                        stack_id: ev.stack_id,
+                        caller: ev.caller,
+                    })
                 };
                 if map_kind == MapKind::File && (ev.aux >> 32) & PROT_EXEC != 0 {
                     state.modules_dirty = true;
@@ -487,7 +564,10 @@ impl Accounting {
             }
             Kind::Mremap => {
                 let keep_old = ev.flags & MREMAP_DONTUNMAP != 0;
-                let (removed, added, _, site) = state.mappings.remap(ev.old_addr, ev.old_size, ev.addr, ev.size, keep_old);
+                let (removed, added, _, site) =
+                    state
+                        .mappings
+                        .remap(ev.old_addr, ev.old_size, ev.addr, ev.size, keep_old);
                 give_back(&mut state.sites, &removed);
                 if site != NO_SITE {
                     state.sites.add(site, added, false);
@@ -501,7 +581,11 @@ impl Accounting {
                     let site = if internal {
                         NO_SITE
                     } else {
-                        state.sites.intern(SiteKey { class: SiteClass::Brk, stack_id: ev.stack_id, caller: ev.caller })
+                        state.sites.intern(SiteKey {
+                            class: SiteClass::Brk,
+                            stack_id: ev.stack_id,
+                            caller: ev.caller,
+                        })
                     };
                     let grown = ev.addr - previous;
                     state.sites.add(site, grown, true);
@@ -509,7 +593,9 @@ impl Accounting {
                 } else {
                     let mut shrink = previous - ev.addr;
                     while shrink > 0 {
-                        let Some((site, bytes)) = state.brk.growth.pop() else { break };
+                        let Some((site, bytes)) = state.brk.growth.pop() else {
+                            break;
+                        };
                         let taken = bytes.min(shrink);
                         if let Some(stats) = state.sites.stats.get_mut(site as usize) {
                             stats.live_bytes = stats.live_bytes.saturating_sub(taken);
@@ -552,7 +638,9 @@ impl Accounting {
         self.procs.retain(|pid, _| alive.contains(pid));
         let mut processes = Vec::new();
         for pid in pids {
-            let Some(status) = self.source.status(pid) else { continue };
+            let Some(status) = self.source.status(pid) else {
+                continue;
+            };
             if !status.has_mm {
                 continue;
             }
@@ -561,7 +649,12 @@ impl Accounting {
             }
         }
         processes.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes));
-        HostSnapshot { timestamp: timestamp_ms, mem_total_bytes: info.total, mem_available_bytes: info.available, processes }
+        HostSnapshot {
+            timestamp: timestamp_ms,
+            mem_total_bytes: info.total,
+            mem_available_bytes: info.available,
+            processes,
+        }
     }
 }
 
@@ -608,7 +701,11 @@ fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
         if line.path == "[heap]" {
             state.brk.current.get_or_insert(line.end);
         } else if !line.is_special() {
-            let kind = if line.is_file() { MapKind::File } else { MapKind::Anon };
+            let kind = if line.is_file() {
+                MapKind::File
+            } else {
+                MapKind::Anon
+            };
             state.mappings.fill(line.start, line.end - line.start, kind);
         }
     }
@@ -619,7 +716,10 @@ fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
 
 /// The clock of kernel event timestamps (`bpf_ktime_get_ns`).
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -678,7 +778,18 @@ mod tests {
     use super::*;
 
     fn ev(kind: Kind, pid: u32, addr: u64, size: u64, old_addr: u64) -> (Kind, Event) {
-        (kind, Event { tgid: pid, tid: pid, addr, size, old_addr, stack_id: NO_STACK, ..Event::default() })
+        (
+            kind,
+            Event {
+                tgid: pid,
+                tid: pid,
+                addr,
+                size,
+                old_addr,
+                stack_id: NO_STACK,
+                ..Event::default()
+            },
+        )
     }
 
     fn acct() -> Accounting {
@@ -742,7 +853,11 @@ mod tests {
         a.apply_batch(&[internal, direct]);
         let p = a.process(1).expect("pid");
         assert_eq!(p.mappings.anon_bytes(), 6 * page, "both are mapped");
-        let sites: Vec<_> = p.sites.iter().filter(|(_, s)| s.key.class == SiteClass::Mmap).collect();
+        let sites: Vec<_> = p
+            .sites
+            .iter()
+            .filter(|(_, s)| s.key.class == SiteClass::Mmap)
+            .collect();
         assert_eq!(sites.len(), 1, "only the direct mapping is a call site");
         assert_eq!(sites[0].1.live_bytes, 2 * page);
     }
@@ -758,14 +873,22 @@ mod tests {
         ]);
         let p = a.process(1).expect("pid");
         assert_eq!(p.brk.bytes(), 0x10000);
-        let live: u64 = p.sites.iter().filter(|(_, s)| s.key.class == SiteClass::Brk).map(|(_, s)| s.live_bytes).sum();
+        let live: u64 = p
+            .sites
+            .iter()
+            .filter(|(_, s)| s.key.class == SiteClass::Brk)
+            .map(|(_, s)| s.live_bytes)
+            .sum();
         assert_eq!(live, 0x10000);
     }
 
     #[test]
     fn exit_drops_state_and_keeps_final_figures() {
         let mut a = acct();
-        a.apply_batch(&[ev(Kind::Malloc, 7, 0x1000, 64, 0), ev(Kind::Exit, 7, 0, 0, 0)]);
+        a.apply_batch(&[
+            ev(Kind::Malloc, 7, 0x1000, 64, 0),
+            ev(Kind::Exit, 7, 0, 0, 0),
+        ]);
         assert!(a.process(7).is_none());
         let last = a.exited().last().expect("kept");
         assert_eq!((last.pid, last.heap_live_bytes), (7, 64));

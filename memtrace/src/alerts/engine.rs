@@ -297,7 +297,12 @@ impl AlertEngine {
 
     /// Adds what a drill-down found (top consumers, library) to an active alert's context.
     /// Returns the updated alert, or `None` when it is no longer active.
-    pub fn annotate(&mut self, id: &str, top_consumers: serde_json::Value, library: Option<String>) -> Option<Alert> {
+    pub fn annotate(
+        &mut self,
+        id: &str,
+        top_consumers: serde_json::Value,
+        library: Option<String>,
+    ) -> Option<Alert> {
         let active = self.active.values_mut().find(|a| a.alert.id == id)?;
         active.alert.context.top_consumers = Some(top_consumers);
         if library.is_some() {

@@ -63,15 +63,34 @@ impl Default for AttributionConfig {
 
 /// Objects that are "the allocator": frames in them are never the consumer.
 fn is_allocator_module(module: &str) -> bool {
-    module.starts_with("libc.so") || (module.starts_with("libc-") && module.ends_with(".so")) || module.starts_with("ld-linux")
+    module.starts_with("libc.so")
+        || (module.starts_with("libc-") && module.ends_with(".so"))
+        || module.starts_with("ld-linux")
 }
 
 /// Functions that only pass an allocation through: C++ `operator new`/`new[]` (mangled or not)
 /// and the malloc family itself (in a statically linked allocator).
 fn is_allocation_wrapper(function: &str) -> bool {
-    const PREFIXES: [&str; 6] = ["operator new", "_Znw", "_Zna", "__libc_malloc", "__libc_calloc", "__libc_realloc"];
-    const NAMES: [&str; 10] =
-        ["malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc", "reallocarray"];
+    const PREFIXES: [&str; 6] = [
+        "operator new",
+        "_Znw",
+        "_Zna",
+        "__libc_malloc",
+        "__libc_calloc",
+        "__libc_realloc",
+    ];
+    const NAMES: [&str; 10] = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "free",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "reallocarray",
+    ];
     PREFIXES.iter().any(|p| function.starts_with(p)) || NAMES.contains(&function)
 }
 
@@ -199,10 +218,19 @@ pub struct Attributor {
 
 impl Attributor {
     pub fn new(config: AttributionConfig) -> Self {
-        Self { config, ..Self::default() }
+        Self {
+            config,
+            ..Self::default()
+        }
     }
 
-    fn attribute_site(&mut self, inner: &Blazesym, state: &ProcessState, key: SiteKey, stacks: &mut dyn StackSource) -> Attributed {
+    fn attribute_site(
+        &mut self,
+        inner: &Blazesym,
+        state: &ProcessState,
+        key: SiteKey,
+        stacks: &mut dyn StackSource,
+    ) -> Attributed {
         let cache_key = (state.pid, state.start_time, key);
         if let Some(found) = self.sites.get(&cache_key) {
             return found.clone();
@@ -234,13 +262,19 @@ impl Attributor {
             .iter()
             .take(depth + 8)
             .map(|&addr| {
-                let mut frame = self.symbolizer.frame(inner, &state.modules, addr.saturating_sub(1));
+                let mut frame =
+                    self.symbolizer
+                        .frame(inner, &state.modules, addr.saturating_sub(1));
                 frame.addr = addr;
                 frame
             })
             .collect();
         let attributed = if frames.is_empty() {
-            let unknown = if key.stack_id == -2 { "[overflow]" } else { "[unknown]" };
+            let unknown = if key.stack_id == -2 {
+                "[overflow]"
+            } else {
+                "[unknown]"
+            };
             Attributed {
                 consumer_id: format!("{}:{unknown}:{unknown}", class_name(key.class)),
                 name: unknown.into(),
@@ -253,11 +287,21 @@ impl Attributor {
             let index = attributed_frame(&frames, &self.config.wrappers);
             let frame = &frames[index];
             Attributed {
-                consumer_id: format!("{}:{}:{}", class_name(key.class), frame.module, frame.name()),
+                consumer_id: format!(
+                    "{}:{}:{}",
+                    class_name(key.class),
+                    frame.module,
+                    frame.name()
+                ),
                 name: frame.name(),
                 library: frame.module.clone(),
                 skipped: index,
-                stack: frames.iter().skip(index).take(depth).map(Frame::display).collect(),
+                stack: frames
+                    .iter()
+                    .skip(index)
+                    .take(depth)
+                    .map(Frame::display)
+                    .collect(),
                 frames: frames.clone(),
             }
         };
@@ -267,7 +311,12 @@ impl Attributor {
 
     /// Consumers, library roll-ups and the leak view of one process. `now_s` is the kernel's
     /// monotonic clock in seconds (the clock of allocation timestamps).
-    pub fn report(&mut self, state: &ProcessState, stacks: &mut dyn StackSource, now_s: u64) -> ConsumerReport {
+    pub fn report(
+        &mut self,
+        state: &ProcessState,
+        stacks: &mut dyn StackSource,
+        now_s: u64,
+    ) -> ConsumerReport {
         let mut consumers: HashMap<String, Consumer> = HashMap::new();
         let mut largest_site: HashMap<String, u64> = HashMap::new();
         let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
@@ -288,37 +337,46 @@ impl Attributor {
             }
             site_consumer.insert(
                 site_id,
-                (attributed.consumer_id.clone(), attributed.name.clone(), attributed.library.clone(), attributed.stack.clone()),
+                (
+                    attributed.consumer_id.clone(),
+                    attributed.name.clone(),
+                    attributed.library.clone(),
+                    attributed.stack.clone(),
+                ),
             );
-            let consumer = consumers.entry(attributed.consumer_id.clone()).or_insert_with(|| Consumer {
-                id: attributed.consumer_id.clone(),
-                name: attributed.name.clone(),
-                kind: stats.key.class,
-                category: attributed.library.clone(),
-                allocated_memory: 0,
-                peak_memory: 0,
-                total_calls: 0,
-                active_allocations: 0,
-                average_size: 0,
-                stack_trace: Vec::new(),
-                metadata: ConsumerMetadata {
-                    operation: attributed.name.clone(),
-                    sites: 0,
-                    suspicious: false,
-                    over_limit: false,
-                    skipped_frames: attributed.skipped,
-                    allocator_internal: state.heap_traced
-                        && stats.key.class != SiteClass::Malloc
-                        && attributed.library.starts_with("libc"),
-                },
-            });
+            let consumer = consumers
+                .entry(attributed.consumer_id.clone())
+                .or_insert_with(|| Consumer {
+                    id: attributed.consumer_id.clone(),
+                    name: attributed.name.clone(),
+                    kind: stats.key.class,
+                    category: attributed.library.clone(),
+                    allocated_memory: 0,
+                    peak_memory: 0,
+                    total_calls: 0,
+                    active_allocations: 0,
+                    average_size: 0,
+                    stack_trace: Vec::new(),
+                    metadata: ConsumerMetadata {
+                        operation: attributed.name.clone(),
+                        sites: 0,
+                        suspicious: false,
+                        over_limit: false,
+                        skipped_frames: attributed.skipped,
+                        allocator_internal: state.heap_traced
+                            && stats.key.class != SiteClass::Malloc
+                            && attributed.library.starts_with("libc"),
+                    },
+                });
             consumer.allocated_memory += stats.live_bytes;
             consumer.total_calls += stats.total_calls;
             consumer.active_allocations += stats.live_count;
             consumer.average_size += stats.total_bytes; // divided below
             consumer.peak_memory = consumer.peak_memory.max(stats.peak_bytes);
             consumer.metadata.sites += 1;
-            let largest = largest_site.entry(attributed.consumer_id.clone()).or_insert(0);
+            let largest = largest_site
+                .entry(attributed.consumer_id.clone())
+                .or_insert(0);
             if consumer.stack_trace.is_empty() || stats.live_bytes > *largest {
                 *largest = stats.live_bytes;
                 consumer.stack_trace = attributed.stack.clone();
@@ -328,7 +386,10 @@ impl Attributor {
             .into_values()
             .map(|mut c| {
                 c.average_size = c.average_size.checked_div(c.total_calls).unwrap_or(0);
-                let peak = self.peaks.entry((state.pid, state.start_time, c.id.clone())).or_insert(0);
+                let peak = self
+                    .peaks
+                    .entry((state.pid, state.start_time, c.id.clone()))
+                    .or_insert(0);
                 *peak = (*peak).max(c.allocated_memory).max(c.peak_memory);
                 c.peak_memory = *peak;
                 c.metadata.suspicious = c.allocated_memory >= self.config.suspicious_size;
@@ -336,23 +397,40 @@ impl Attributor {
                 c
             })
             .collect();
-        consumers.sort_by(|a, b| b.allocated_memory.cmp(&a.allocated_memory).then(b.total_calls.cmp(&a.total_calls)).then(a.id.cmp(&b.id)));
+        consumers.sort_by(|a, b| {
+            b.allocated_memory
+                .cmp(&a.allocated_memory)
+                .then(b.total_calls.cmp(&a.total_calls))
+                .then(a.id.cmp(&b.id))
+        });
 
         // Library roll-ups over every consumer, before eviction.
         let mut libraries: HashMap<String, LibrarySnapshot> = HashMap::new();
         for c in consumers.iter().filter(|c| !c.metadata.allocator_internal) {
-            let lib = libraries.entry(c.category.clone()).or_insert_with(|| LibrarySnapshot { library: c.category.clone(), ..Default::default() });
+            let lib = libraries
+                .entry(c.category.clone())
+                .or_insert_with(|| LibrarySnapshot {
+                    library: c.category.clone(),
+                    ..Default::default()
+                });
             lib.live_bytes += c.allocated_memory;
             lib.peak_bytes += c.peak_memory;
             lib.calls += c.total_calls;
         }
         let mut libraries: Vec<LibrarySnapshot> = libraries.into_values().collect();
-        libraries.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.library.cmp(&b.library)));
+        libraries.sort_by(|a, b| {
+            b.live_bytes
+                .cmp(&a.live_bytes)
+                .then(a.library.cmp(&b.library))
+        });
 
         let max = self.config.max_consumers.max(1);
         let (evicted_consumers, evicted_bytes) = if consumers.len() > max {
             let evicted = consumers.split_off(max);
-            (evicted.len() as u64, evicted.iter().map(|c| c.allocated_memory).sum())
+            (
+                evicted.len() as u64,
+                evicted.iter().map(|c| c.allocated_memory).sum(),
+            )
         } else {
             (0, 0)
         };
@@ -360,8 +438,13 @@ impl Attributor {
         // Leak view: live heap allocations older than the leak age, by consumer.
         let cutoff = now_s.saturating_sub(self.config.leak_age_seconds);
         let mut leaks: HashMap<String, LeakGroup> = HashMap::new();
-        for (_, alloc) in state.heap.older_than(cutoff.min(u64::from(u32::MAX)) as u32) {
-            let Some((id, name, library, stack)) = site_consumer.get(&alloc.site) else { continue };
+        for (_, alloc) in state
+            .heap
+            .older_than(cutoff.min(u64::from(u32::MAX)) as u32)
+        {
+            let Some((id, name, library, stack)) = site_consumer.get(&alloc.site) else {
+                continue;
+            };
             let group = leaks.entry(id.clone()).or_insert_with(|| LeakGroup {
                 consumer_id: id.clone(),
                 name: name.clone(),
@@ -373,10 +456,16 @@ impl Attributor {
             });
             group.bytes += alloc.size;
             group.count += 1;
-            group.oldest_age_seconds = group.oldest_age_seconds.max(now_s.saturating_sub(u64::from(alloc.born_s)));
+            group.oldest_age_seconds = group
+                .oldest_age_seconds
+                .max(now_s.saturating_sub(u64::from(alloc.born_s)));
         }
         let mut leaks: Vec<LeakGroup> = leaks.into_values().collect();
-        leaks.sort_by(|a, b| b.oldest_age_seconds.cmp(&a.oldest_age_seconds).then(b.bytes.cmp(&a.bytes)));
+        leaks.sort_by(|a, b| {
+            b.oldest_age_seconds
+                .cmp(&a.oldest_age_seconds)
+                .then(b.bytes.cmp(&a.bytes))
+        });
         leaks.truncate(self.config.leak_top);
 
         ConsumerReport {
@@ -409,7 +498,10 @@ fn class_name(class: SiteClass) -> &'static str {
 
 /// The kernel's monotonic clock in seconds (the clock of `bpf_ktime_get_ns`).
 pub fn monotonic_seconds() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0)
@@ -420,7 +512,11 @@ mod tests {
     use super::*;
 
     fn frame(module: &str, function: &str) -> Frame {
-        Frame { module: module.into(), function: Some(function.into()), ..Frame::default() }
+        Frame {
+            module: module.into(),
+            function: Some(function.into()),
+            ..Frame::default()
+        }
     }
 
     #[test]
@@ -431,7 +527,11 @@ mod tests {
             frame("app", "main"),
         ];
         assert_eq!(attributed_frame(&frames, &[]), 1);
-        let frames = [frame("libc.so.6", "strdup"), frame("libfoo.so", "foo_copy"), frame("app", "main")];
+        let frames = [
+            frame("libc.so.6", "strdup"),
+            frame("libfoo.so", "foo_copy"),
+            frame("app", "main"),
+        ];
         assert_eq!(attributed_frame(&frames, &[]), 1);
         let frames = [frame("libstdc++.so.6", "_Znwm"), frame("app", "main")];
         assert_eq!(attributed_frame(&frames, &[]), 1);
@@ -439,7 +539,10 @@ mod tests {
 
     #[test]
     fn configured_wrappers_are_skipped() {
-        let frames = [frame("libglib.so", "g_malloc"), frame("libgtk.so", "gtk_widget_new")];
+        let frames = [
+            frame("libglib.so", "g_malloc"),
+            frame("libgtk.so", "gtk_widget_new"),
+        ];
         assert_eq!(attributed_frame(&frames, &[]), 0);
         assert_eq!(attributed_frame(&frames, &["g_malloc".to_string()]), 1);
     }

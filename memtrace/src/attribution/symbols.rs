@@ -11,7 +11,10 @@ use std::{
 };
 
 pub use blazesym::symbolize::Symbolizer as Blazesym;
-use blazesym::symbolize::{Input, Symbolized, source::{Elf, Source}};
+use blazesym::symbolize::{
+    source::{Elf, Source},
+    Input, Symbolized,
+};
 use serde::Serialize;
 
 use crate::procfs::MapLine;
@@ -31,7 +34,10 @@ pub struct Module {
 
 impl Module {
     pub fn name(&self) -> &str {
-        Path::new(&self.path).file_name().and_then(|n| n.to_str()).unwrap_or(&self.path)
+        Path::new(&self.path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(&self.path)
     }
 }
 
@@ -46,7 +52,9 @@ impl Modules {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         // Paths are opened through /proc/PID/root only for processes in another mount namespace
         // (containers): that path disappears with the process, the plain one does not.
-        let same_root = std::fs::read_link(&root).map(|target| target == Path::new("/")).unwrap_or(true);
+        let same_root = std::fs::read_link(&root)
+            .map(|target| target == Path::new("/"))
+            .unwrap_or(true);
         let mut modules: Vec<Module> = lines
             .iter()
             .filter(|l| l.is_file() && l.path.starts_with('/'))
@@ -93,7 +101,12 @@ pub struct Frame {
 
 impl Frame {
     pub fn unknown(addr: u64) -> Self {
-        Self { addr, module: "[unknown]".into(), offset: addr, ..Self::default() }
+        Self {
+            addr,
+            module: "[unknown]".into(),
+            offset: addr,
+            ..Self::default()
+        }
     }
 
     /// `function (module+0xoffset) file:line`, or `module+0xoffset` without a symbol.
@@ -115,7 +128,9 @@ impl Frame {
 
     /// The function name, or `module+0xoffset`.
     pub fn name(&self) -> String {
-        self.function.clone().unwrap_or_else(|| format!("{}+{:#x}", self.module, self.offset))
+        self.function
+            .clone()
+            .unwrap_or_else(|| format!("{}+{:#x}", self.module, self.offset))
     }
 }
 
@@ -145,7 +160,11 @@ const CACHE_MAX: usize = 1 << 18;
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { cache: HashMap::new(), keys: HashMap::new(), unnamed: 0 }
+        Self {
+            cache: HashMap::new(),
+            keys: HashMap::new(),
+            unnamed: 0,
+        }
     }
 
     fn key(&mut self, path: &Path) -> String {
@@ -163,7 +182,9 @@ impl Symbolizer {
     /// Symbolizes `addr` of a process with these modules. Never fails: unknown frames come back as
     /// `module+0xoffset` (or `[unknown]+0xaddr`).
     pub fn frame(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Frame {
-        let Some(module) = modules.find(addr) else { return Frame::unknown(addr) };
+        let Some(module) = modules.find(addr) else {
+            return Frame::unknown(addr);
+        };
         let offset = addr - module.start + module.offset;
         let path = module.open_path.clone();
         let key = (self.key(&path), offset);
@@ -190,21 +211,28 @@ impl Symbolizer {
             line: resolved.line,
         }
     }
-
 }
 
 fn lookup(inner: &Blazesym, path: &Path, offset: u64) -> Resolved {
-        let source = Source::Elf(Elf::new(path));
-        match inner.symbolize_single(&source, Input::FileOffset(offset)) {
-            Ok(Symbolized::Sym(sym)) => {
-                let (file, line) = match &sym.code_info {
-                    Some(info) => (Some(info.file.to_string_lossy().into_owned()), info.line),
-                    None => (None, None),
-                };
-                Resolved { function: Some(sym.name.to_string()), file, line }
+    let source = Source::Elf(Elf::new(path));
+    match inner.symbolize_single(&source, Input::FileOffset(offset)) {
+        Ok(Symbolized::Sym(sym)) => {
+            let (file, line) = match &sym.code_info {
+                Some(info) => (Some(info.file.to_string_lossy().into_owned()), info.line),
+                None => (None, None),
+            };
+            Resolved {
+                function: Some(sym.name.to_string()),
+                file,
+                line,
             }
-            _ => Resolved { function: None, file: None, line: None },
         }
+        _ => Resolved {
+            function: None,
+            file: None,
+            line: None,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -212,12 +240,24 @@ mod tests {
     use super::*;
 
     fn line(start: u64, end: u64, offset: u64, path: &str) -> MapLine {
-        MapLine { start, end, offset, inode: 1, path: path.into() }
+        MapLine {
+            start,
+            end,
+            offset,
+            inode: 1,
+            path: path.into(),
+        }
     }
 
     #[test]
     fn module_lookup() {
-        let modules = Modules::from_maps(0, &[line(0x2000, 0x3000, 0x1000, "/lib/libb.so"), line(0x1000, 0x2000, 0, "/lib/liba.so")]);
+        let modules = Modules::from_maps(
+            0,
+            &[
+                line(0x2000, 0x3000, 0x1000, "/lib/libb.so"),
+                line(0x1000, 0x2000, 0, "/lib/liba.so"),
+            ],
+        );
         assert_eq!(modules.find(0x1800).map(|m| m.name()), Some("liba.so"));
         assert_eq!(modules.find(0x2000).map(|m| m.name()), Some("libb.so"));
         assert_eq!(modules.find(0x3000), None);
@@ -230,7 +270,8 @@ mod tests {
         let inner = Blazesym::new();
         let frame = symbolizer.frame(&inner, &Modules::default(), 0xdead);
         assert_eq!(frame.display(), "[unknown]+0xdead");
-        let modules = Modules::from_maps(0, &[line(0x1000, 0x2000, 0x500, "/nonexistent/libgone.so")]);
+        let modules =
+            Modules::from_maps(0, &[line(0x1000, 0x2000, 0x500, "/nonexistent/libgone.so")]);
         let frame = symbolizer.frame(&inner, &modules, 0x1010);
         assert_eq!(frame.display(), "libgone.so+0x510");
     }
@@ -243,6 +284,12 @@ mod tests {
         let addr = symbolizes_this_test_binary as *const () as u64;
         let mut symbolizer = Symbolizer::new();
         let frame = symbolizer.frame(&Blazesym::new(), &modules, addr);
-        assert!(frame.function.as_deref().is_some_and(|f| f.contains("symbolizes_this_test_binary")), "{frame:?}");
+        assert!(
+            frame
+                .function
+                .as_deref()
+                .is_some_and(|f| f.contains("symbolizes_this_test_binary")),
+            "{frame:?}"
+        );
     }
 }

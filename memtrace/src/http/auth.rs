@@ -119,7 +119,9 @@ pub(super) async fn guard(State(state): State<AppState>, request: Request, next:
     }
     // The dashboard's own files hold no data: a browser cannot add a bearer header to a page load,
     // so they are served without the token; every API call the page then makes carries it.
-    if !state_changing && (path == "/api/memory/dashboard" || path.starts_with("/api/memory/dashboard/")) {
+    if !state_changing
+        && (path == "/api/memory/dashboard" || path.starts_with("/api/memory/dashboard/"))
+    {
         return next.run(request).await;
     }
     let Some(expected) = state.token.as_deref() else {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail, Context as _};
 
 /// A running child whose standard output and error go to files.
 pub struct Proc {
@@ -27,7 +27,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `argv` with `env` added. `stdin`: a pipe (true) or /dev/null.
-    pub fn spawn(argv: &[String], env: &[(String, String)], dir: &Path, tag: &str, stdin: bool) -> anyhow::Result<Self> {
+    pub fn spawn(
+        argv: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+        tag: &str,
+        stdin: bool,
+    ) -> anyhow::Result<Self> {
         let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
         let stdout = dir.join(format!("{tag}.out"));
         let stderr = dir.join(format!("{tag}.err"));
@@ -35,13 +41,21 @@ impl Proc {
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?)
-            .stderr(File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?);
+            .stdout(
+                File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?,
+            )
+            .stderr(
+                File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?,
+            );
         let started = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", argv.join(" ")))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", argv.join(" ")))?;
         let stdin = child.stdin.take();
         Ok(Self {
-            name: Path::new(program).file_name().map_or_else(|| program.clone(), |n| n.to_string_lossy().into_owned()),
+            name: Path::new(program)
+                .file_name()
+                .map_or_else(|| program.clone(), |n| n.to_string_lossy().into_owned()),
             pid: child.id(),
             child,
             stdin,
@@ -60,7 +74,9 @@ impl Proc {
             match stdin.write_all(data) {
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::BrokenPipe => {}
-                Err(err) => return Err(err).context(format!("writing to {}'s standard input", self.name)),
+                Err(err) => {
+                    return Err(err).context(format!("writing to {}'s standard input", self.name))
+                }
             }
         }
         Ok(())
@@ -87,7 +103,11 @@ impl Proc {
     /// Has it exited? Reaps it if so.
     pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            if let Some(status) = self.child.try_wait().with_context(|| format!("waiting for {}", self.name))? {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?
+            {
                 self.status = Some(status);
                 self.ended = Some(Instant::now());
             }
@@ -105,24 +125,45 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 self.kill();
-                bail!("{} (pid {}) did not finish within {:?}: killed\n{}", self.name, self.pid, timeout, self.tail());
+                bail!(
+                    "{} (pid {}) did not finish within {:?}: killed\n{}",
+                    self.name,
+                    self.pid,
+                    timeout,
+                    self.tail()
+                );
             }
             thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// Waits until `ready()` holds; fails if the process exits first or after `timeout`.
-    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut(&Self) -> bool) -> anyhow::Result<()> {
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if ready(self) {
                 return Ok(());
             }
             if let Some(status) = self.exited()? {
-                bail!("{} exited ({status}) before {what}:\n{}", self.name, self.tail());
+                bail!(
+                    "{} exited ({status}) before {what}:\n{}",
+                    self.name,
+                    self.tail()
+                );
             }
             if Instant::now() >= deadline {
-                bail!("{} (pid {}): no {what} within {:?}:\n{}", self.name, self.pid, timeout, self.tail());
+                bail!(
+                    "{} (pid {}): no {what} within {:?}:\n{}",
+                    self.name,
+                    self.pid,
+                    timeout,
+                    self.tail()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -130,7 +171,10 @@ impl Proc {
 
     /// Sends SIGINT (through kill(1): the suite uses std::process only).
     pub fn interrupt(&self) {
-        let _ = Command::new("kill").args(["-INT", &self.pid.to_string()]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// Stops it with SIGINT, waiting up to `timeout`, then SIGKILL. Returns whether it stopped on
@@ -156,7 +200,10 @@ impl Proc {
 
     /// Seconds from start to exit (the whole process, start-up included).
     pub fn wall(&self) -> f64 {
-        self.ended.unwrap_or_else(Instant::now).duration_since(self.started).as_secs_f64()
+        self.ended
+            .unwrap_or_else(Instant::now)
+            .duration_since(self.started)
+            .as_secs_f64()
     }
 }
 
@@ -181,9 +228,19 @@ pub fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
 
 /// Runs a command to completion and returns its standard output (trimmed), or None.
 pub fn capture(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().ok()?;
-    let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
-    out.status.success().then(|| String::from_utf8_lossy(&text).trim().to_string())
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&text).trim().to_string())
 }
 
 /// Finds `program` on PATH.
@@ -192,11 +249,16 @@ pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
-        .find(|candidate| candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// A TCP port on loopback that nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
     Ok(listener.local_addr()?.port())
 }

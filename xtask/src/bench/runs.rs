@@ -7,10 +7,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 
-use super::proc::{Proc, cpu_seconds, free_port};
+use super::proc::{cpu_seconds, free_port, Proc};
 
 /// How long one workload run may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -33,8 +33,14 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const MEASURED: [Tracer; 6] =
-        [Tracer::Agent, Tracer::Trace, Tracer::TraceNoStacks, Tracer::BpftraceEntry, Tracer::BpftraceEntryReturn, Tracer::Heaptrack];
+    pub const MEASURED: [Tracer; 6] = [
+        Tracer::Agent,
+        Tracer::Trace,
+        Tracer::TraceNoStacks,
+        Tracer::BpftraceEntry,
+        Tracer::BpftraceEntryReturn,
+        Tracer::Heaptrack,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -134,8 +140,16 @@ fn finish(p: &mut Proc, what: &str) -> anyhow::Result<Outcome> {
     if !status.success() {
         bail!("{what} exited with {status}:\n{}", p.tail());
     }
-    let (elapsed, cpu, calls) = parse_workload(&p.output()).with_context(|| format!("{what}:\n{}", p.tail()))?;
-    Ok(Outcome { elapsed, cpu, wall: p.wall(), calls, pid: p.pid, ..Outcome::default() })
+    let (elapsed, cpu, calls) =
+        parse_workload(&p.output()).with_context(|| format!("{what}:\n{}", p.tail()))?;
+    Ok(Outcome {
+        elapsed,
+        cpu,
+        wall: p.wall(),
+        calls,
+        pid: p.pid,
+        ..Outcome::default()
+    })
 }
 
 fn env_for(ctx: &Ctx, private_libc: bool) -> Vec<(String, String)> {
@@ -147,13 +161,23 @@ fn env_for(ctx: &Ctx, private_libc: bool) -> Vec<(String, String)> {
 
 /// Runs `job` under `tracer`. `private_libc`: run the workload on the private libc copy (bpftrace
 /// pairs, bare runs included, so that both sides of a pair load the same files).
-pub fn run(ctx: &Ctx, tracer: Tracer, job: &Job<'_>, private_libc: bool, tag: &str) -> anyhow::Result<Outcome> {
+pub fn run(
+    ctx: &Ctx,
+    tracer: Tracer,
+    job: &Job<'_>,
+    private_libc: bool,
+    tag: &str,
+) -> anyhow::Result<Outcome> {
     let env = env_for(ctx, private_libc);
     match tracer {
         Tracer::Bare => bare(ctx, job, &env, tag),
         Tracer::Agent => agent(ctx, job, &env, tag),
-        Tracer::Trace | Tracer::TraceNoStacks => trace(ctx, job, &env, tag, tracer == Tracer::TraceNoStacks, &[]),
-        Tracer::BpftraceEntry | Tracer::BpftraceEntryReturn => bpftrace(ctx, job, &env, tag, tracer == Tracer::BpftraceEntryReturn),
+        Tracer::Trace | Tracer::TraceNoStacks => {
+            trace(ctx, job, &env, tag, tracer == Tracer::TraceNoStacks, &[])
+        }
+        Tracer::BpftraceEntry | Tracer::BpftraceEntryReturn => {
+            bpftrace(ctx, job, &env, tag, tracer == Tracer::BpftraceEntryReturn)
+        }
         Tracer::Heaptrack => heaptrack(ctx, job, &env, tag),
     }
 }
@@ -166,12 +190,20 @@ fn bare(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str) -> anyhow
 
 fn agent(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str) -> anyhow::Result<Outcome> {
     let port = free_port()?;
-    let argv: Vec<String> = [ctx.memtrace.to_string_lossy().as_ref(), "agent", "--no-persist", "--listen", &format!("127.0.0.1:{port}")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let argv: Vec<String> = [
+        ctx.memtrace.to_string_lossy().as_ref(),
+        "agent",
+        "--no-persist",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut agent = Proc::spawn(&argv, &[], &ctx.work, &format!("{tag}-agent"), false)?;
-    agent.wait_until("\"memtrace agent running\"", Duration::from_secs(60), |p| p.errors().contains("memtrace agent running"))?;
+    agent.wait_until("\"memtrace agent running\"", Duration::from_secs(60), |p| {
+        p.errors().contains("memtrace agent running")
+    })?;
     let cpu_before = cpu_seconds(agent.pid, ctx.ticks);
     let result = bare(ctx, job, env, tag);
     let cpu_after = cpu_seconds(agent.pid, ctx.ticks);
@@ -179,29 +211,53 @@ fn agent(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str) -> anyho
     let stopped = agent.stop(Duration::from_secs(30))?;
     let mut outcome = result?;
     if !alive {
-        bail!("memtrace agent exited while the workload ran:\n{}", agent.tail());
+        bail!(
+            "memtrace agent exited while the workload ran:\n{}",
+            agent.tail()
+        );
     }
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         outcome.agent_cpu = Some(b - a);
     }
     if !stopped {
-        outcome.notes.push("memtrace agent did not stop within 30 s of SIGINT (killed)".into());
+        outcome
+            .notes
+            .push("memtrace agent did not stop within 30 s of SIGINT (killed)".into());
     }
     let log = agent.errors();
     if log.contains(&format!("pid {} ", outcome.pid)) && log.contains("drill-down") {
-        outcome.notes.push("the agent drilled into the workload (malloc uprobes attached to it)".into());
+        outcome
+            .notes
+            .push("the agent drilled into the workload (malloc uprobes attached to it)".into());
     }
-    for line in log.lines().filter(|l| l.contains(" ERROR ") || l.contains("panicked")) {
-        outcome.notes.push(format!("memtrace agent: {}", line.trim()));
+    for line in log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+    {
+        outcome
+            .notes
+            .push(format!("memtrace agent: {}", line.trim()));
     }
     Ok(outcome)
 }
 
 /// `memtrace trace --json --output F [--no-stacks] [extra] -- CMD`.
-pub fn trace(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str, no_stacks: bool, extra: &[&str]) -> anyhow::Result<Outcome> {
+pub fn trace(
+    ctx: &Ctx,
+    job: &Job<'_>,
+    env: &[(String, String)],
+    tag: &str,
+    no_stacks: bool,
+    extra: &[&str],
+) -> anyhow::Result<Outcome> {
     let report_path = ctx.work.join(format!("{tag}.json"));
     let _ = fs::remove_file(&report_path);
-    let mut argv: Vec<String> = vec![ctx.memtrace.to_string_lossy().into_owned(), "trace".into(), "--json".into(), "--output".into()];
+    let mut argv: Vec<String> = vec![
+        ctx.memtrace.to_string_lossy().into_owned(),
+        "trace".into(),
+        "--json".into(),
+        "--output".into(),
+    ];
     argv.push(report_path.to_string_lossy().into_owned());
     if no_stacks {
         argv.push("--no-stacks".into());
@@ -212,10 +268,20 @@ pub fn trace(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str, no_s
     let mut p = Proc::spawn(&argv, env, &ctx.work, tag, true)?;
     p.feed(job.input)?;
     let mut outcome = finish(&mut p, "memtrace trace")?;
-    let text = fs::read_to_string(&report_path).with_context(|| format!("memtrace trace wrote no report:\n{}", p.tail()))?;
-    let report: Value = serde_json::from_str(&text).with_context(|| format!("memtrace trace's report {} is not JSON", report_path.display()))?;
+    let text = fs::read_to_string(&report_path)
+        .with_context(|| format!("memtrace trace wrote no report:\n{}", p.tail()))?;
+    let report: Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "memtrace trace's report {} is not JSON",
+            report_path.display()
+        )
+    })?;
     if report["exited"] != Value::Bool(true) || report["exitCode"].as_i64() != Some(0) {
-        bail!("memtrace trace reports exited={} exitCode={} for the workload", report["exited"], report["exitCode"]);
+        bail!(
+            "memtrace trace reports exited={} exitCode={} for the workload",
+            report["exited"],
+            report["exitCode"]
+        );
     }
     outcome.pid = report["pid"].as_u64().unwrap_or(0) as u32;
     outcome.report = Some(report);
@@ -223,10 +289,22 @@ pub fn trace(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str, no_s
     Ok(outcome)
 }
 
-fn heaptrack(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str) -> anyhow::Result<Outcome> {
-    let heaptrack = ctx.heaptrack.as_ref().ok_or_else(|| anyhow!("heaptrack is not available"))?;
+fn heaptrack(
+    ctx: &Ctx,
+    job: &Job<'_>,
+    env: &[(String, String)],
+    tag: &str,
+) -> anyhow::Result<Outcome> {
+    let heaptrack = ctx
+        .heaptrack
+        .as_ref()
+        .ok_or_else(|| anyhow!("heaptrack is not available"))?;
     let prefix = format!("{tag}-heaptrack");
-    let mut argv = vec![heaptrack.to_string_lossy().into_owned(), "-o".into(), ctx.work.join(&prefix).to_string_lossy().into_owned()];
+    let mut argv = vec![
+        heaptrack.to_string_lossy().into_owned(),
+        "-o".into(),
+        ctx.work.join(&prefix).to_string_lossy().into_owned(),
+    ];
     argv.extend(job.argv.iter().cloned());
     let mut p = Proc::spawn(&argv, env, &ctx.work, tag, true)?;
     p.feed(job.input)?;
@@ -258,29 +336,66 @@ const ALLOCATOR: [(&str, bool); 9] = [
 /// BEGIN runs once every probe is attached: its line is the signal to release the workload.
 pub fn bpftrace_program(libc: &Path, pid: u32, returns: bool) -> String {
     let lib = libc.display();
-    let entries: Vec<String> = ALLOCATOR.iter().map(|(s, _)| format!("uprobe:{lib}:{s}")).collect();
-    let mut program = format!("BEGIN {{ printf(\"ready\\n\"); }} {} /pid == {pid}/ {{ @[probe] = count(); }}", entries.join(","));
+    let entries: Vec<String> = ALLOCATOR
+        .iter()
+        .map(|(s, _)| format!("uprobe:{lib}:{s}"))
+        .collect();
+    let mut program = format!(
+        "BEGIN {{ printf(\"ready\\n\"); }} {} /pid == {pid}/ {{ @[probe] = count(); }}",
+        entries.join(",")
+    );
     if returns {
-        let rets: Vec<String> = ALLOCATOR.iter().filter(|(_, r)| *r).map(|(s, _)| format!("uretprobe:{lib}:{s}")).collect();
-        program.push_str(&format!(" {} /pid == {pid}/ {{ @[probe] = count(); }}", rets.join(",")));
+        let rets: Vec<String> = ALLOCATOR
+            .iter()
+            .filter(|(_, r)| *r)
+            .map(|(s, _)| format!("uretprobe:{lib}:{s}"))
+            .collect();
+        program.push_str(&format!(
+            " {} /pid == {pid}/ {{ @[probe] = count(); }}",
+            rets.join(",")
+        ));
     }
     program
 }
 
-fn bpftrace(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str, returns: bool) -> anyhow::Result<Outcome> {
-    let bpftrace = ctx.bpftrace.as_ref().ok_or_else(|| anyhow!("bpftrace is not available"))?;
-    let libc = ctx.private_libc.as_ref().ok_or_else(|| anyhow!("no private libc copy for bpftrace"))?.join("libc.so.6");
+fn bpftrace(
+    ctx: &Ctx,
+    job: &Job<'_>,
+    env: &[(String, String)],
+    tag: &str,
+    returns: bool,
+) -> anyhow::Result<Outcome> {
+    let bpftrace = ctx
+        .bpftrace
+        .as_ref()
+        .ok_or_else(|| anyhow!("bpftrace is not available"))?;
+    let libc = ctx
+        .private_libc
+        .as_ref()
+        .ok_or_else(|| anyhow!("no private libc copy for bpftrace"))?
+        .join("libc.so.6");
     let mut w = Proc::spawn(&job.argv, env, &ctx.work, tag, true)?;
     let maps = format!("/proc/{}/maps", w.pid);
     let libc_text = libc.to_string_lossy().into_owned();
     let says_ready = job.says_ready;
     w.wait_until("its start gate", Duration::from_secs(30), |p| {
-        (!says_ready || p.output().contains("ready")) && fs::read_to_string(&maps).is_ok_and(|m| m.contains(&libc_text))
+        (!says_ready || p.output().contains("ready"))
+            && fs::read_to_string(&maps).is_ok_and(|m| m.contains(&libc_text))
     })?;
     let program = bpftrace_program(&libc, w.pid, returns);
-    let argv = vec![bpftrace.to_string_lossy().into_owned(), "-p".into(), w.pid.to_string(), "-e".into(), program];
+    let argv = vec![
+        bpftrace.to_string_lossy().into_owned(),
+        "-p".into(),
+        w.pid.to_string(),
+        "-e".into(),
+        program,
+    ];
     let mut bt = Proc::spawn(&argv, &[], &ctx.work, &format!("{tag}-bpftrace"), false)?;
-    bt.wait_until("\"ready\" from its BEGIN probe", Duration::from_secs(120), |p| p.output().lines().any(|l| l.trim() == "ready"))?;
+    bt.wait_until(
+        "\"ready\" from its BEGIN probe",
+        Duration::from_secs(120),
+        |p| p.output().lines().any(|l| l.trim() == "ready"),
+    )?;
     w.feed(job.input)?;
     let result = finish(&mut w, &job.argv[0]);
     // Let bpftrace see the last events, then have it print its counts.
@@ -288,11 +403,19 @@ fn bpftrace(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str, retur
     let stopped = bt.stop(Duration::from_secs(30))?;
     let mut outcome = result?;
     if !stopped {
-        outcome.notes.push("bpftrace did not stop within 30 s of SIGINT (killed)".into());
+        outcome
+            .notes
+            .push("bpftrace did not stop within 30 s of SIGINT (killed)".into());
     }
     let (mut entry, mut ret) = (0u64, 0u64);
     for line in bt.output().lines() {
-        let Some((probe, count)) = line.trim().strip_prefix("@[").and_then(|l| l.split_once("]:")) else { continue };
+        let Some((probe, count)) = line
+            .trim()
+            .strip_prefix("@[")
+            .and_then(|l| l.split_once("]:"))
+        else {
+            continue;
+        };
         let count: u64 = count.trim().parse().unwrap_or(0);
         if probe.starts_with("uretprobe:") {
             ret += count;
@@ -303,7 +426,10 @@ fn bpftrace(ctx: &Ctx, job: &Job<'_>, env: &[(String, String)], tag: &str, retur
     outcome.entry_hits = Some(entry);
     outcome.return_hits = Some(ret);
     if outcome.calls > 0 && entry < outcome.calls {
-        outcome.notes.push(format!("bpftrace counted {entry} entries of {} allocator calls", outcome.calls));
+        outcome.notes.push(format!(
+            "bpftrace counted {entry} entries of {} allocator calls",
+            outcome.calls
+        ));
     }
     Ok(outcome)
 }

@@ -9,8 +9,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
 
 use super::proc::{capture, which};
 
@@ -28,9 +28,17 @@ impl Machine {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown CPU".into());
-        let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1);
+        let cores = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+            .max(1);
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let memory_kib: f64 = meminfo
             .lines()
@@ -59,7 +67,9 @@ impl Machine {
 }
 
 pub fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// A peer program: found, installed now, or unavailable (with the reason).
@@ -123,7 +133,12 @@ fn apt_install(package: &str, updated: &mut bool) -> anyhow::Result<()> {
             .context("running apt-get")?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            bail!("apt-get {} exited with {}: {}", args.join(" "), out.status, err.lines().last().unwrap_or_default());
+            bail!(
+                "apt-get {} exited with {}: {}",
+                args.join(" "),
+                out.status,
+                err.lines().last().unwrap_or_default()
+            );
         }
         Ok(())
     };
@@ -164,7 +179,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -173,7 +191,10 @@ impl Lcg {
 /// INSERTs in one transaction), indexes it, then runs aggregate, join, LIKE, UPDATE and DELETE
 /// statements. It times itself in SQL and prints `elapsed <seconds>` like the C workloads.
 pub fn sqlite_script(rows: usize) -> String {
-    const WORDS: [&str; 12] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima"];
+    const WORDS: [&str; 12] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima",
+    ];
     const BATCH: usize = 1000;
     let mut rng = Lcg(12345);
     let customers = (rows / 20).max(1);
@@ -186,16 +207,29 @@ pub fn sqlite_script(rows: usize) -> String {
         s.push_str("INSERT INTO customers VALUES ");
         for i in start..customers.min(start + BATCH) {
             let (a, b, city) = (rng.next() % 12, rng.next() % 12, rng.next() % 50);
-            let _ = write!(s, "{}({i},'{} {}','c{city}')", if i == start { "" } else { "," }, WORDS[a as usize], WORDS[b as usize]);
+            let _ = write!(
+                s,
+                "{}({i},'{} {}','c{city}')",
+                if i == start { "" } else { "," },
+                WORDS[a as usize],
+                WORDS[b as usize]
+            );
         }
         s.push_str(";\n");
     }
     for start in (0..rows).step_by(BATCH) {
         s.push_str("INSERT INTO orders VALUES ");
         for i in start..rows.min(start + BATCH) {
-            let (customer, category, units, cents) = (rng.next() % customers as u64, rng.next() % 40, rng.next() % 1000, rng.next() % 100);
+            let (customer, category, units, cents) = (
+                rng.next() % customers as u64,
+                rng.next() % 40,
+                rng.next() % 1000,
+                rng.next() % 100,
+            );
             let words = 1 + rng.next() % 6;
-            let note: Vec<&str> = (0..words).map(|_| WORDS[(rng.next() % 12) as usize]).collect();
+            let note: Vec<&str> = (0..words)
+                .map(|_| WORDS[(rng.next() % 12) as usize])
+                .collect();
             let _ = write!(
                 s,
                 "{}({i},{customer},{category},{units}.{cents:02},'{}')",
@@ -228,7 +262,14 @@ pub fn system_libc() -> anyhow::Result<PathBuf> {
     let maps = fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| Path::new(p).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libc.so") || (n.starts_with("libc-") && n.ends_with(".so"))))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| {
+                    n.starts_with("libc.so") || (n.starts_with("libc-") && n.ends_with(".so"))
+                })
+        })
         .map(PathBuf::from)
         .context("no libc in /proc/self/maps")
 }
@@ -241,6 +282,7 @@ pub fn private_libc(dir: &Path) -> anyhow::Result<PathBuf> {
     let libc = system_libc()?;
     fs::create_dir_all(dir)?;
     let copy = dir.join("libc.so.6");
-    fs::copy(&libc, &copy).with_context(|| format!("copying {} to {}", libc.display(), copy.display()))?;
+    fs::copy(&libc, &copy)
+        .with_context(|| format!("copying {} to {}", libc.display(), copy.display()))?;
     Ok(copy)
 }
