@@ -12,9 +12,21 @@ pub struct LiveAlloc {
     pub born_s: u32,
 }
 
+/// Live allocations packed into one `u64` each (16 bytes a table slot with the address, against 24
+/// unpacked: a million live blocks take about 34 MB instead of 50, with a smaller peak when the
+/// table grows): size in the low 24 bits, site in the next 16, birth (seconds after the first
+/// allocation seen) in the high 24. Blocks that do not fit (16 MiB and more, site ids past 65535,
+/// births after 194 days) go to a second map, unpacked.
+const SIZE_BITS: u32 = 24;
+const SITE_BITS: u32 = 16;
+const BORN_BITS: u32 = 24;
+
 #[derive(Clone, Debug, Default)]
 pub struct Heap {
-    live: HashMap<u64, LiveAlloc>,
+    live: HashMap<u64, u64>,
+    big: HashMap<u64, LiveAlloc>,
+    /// Birth second that packed births count from.
+    base_s: Option<u32>,
     pub live_bytes: u64,
     pub peak_bytes: u64,
     pub total_allocs: u64,
@@ -38,15 +50,50 @@ pub struct Change {
 
 impl Heap {
     pub fn live_count(&self) -> u64 {
-        self.live.len() as u64
+        (self.live.len() + self.big.len()) as u64
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&u64, &LiveAlloc)> {
-        self.live.iter()
+    fn pack(&mut self, alloc: LiveAlloc) -> Option<u64> {
+        let base = *self.base_s.get_or_insert(alloc.born_s);
+        let born = alloc.born_s.saturating_sub(base);
+        (alloc.size < 1 << SIZE_BITS && alloc.site < 1 << SITE_BITS && born < 1 << BORN_BITS)
+            .then(|| alloc.size | u64::from(alloc.site) << SIZE_BITS | u64::from(born) << (SIZE_BITS + SITE_BITS))
+    }
+
+    fn unpack(&self, packed: u64) -> LiveAlloc {
+        let mask = |bits: u32| (1u64 << bits) - 1;
+        LiveAlloc {
+            size: packed & mask(SIZE_BITS),
+            site: ((packed >> SIZE_BITS) & mask(SITE_BITS)) as u32,
+            born_s: self.base_s.unwrap_or(0).saturating_add(((packed >> (SIZE_BITS + SITE_BITS)) & mask(BORN_BITS)) as u32),
+        }
+    }
+
+    /// Every live allocation: address and block.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, LiveAlloc)> + '_ {
+        self.live
+            .iter()
+            .map(|(&addr, &packed)| (addr, self.unpack(packed)))
+            .chain(self.big.iter().map(|(&addr, &alloc)| (addr, alloc)))
+    }
+
+    fn remove(&mut self, addr: u64) -> Option<LiveAlloc> {
+        match self.live.remove(&addr) {
+            Some(packed) => Some(self.unpack(packed)),
+            None => self.big.remove(&addr),
+        }
     }
 
     fn insert(&mut self, addr: u64, alloc: LiveAlloc) -> Option<LiveAlloc> {
-        let replaced = self.live.insert(addr, alloc);
+        let replaced = self.remove(addr);
+        match self.pack(alloc) {
+            Some(packed) => {
+                self.live.insert(addr, packed);
+            }
+            None => {
+                self.big.insert(addr, alloc);
+            }
+        }
         if let Some(old) = replaced {
             self.live_bytes = self.live_bytes.saturating_sub(old.size);
             self.replaced += 1;
@@ -57,7 +104,7 @@ impl Heap {
     }
 
     fn take(&mut self, addr: u64) -> Option<LiveAlloc> {
-        let removed = self.live.remove(&addr);
+        let removed = self.remove(addr);
         match removed {
             Some(alloc) => self.live_bytes = self.live_bytes.saturating_sub(alloc.size),
             None => self.unknown_frees += 1,
@@ -127,10 +174,8 @@ impl Heap {
     }
 
     /// Allocations still live that were made at or before `before_s`.
-    pub fn older_than(&self, before_s: u32) -> impl Iterator<Item = (&u64, &LiveAlloc)> {
-        self.live
-            .iter()
-            .filter(move |(_, alloc)| alloc.born_s <= before_s)
+    pub fn older_than(&self, before_s: u32) -> impl Iterator<Item = (u64, LiveAlloc)> + '_ {
+        self.iter().filter(move |(_, alloc)| alloc.born_s <= before_s)
     }
 }
 
@@ -205,6 +250,25 @@ mod tests {
         // realloc of an unknown pointer counts it unknown and accounts the new block.
         heap.realloc(0x7000, 0x8000, a(10));
         assert_eq!((heap.live_bytes, heap.unknown_frees), (10, 1));
+    }
+
+    #[test]
+    fn packed_and_big_blocks_round_trip() {
+        let mut heap = Heap::default();
+        let small = LiveAlloc { size: 100, site: 7, born_s: 1000 };
+        let big = LiveAlloc { size: 64 << 20, site: 3, born_s: 1005 };
+        let far_site = LiveAlloc { size: 10, site: 70_000, born_s: 1010 };
+        heap.alloc(0x1000, small);
+        heap.alloc(0x2000, big);
+        heap.alloc(0x3000, far_site);
+        let mut all: Vec<(u64, LiveAlloc)> = heap.iter().collect();
+        all.sort_by_key(|(addr, _)| *addr);
+        assert_eq!(all, vec![(0x1000, small), (0x2000, big), (0x3000, far_site)]);
+        assert_eq!(heap.live_bytes, 100 + (64 << 20) + 10);
+        assert_eq!(heap.older_than(1005).count(), 2);
+        assert_eq!(heap.free(0x2000).removed, Some(big));
+        assert_eq!(heap.free(0x1000).removed, Some(small));
+        assert_eq!((heap.live_count(), heap.live_bytes), (1, 10));
     }
 
     #[test]
