@@ -1,6 +1,6 @@
 //! Live heap allocations of one process, from malloc-family events. Sizes are the requested sizes.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// One live allocation. Kept small: a traced process can hold millions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

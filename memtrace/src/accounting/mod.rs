@@ -5,7 +5,9 @@
 pub mod heap;
 pub mod mappings;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use memtrace_common::{Event, FLAG_ALLOCATOR_INTERNAL, MAP_ANONYMOUS};
 
@@ -69,7 +71,7 @@ impl Sites {
     fn new(max: usize) -> Self {
         Self {
             stats: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             max: max.max(3),
             overflowed: 0,
         }
@@ -282,7 +284,7 @@ const EXITED_KEPT: usize = 16;
 impl Accounting {
     pub fn new(source: Box<dyn ProcessSource>) -> Self {
         Self {
-            procs: HashMap::new(),
+            procs: HashMap::default(),
             source,
             page: procfs::page_size(),
             max_sites: 65536,
