@@ -429,25 +429,7 @@ impl Probes {
         let mut links = Vec::new();
         let result = (|| {
             for (symbol, entry, has_return, required) in ALLOCATOR {
-                let attach =
-                    |ebpf: &mut Ebpf, program: &'static str| -> Result<UProbeLinkId, ProbeError> {
-                        let uprobe: &mut UProbe = ebpf
-                            .program_mut(program)
-                            .ok_or(ProbeError::Missing(program))?
-                            .try_into()
-                            .map_err(|source| ProbeError::Program {
-                                name: program,
-                                source,
-                            })?;
-                        uprobe
-                            .attach(symbol, &target.path, scope)
-                            .map_err(|source| ProbeError::Uprobe {
-                                symbol,
-                                library: target.path.clone(),
-                                source,
-                            })
-                    };
-                match attach(&mut self.ebpf, entry) {
+                match attach_uprobe(&mut self.ebpf, entry, symbol, &target.path, scope) {
                     Ok(link) => links.push((entry, link)),
                     Err(err) if !required => {
                         log::warn!("{err}: skipping the optional {symbol}");
@@ -457,39 +439,22 @@ impl Probes {
                     Err(err) => return Err(err),
                 }
                 if has_return {
-                    links.push((RETURN_PROGRAM, attach(&mut self.ebpf, RETURN_PROGRAM)?));
+                    let link =
+                        attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, &target.path, scope)?;
+                    links.push((RETURN_PROGRAM, link));
                 }
                 report.attached.push(symbol);
             }
             if let Some(cxx) = &target.cxx {
                 for symbol in CXX_NEW {
-                    let attach = |ebpf: &mut Ebpf,
-                                  program: &'static str|
-                     -> Result<UProbeLinkId, ProbeError> {
-                        let uprobe: &mut UProbe = ebpf
-                            .program_mut(program)
-                            .ok_or(ProbeError::Missing(program))?
-                            .try_into()
-                            .map_err(|source| ProbeError::Program {
-                                name: program,
-                                source,
-                            })?;
-                        uprobe
-                            .attach(symbol, cxx, scope)
-                            .map_err(|source| ProbeError::Uprobe {
-                                symbol,
-                                library: cxx.clone(),
-                                source,
-                            })
-                    };
-                    match attach(&mut self.ebpf, "malloc_enter") {
+                    match attach_uprobe(&mut self.ebpf, "malloc_enter", symbol, cxx, scope) {
                         Ok(link) => links.push(("malloc_enter", link)),
                         Err(err) => {
                             log::debug!("{symbol} in {}: {err}", cxx.display());
                             continue;
                         }
                     }
-                    match attach(&mut self.ebpf, RETURN_PROGRAM) {
+                    match attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, cxx, scope) {
                         Ok(link) => links.push((RETURN_PROGRAM, link)),
                         Err(err) => {
                             log::warn!("return probe of {symbol} in {}: {err}", cxx.display())
@@ -575,6 +540,31 @@ impl Probes {
             source,
         })
     }
+}
+
+/// Attaches the loaded uprobe `program` to `symbol` in the object at `path`.
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    symbol: &'static str,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<UProbeLinkId, ProbeError> {
+    let uprobe: &mut UProbe = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::Missing(program))?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            name: program,
+            source,
+        })?;
+    uprobe
+        .attach(symbol, path, scope)
+        .map_err(|source| ProbeError::Uprobe {
+            symbol,
+            library: path.to_path_buf(),
+            source,
+        })
 }
 
 fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {

@@ -56,8 +56,13 @@ impl Heap {
     fn pack(&mut self, alloc: LiveAlloc) -> Option<u64> {
         let base = *self.base_s.get_or_insert(alloc.born_s);
         let born = alloc.born_s.saturating_sub(base);
-        (alloc.size < 1 << SIZE_BITS && alloc.site < 1 << SITE_BITS && born < 1 << BORN_BITS)
-            .then(|| alloc.size | u64::from(alloc.site) << SIZE_BITS | u64::from(born) << (SIZE_BITS + SITE_BITS))
+        (alloc.size < 1 << SIZE_BITS && alloc.site < 1 << SITE_BITS && born < 1 << BORN_BITS).then(
+            || {
+                alloc.size
+                    | u64::from(alloc.site) << SIZE_BITS
+                    | u64::from(born) << (SIZE_BITS + SITE_BITS)
+            },
+        )
     }
 
     fn unpack(&self, packed: u64) -> LiveAlloc {
@@ -65,7 +70,10 @@ impl Heap {
         LiveAlloc {
             size: packed & mask(SIZE_BITS),
             site: ((packed >> SIZE_BITS) & mask(SITE_BITS)) as u32,
-            born_s: self.base_s.unwrap_or(0).saturating_add(((packed >> (SIZE_BITS + SITE_BITS)) & mask(BORN_BITS)) as u32),
+            born_s: self
+                .base_s
+                .unwrap_or(0)
+                .saturating_add(((packed >> (SIZE_BITS + SITE_BITS)) & mask(BORN_BITS)) as u32),
         }
     }
 
@@ -175,7 +183,8 @@ impl Heap {
 
     /// Allocations still live that were made at or before `before_s`.
     pub fn older_than(&self, before_s: u32) -> impl Iterator<Item = (u64, LiveAlloc)> + '_ {
-        self.iter().filter(move |(_, alloc)| alloc.born_s <= before_s)
+        self.iter()
+            .filter(move |(_, alloc)| alloc.born_s <= before_s)
     }
 }
 
@@ -255,15 +264,30 @@ mod tests {
     #[test]
     fn packed_and_big_blocks_round_trip() {
         let mut heap = Heap::default();
-        let small = LiveAlloc { size: 100, site: 7, born_s: 1000 };
-        let big = LiveAlloc { size: 64 << 20, site: 3, born_s: 1005 };
-        let far_site = LiveAlloc { size: 10, site: 70_000, born_s: 1010 };
+        let small = LiveAlloc {
+            size: 100,
+            site: 7,
+            born_s: 1000,
+        };
+        let big = LiveAlloc {
+            size: 64 << 20,
+            site: 3,
+            born_s: 1005,
+        };
+        let far_site = LiveAlloc {
+            size: 10,
+            site: 70_000,
+            born_s: 1010,
+        };
         heap.alloc(0x1000, small);
         heap.alloc(0x2000, big);
         heap.alloc(0x3000, far_site);
         let mut all: Vec<(u64, LiveAlloc)> = heap.iter().collect();
         all.sort_by_key(|(addr, _)| *addr);
-        assert_eq!(all, vec![(0x1000, small), (0x2000, big), (0x3000, far_site)]);
+        assert_eq!(
+            all,
+            vec![(0x1000, small), (0x2000, big), (0x3000, far_site)]
+        );
         assert_eq!(heap.live_bytes, 100 + (64 << 20) + 10);
         assert_eq!(heap.older_than(1005).count(), 2);
         assert_eq!(heap.free(0x2000).removed, Some(big));

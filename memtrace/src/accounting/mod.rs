@@ -7,9 +7,8 @@ pub mod mappings;
 
 use std::collections::{HashSet, VecDeque};
 
-use rustc_hash::FxHashMap as HashMap;
-
 use memtrace_common::{Event, FLAG_ALLOCATOR_INTERNAL, MAP_ANONYMOUS};
+use rustc_hash::FxHashMap as HashMap;
 
 use self::{
     heap::{Change, Heap, LiveAlloc},
