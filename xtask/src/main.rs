@@ -296,7 +296,8 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "--",
     ])
     .args(args);
-    run(&mut unit)?;
+    let mut totals = Totals::default();
+    run_counting(&mut unit, &mut totals)?;
     // The CLI tests run the binary itself.
     run(cargo(root, &linker)?.args(["build", "--package", "memtrace", "--bin", "memtrace"]))?;
     // Programs the agent's integration tests drive (Prometheus, promtool, headless Chromium).
@@ -308,11 +309,54 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
             "test",
             "--package",
             "memtrace-integration",
+            "--tests",
             "--",
             "--test-threads=1",
         ])
         .args(args);
-    run(&mut integration)?;
+    run_counting(&mut integration, &mut totals)?;
+    println!(
+        "memtrace tests: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    Ok(())
+}
+
+/// Tests counted from cargo's `test result:` lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs a `cargo test` command, echoing its output, and adds up its `test result:` lines.
+fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word))
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                totals.passed += count(" passed");
+                totals.failed += count(" failed");
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
     Ok(())
 }
 
