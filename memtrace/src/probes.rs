@@ -383,11 +383,7 @@ impl Probes {
                 }
             })?;
         for (category, name) in TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|source| ProbeError::Program { name, source })?;
@@ -567,12 +563,19 @@ fn attach_uprobe(
         })
 }
 
-fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
+/// The program `name` of the object, as its type (`UProbe`, `TracePoint`).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(ProbeError::Missing(name))?
         .try_into()
-        .map_err(|source| ProbeError::Program { name, source })?;
+        .map_err(|source| ProbeError::Program { name, source })
+}
+
+fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
+    let program: &mut UProbe = program(ebpf, name)?;
     program
         .load()
         .map_err(|source| ProbeError::Program { name, source })
