@@ -279,3 +279,44 @@ fn static_binary_is_traced_through_its_own_malloc() {
     );
     no_loss(&session);
 }
+
+#[test]
+fn only_traced_processes_pay_for_mapping_stacks() {
+    use memtrace::accounting::SiteClass;
+    let Some(mut session) = session() else { return };
+    let mut traced = Memops::start();
+    let mut other = Memops::start();
+    session.trace_pid(traced.pid()).expect("attach");
+    let p = page();
+    traced.run(&format!("mmap 0 {}", 4 * p));
+    other.run(&format!("mmap 0 {}", 4 * p));
+    session.poll();
+    let sites = |pid: u32| -> Vec<i64> {
+        session
+            .accounting
+            .process(pid)
+            .map(|s| {
+                s.sites
+                    .iter()
+                    .filter(|(_, site)| {
+                        site.key.class == SiteClass::Mmap && site.live_bytes == 4 * p
+                    })
+                    .map(|(_, site)| site.key.stack_id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let traced_sites = sites(traced.pid());
+    assert_eq!(traced_sites.len(), 1);
+    assert!(
+        traced_sites[0] >= 0,
+        "the traced process's mapping has a stack"
+    );
+    let other_sites = sites(other.pid());
+    assert_eq!(
+        other_sites,
+        vec![-1],
+        "no stack walk for an untraced process's mapping"
+    );
+    no_loss(&session);
+}

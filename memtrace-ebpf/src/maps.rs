@@ -7,7 +7,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     Global,
 };
 use memtrace_common::{Event, InFlight, SyscallArgs, COUNTERS_LEN};
@@ -40,6 +40,12 @@ pub static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16
 /// Syscall arguments between `sys_enter_*` and `sys_exit_*`, by thread.
 #[map]
 pub static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes whose heap is traced: only their `mmap`/`mremap`/`brk` events carry a user stack (a stack
+/// walk for every mapping on the host would be wasted: attribution is for traced processes). Key 0
+/// stands for every process (host-wide malloc tracing). Filled by the agent.
+#[map]
+pub static STACK_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Deduplicated user stacks; events carry their ids.
 #[map]

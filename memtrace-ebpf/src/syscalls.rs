@@ -6,7 +6,7 @@ use memtrace_common::{
     SyscallArgs, FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP,
 };
 
-use crate::maps::{current, emit, event, stack_id, syscall_caller, INFLIGHT, SYSCALLS};
+use crate::maps::{current, emit, event, stack_id, syscall_caller, INFLIGHT, STACK_PIDS, SYSCALLS};
 
 /// Offset of the first syscall argument in every `syscalls:sys_enter_*` record, and of `ret` in
 /// every `syscalls:sys_exit_*` record (after the common header and `int __syscall_nr`).
@@ -41,7 +41,9 @@ fn attribute(ctx: &TracePointContext, id: u64, ev: &mut memtrace_common::Event) 
     if INFLIGHT.get_ptr(id).is_some() {
         ev.flags |= FLAG_ALLOCATOR_INTERNAL;
     } else {
-        ev.stack_id = stack_id(ctx);
+        if STACK_PIDS.get_ptr(0u32).is_some() || STACK_PIDS.get_ptr((id >> 32) as u32).is_some() {
+            ev.stack_id = stack_id(ctx);
+        }
         ev.caller = syscall_caller();
     }
 }

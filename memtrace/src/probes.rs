@@ -462,6 +462,7 @@ impl Probes {
             Ok(())
         })();
         self.links.insert(target.pid, links);
+        self.set_stack_pid(target.pid, true);
         if let Err(err) = result {
             self.detach_allocator(target.pid);
             return Err(err);
@@ -469,9 +470,41 @@ impl Probes {
         Ok(report)
     }
 
+    /// Marks (or unmarks) a process whose syscall events carry user stacks (key 0: all).
+    fn set_stack_pid(&mut self, pid: Option<u32>, on: bool) {
+        let key = pid.unwrap_or(0);
+        let result = self
+            .ebpf
+            .map_mut("STACK_PIDS")
+            .ok_or(ProbeError::Missing("STACK_PIDS"))
+            .and_then(|map| {
+                let mut map =
+                    aya::maps::HashMap::<_, u32, u8>::try_from(map).map_err(|source| {
+                        ProbeError::Map {
+                            name: "STACK_PIDS",
+                            source,
+                        }
+                    })?;
+                if on {
+                    map.insert(key, 1, 0).map_err(|source| ProbeError::Map {
+                        name: "STACK_PIDS",
+                        source,
+                    })
+                } else {
+                    // Absent already is fine.
+                    let _ = map.remove(&key);
+                    Ok(())
+                }
+            });
+        if let Err(err) = result {
+            log::warn!("stacks of pid {key}'s mappings: {err}");
+        }
+    }
+
     /// Detaches the malloc family of `pid` (`None`: the host-wide attachment). Returns whether
     /// anything was attached.
     pub fn detach_allocator(&mut self, pid: Option<u32>) -> bool {
+        self.set_stack_pid(pid, false);
         let Some(links) = self.links.remove(&pid) else {
             return false;
         };
