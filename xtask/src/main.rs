@@ -420,19 +420,31 @@ fn lint(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo(root, &linker)?.args([
-        &format!("+{NIGHTLY}"),
-        "clippy",
-        "--package",
-        "memtrace-ebpf",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(cargo(root, &linker)?.args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
+    // The eBPF crate and rustfmt's options need the nightly toolchain (through rustup: the cargo
+    // that runs xtask is the stable one, which takes no `+toolchain`).
+    let nightly_cargo = || -> anyhow::Result<Command> {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", NIGHTLY, "cargo"])
+            .current_dir(root)
+            .env("PATH", path_with(&linker)?)
+            .env_remove("CARGO")
+            .env_remove("RUSTC");
+        Ok(cmd)
+    };
+    run(nightly_cargo()?
+        .args([
+            "clippy",
+            "--package",
+            "memtrace-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir(root).join("ebpf-lint")))?;
+    run(nightly_cargo()?.args(["fmt", "--all", "--check"]))?;
     Ok(())
 }
