@@ -107,6 +107,12 @@ fn bad_arguments_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
     let out = Command::new(memtrace_binary())
+        .args(["trace", "--pid", "999999999"])
+        .output()
+        .expect("memtrace runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("process 999999999 does not exist"));
+    let out = Command::new(memtrace_binary())
         .args(["agent", "--ring-buffer-mb", "3"])
         .output()
         .expect("memtrace runs");

@@ -103,6 +103,12 @@ pub enum ProbeError {
     NoAllocator { pid: u32 },
     #[error("process {0} does not exist")]
     NoProcess(u32),
+    #[error("cannot read the mappings of process {pid}")]
+    Unreadable {
+        pid: u32,
+        #[source]
+        source: procfs::ProcfsError,
+    },
     #[error("memtrace does not trace itself (pid {0})")]
     SelfTrace(u32),
     #[error("enabling BPF run-time statistics")]
@@ -219,7 +225,12 @@ pub struct AllocatorTarget {
 /// when it defines its own (static binaries, an allocator linked in), else a mapped allocator
 /// library (jemalloc, tcmalloc, mimalloc, also when preloaded), else libc.
 pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
-    let maps = procfs::maps(pid).map_err(|_| ProbeError::NoProcess(pid))?;
+    let maps = procfs::maps(pid).map_err(|err| match err {
+        procfs::ProcfsError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            ProbeError::NoProcess(pid)
+        }
+        other => ProbeError::Unreadable { pid, source: other },
+    })?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let in_root = |path: &str| root.join(path.trim_start_matches('/'));
     let name_of = |path: &str| {

@@ -23,9 +23,11 @@ fn internal(err: AgentError) -> BackendError {
         AgentError::Probe(ProbeError::NoProcess(pid)) => {
             BackendError::NotFound(format!("process {pid} does not exist"))
         }
-        AgentError::Probe(err @ (ProbeError::SelfTrace(_) | ProbeError::NoAllocator { .. })) => {
-            BackendError::BadRequest(chain(&err))
-        }
+        AgentError::Probe(
+            err @ (ProbeError::SelfTrace(_)
+            | ProbeError::NoAllocator { .. }
+            | ProbeError::Unreadable { .. }),
+        ) => BackendError::BadRequest(chain(&err)),
         other => BackendError::Internal(chain(&other)),
     }
 }

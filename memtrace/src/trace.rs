@@ -85,6 +85,10 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         (None, Some(pid)) => pid,
         (None, None) => return Err(TraceError::Target),
     };
+    // A wrong PID is said at once, before the probes are loaded.
+    if child.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(TraceError::Probe(ProbeError::NoProcess(pid)));
+    }
     let mut session = Session::start(&args.options)?;
     session.only(&[pid]);
     let report = match args.command.first() {
