@@ -716,17 +716,7 @@ fn consumers_document(reports: &HashMap<u32, ConsumerReport>) -> Value {
     json!({ "timestamp": now_ms(), "processes": processes })
 }
 
-/// An error and its sources on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use crate::error_chain as chain;
 
 /// Runs the agent until SIGINT or SIGTERM: collection, snapshots, analysis, drill-downs; `serve`
 /// runs the HTTP side alongside.

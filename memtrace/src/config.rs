@@ -550,20 +550,12 @@ fn validate_webhook_url(url: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
 
     use super::*;
 
     /// The error and all its sources, as `main` prints them.
     fn chain(e: &ConfigError) -> String {
-        let mut s = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            s.push_str(": ");
-            s.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        s
+        crate::error_chain(e)
     }
 
     fn invalid_key(text: &str) -> String {

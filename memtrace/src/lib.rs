@@ -21,5 +21,17 @@ pub mod snapshot;
 pub mod store;
 pub mod trace;
 
+/// An error and its sources on one line (`a: b: c`), for logs and messages.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The eBPF object, built by build.rs.
 pub static EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));

@@ -79,7 +79,7 @@ impl Dispatcher {
                 log::error!(
                     "alert {} not written: {}",
                     event.alert().id,
-                    error_chain(&e)
+                    crate::error_chain(&e)
                 );
             }
         }
@@ -134,17 +134,6 @@ fn log_event(event: &AlertEvent) {
             a.message
         ),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// Settings of the webhook channel.
