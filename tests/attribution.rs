@@ -7,7 +7,8 @@ use std::{
 };
 
 use memtrace::{
-    attribution::{monotonic_seconds, AttributionConfig, Attributor, Consumer, ConsumerReport},
+    attribution::{AttributionConfig, Attributor, Consumer, ConsumerReport},
+    os::clock::monotonic_seconds,
     probes::KernelStacks,
     session::Session,
 };

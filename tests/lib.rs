@@ -121,7 +121,7 @@ impl Drop for Memops {
 
 /// The page size of this machine.
 pub fn page() -> u64 {
-    memtrace::procfs::page_size()
+    memtrace::os::procfs::page_size()
 }
 
 /// The memtrace binary built next to this test (`cargo xtask test` builds it first).

@@ -175,7 +175,7 @@ fn brk_growth_and_shrink() {
     assert_eq!(s.brk.current, Some(shrunk));
     assert_eq!(after_grow - s.brk.bytes(), 16384);
     // The extent is measured from the kernel's start_brk.
-    let start_brk = memtrace::procfs::stat(pid).expect("stat").start_brk;
+    let start_brk = memtrace::os::procfs::stat(pid).expect("stat").start_brk;
     assert_eq!(s.brk.bytes(), shrunk - start_brk);
     no_loss(&session);
 }

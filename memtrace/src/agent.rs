@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -19,9 +19,10 @@ use crate::{
         channels::Dispatcher, AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger,
     },
     analysis::{analyze_snapshots, PatternConfig, PatternType, ProcessPattern},
-    attribution::{monotonic_seconds, AttributionConfig, Attributor, ConsumerReport},
+    attribution::{AttributionConfig, Attributor, ConsumerReport},
     config::Config,
     events::{self, Kind, PipelineStats},
+    os::clock::monotonic_seconds,
     probes::{allocator_of, host_libc, KernelStacks, ProbeError, ProbeOptions, Probes},
     snapshot::HostSnapshot,
     store::{Store, UtcDate},
@@ -83,15 +84,9 @@ impl Default for DrilldownOptions {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Something that happened, for WebSocket clients and other subscribers.
 pub use crate::http::StreamEvent as AgentEvent;
+pub use crate::os::clock::now_ms;
 
 /// A process whose heap the agent traces for a while because it grew.
 #[derive(Clone, Debug, Serialize)]

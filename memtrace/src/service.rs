@@ -8,11 +8,12 @@ use tokio::sync::broadcast;
 use crate::{
     agent::{chain, now_ms, Agent, AgentError, State},
     analysis::{PatternType, ProcessPattern},
-    attribution::{monotonic_seconds, ConsumerReport},
+    attribution::ConsumerReport,
     http::{
         AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
         ProcessMetrics, StreamEvent,
     },
+    os::clock::monotonic_seconds,
     probes::{KernelStacks, ProbeError},
     reports,
     snapshot::{HostSnapshot, ProcessSnapshot},
@@ -35,29 +36,6 @@ fn internal(err: AgentError) -> BackendError {
 /// The `consumers` JSON of one process report.
 fn consumers_json(report: &ConsumerReport) -> Value {
     serde_json::to_value(report).unwrap_or(Value::Null)
-}
-
-/// Container id of a process from its cgroup path (docker, containerd, cri-o, podman), or "".
-pub fn container_of(pid: u32) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    container_from_cgroup(&text)
-}
-
-pub fn container_from_cgroup(text: &str) -> String {
-    for line in text.lines() {
-        let path = line.rsplit(':').next().unwrap_or("");
-        for part in path.split('/').rev() {
-            let id = part
-                .trim_end_matches(".scope")
-                .rsplit(['-', ':'])
-                .next()
-                .unwrap_or("");
-            if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-                return id[..12].to_string();
-            }
-        }
-    }
-    String::new()
 }
 
 impl Agent {
@@ -310,7 +288,7 @@ impl Backend for Agent {
             "leaks": report.as_ref().map(|r| &r.leaks),
             "traced": state.traced.contains(&pid) || state.drilldowns.contains_key(&pid) || self.options.malloc_all,
             "drilldown": state.drilldowns.get(&pid),
-            "container": container_of(pid),
+            "container": crate::os::cgroup::container_of(pid),
         }))
     }
 
@@ -435,7 +413,7 @@ impl Backend for Agent {
         let webhook = self.webhook_stats();
         input.webhook_sent_total = webhook.sent_total;
         input.webhook_failures_total = webhook.failures_total;
-        let cost = crate::procfs::self_cost();
+        let cost = crate::os::procfs::self_cost();
         input.agent_cpu_seconds_total = cost.cpu_seconds;
         input.agent_rss_bytes = cost.rss_bytes;
         if let Ok(probes) = self.probes() {
@@ -488,7 +466,7 @@ impl Backend for Agent {
                 input.processes.push(ProcessMetrics {
                     snapshot: p.clone(),
                     container: if rank < input.top_k {
-                        container_of(p.pid)
+                        crate::os::cgroup::container_of(p.pid)
                     } else {
                         String::new()
                     },
@@ -507,33 +485,5 @@ impl Backend for Agent {
 
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
         Agent::subscribe(self)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_ids_from_cgroup_paths() {
-        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(
-            container_from_cgroup(&format!("0::/system.slice/docker-{id}.scope\n")),
-            "0123456789ab"
-        );
-        assert_eq!(
-            container_from_cgroup(&format!(
-                "0::/kubepods/besteffort/pod1/cri-containerd-{id}.scope\n"
-            )),
-            "0123456789ab"
-        );
-        assert_eq!(
-            container_from_cgroup(&format!("0::/kubepods/pod1/{id}\n")),
-            "0123456789ab"
-        );
-        assert_eq!(
-            container_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"),
-            ""
-        );
     }
 }

@@ -9,8 +9,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::{monotonic_seconds, AttributionConfig, Attributor, ConsumerReport},
-    launch::{GatedChild, LaunchError},
+    attribution::{AttributionConfig, Attributor, ConsumerReport},
+    os::{
+        clock::monotonic_seconds,
+        launch::{GatedChild, LaunchError},
+    },
     probes::{ProbeError, ProbeOptions, COUNTER_NAMES},
     session::Session,
     snapshot::ProcessSnapshot,
@@ -57,7 +60,7 @@ pub struct TraceReport {
     /// Library roll-up, consumers with symbolized stacks, and the leak view.
     pub attribution: ConsumerReport,
     /// What tracing cost memtrace itself.
-    pub agent: crate::procfs::SelfCost,
+    pub agent: crate::os::procfs::SelfCost,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -184,7 +187,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         events_received: session.stats.received.load(Ordering::Relaxed),
         events_undecodable: session.stats.undecodable.load(Ordering::Relaxed),
         attribution,
-        agent: crate::procfs::self_cost(),
+        agent: crate::os::procfs::self_cost(),
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod heap;
 pub mod mappings;
+pub mod modules;
 
 use std::collections::{HashSet, VecDeque};
 
@@ -13,11 +14,14 @@ use rustc_hash::FxHashMap as HashMap;
 use self::{
     heap::{Change, Heap, LiveAlloc},
     mappings::{MapKind, Mappings, Removed, NO_SITE},
+    modules::Modules,
 };
 use crate::{
-    attribution::symbols::Modules,
     events::Kind,
-    procfs::{self, MapLine, Stat, Status},
+    os::{
+        clock::monotonic_ns,
+        procfs::{self, MapLine, Stat, Status},
+    },
     snapshot::{HostSnapshot, ProcessSnapshot},
 };
 
@@ -713,17 +717,6 @@ fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
     if state.brk.current.is_none() {
         state.brk.current = state.brk.start;
     }
-}
-
-/// The clock of kernel event timestamps (`bpf_ktime_get_ns`).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 fn give_back(sites: &mut Sites, removed: &[Removed]) {

@@ -64,10 +64,7 @@ mod synth;
 
 use std::path::PathBuf;
 
-pub use limits::{
-    cgroup_dirs, cgroup_limit, mem_total, parse_cgroup_v2_path, parse_mem_total, parse_memory_max,
-    process_limit,
-};
+pub use limits::{mem_total, process_limit};
 pub use pattern::{
     detect_pattern, forecast_minutes_to_limit, Pattern, PatternConfig, PatternType, Sample,
     Severity, MB, MIN_POINTS,

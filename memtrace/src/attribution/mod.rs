@@ -496,17 +496,6 @@ fn class_name(class: SiteClass) -> &'static str {
     }
 }
 
-/// The kernel's monotonic clock in seconds (the clock of `bpf_ktime_get_ns`).
-pub fn monotonic_seconds() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -245,7 +245,10 @@ async fn trace_stop(
 
 async fn export(State(state): State<AppState>) -> Result<Response, ApiError> {
     let data = blocking(&state, |b| b.export()).await?;
-    let disposition = format!("attachment; filename=\"memtrace-export-{}.json\"", now_ms());
+    let disposition = format!(
+        "attachment; filename=\"memtrace-export-{}.json\"",
+        crate::os::clock::now_ms()
+    );
     let mut response = Json(data).into_response();
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         response
@@ -321,10 +324,4 @@ async fn report(State(state): State<AppState>, query: Params) -> Result<Response
             Ok(response)
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -1,0 +1,45 @@
+//! The two clocks memtrace uses: wall time in milliseconds since the Unix epoch (timestamps of
+//! snapshots and alerts) and the kernel's monotonic clock (the clock of `bpf_ktime_get_ns`, in which
+//! kernel events and allocation ages are stamped).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The kernel's monotonic clock in nanoseconds (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// The kernel's monotonic clock in whole seconds (the clock of allocation birth times).
+pub fn monotonic_seconds() -> u64 {
+    monotonic_ns() / 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_move_forward() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(b >= a);
+        assert!(now_ms() > 1_600_000_000_000);
+        assert_eq!(monotonic_seconds(), monotonic_ns() / 1_000_000_000);
+    }
+}
