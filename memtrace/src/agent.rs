@@ -15,10 +15,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::{
     accounting::{Accounting, Procfs},
-    alerts::{
-        channels::Dispatcher, AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger,
-    },
-    analysis::{analyze_snapshots, PatternConfig, PatternType, ProcessPattern},
+    alerts::{channels::Dispatcher, AlertEngine, AlertEvent},
+    analysis::{analyze_snapshots, PatternConfig, ProcessPattern},
     attribution::{AttributionConfig, Attributor, ConsumerReport},
     config::Config,
     events::{self, Kind, PipelineStats},
@@ -213,7 +211,12 @@ impl Agent {
                 Err(err) => log::warn!("restoring snapshots: {}", chain(&err)),
             }
         }
-        let dispatcher = Dispatcher::new(&config.alerting, store.clone())?;
+        let dispatcher = Dispatcher::new(
+            &config.alerting,
+            store
+                .clone()
+                .map(|s| s as Arc<dyn crate::alerts::AlertSink>),
+        )?;
         let attribution = AttributionConfig {
             max_consumers: config.tracking.max_consumers as usize,
             stack_trace_depth: config.tracking.stack_trace_depth as usize,
@@ -409,95 +412,29 @@ impl Agent {
         let mut state = self.state()?;
         let history: Vec<HostSnapshot> = state.history.iter().map(|s| (**s).clone()).collect();
         let patterns = analyze_snapshots(&history, &config);
-        let mut alert_events = Vec::new();
-        let mut detected = Vec::new();
-        let mut drill = Vec::new();
         let latest: HashMap<u32, &crate::snapshot::ProcessSnapshot> = history
             .last()
             .map(|s| s.processes.iter().map(|p| (p.pid, p)).collect())
             .unwrap_or_default();
-        let pattern_triggers = [
-            Trigger::PatternLinear,
-            Trigger::PatternExponential,
-            Trigger::LeakDetected,
-            Trigger::SpikeDetected,
-        ];
-        state.patterns.clear();
-        for pattern in &patterns {
-            state.patterns.insert(pattern.pid, pattern.clone());
-            let confident =
-                pattern.pattern.confident && pattern.pattern.kind != PatternType::Stable;
-            let trigger = match pattern.pattern.kind {
-                PatternType::Linear => Some((AlertType::Pattern, Trigger::PatternLinear)),
-                PatternType::Exponential => Some((AlertType::Pattern, Trigger::PatternExponential)),
-                PatternType::Leak => Some((AlertType::Leak, Trigger::LeakDetected)),
-                PatternType::Spike => Some((AlertType::Spike, Trigger::SpikeDetected)),
-                PatternType::Stable => None,
-            };
-            for other in pattern_triggers {
-                if !confident || trigger.map(|t| t.1) != Some(other) {
-                    if let Some(event) = state.engine.observe_clear(pattern.pid, other, now) {
-                        alert_events.push(event);
-                    }
-                }
-            }
-            let (Some((kind, trigger)), true) = (trigger, confident) else {
-                continue;
-            };
-            // The agent's own warm-up is not an alert, and it never traces itself.
-            if pattern.pid == std::process::id() {
-                continue;
-            }
-            detected.push(pattern.clone());
-            let Some(process) = latest.get(&pattern.pid) else {
-                continue;
-            };
-            let severity = match pattern.pattern.severity {
-                crate::analysis::Severity::Low => Severity::Info,
-                crate::analysis::Severity::Medium | crate::analysis::Severity::High => {
-                    Severity::Warning
-                }
-                crate::analysis::Severity::Critical => Severity::Critical,
-            };
-            let p = &pattern.pattern;
-            let message = format!(
-                "{} memory growth ({:.2} MB/min over {:.1} min, {:.0}% confidence)",
-                p.kind, p.growth_rate, p.duration, p.confidence
-            );
-            let mut candidate = AlertCandidate::new(kind, severity, trigger, process, message);
-            candidate.recommendations = vec![p.recommendation.clone()];
-            candidate.pattern = serde_json::to_value(p).ok();
-            if let Some(report) = state.reports.get(&pattern.pid) {
-                candidate.top_consumers =
-                    serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).ok();
-                candidate.library = report.libraries.first().map(|l| l.library.clone());
-            }
-            if let Some(event) = state.engine.raise(candidate, now) {
-                let alert_id = event.alert().id.clone();
-                alert_events.push(event);
-                if matches!(
-                    p.kind,
-                    PatternType::Leak | PatternType::Linear | PatternType::Exponential
-                ) && !process.heap_traced
-                {
-                    drill.push((
-                        pattern.pid,
-                        process.comm.clone(),
-                        format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate),
-                        Some(alert_id),
-                    ));
-                }
-            } else if matches!(p.kind, PatternType::Leak | PatternType::Linear)
-                && !process.heap_traced
-            {
-                drill.push((
-                    pattern.pid,
-                    process.comm.clone(),
-                    format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate),
-                    None,
-                ));
-            }
-        }
+        state.patterns = patterns.iter().map(|p| (p.pid, p.clone())).collect();
+        let State {
+            engine, reports, ..
+        } = &mut *state;
+        let outcome = crate::alerts::rules::apply_patterns(
+            engine,
+            &patterns,
+            &latest,
+            reports,
+            std::process::id(),
+            now,
+        );
+        let alert_events = outcome.events;
+        let detected = outcome.detected;
+        let drill: Vec<_> = outcome
+            .drill
+            .into_iter()
+            .map(|d| (d.pid, d.comm, d.reason, d.alert_id))
+            .collect();
         drop(state);
         self.dispatch(alert_events);
         for pattern in detected {

@@ -1,7 +1,8 @@
 //! Delivery of alert events to the configured channels.
 //!
 //! - console: one log line per event (`warn` for warning and critical creations, `info` otherwise);
-//! - file: one JSON line per event appended to `<dataDir>/alerts.jsonl` through the [`Store`];
+//! - file: one JSON line per event appended to `<dataDir>/alerts.jsonl` through an [`AlertSink`]
+//!   (the data directory's `Store`);
 //! - webhook: an HTTP POST of the alert JSON (`Content-Type: application/json`) from a dedicated
 //!   thread, so that a slow or dead endpoint never blocks [`Dispatcher::send`]. Events wait in a
 //!   bounded queue; when it is full the oldest waiting event is dropped (counted). Each POST has a
@@ -20,11 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Alert, AlertEvent, Severity};
-use crate::{
-    config::{AlertingConfig, Channel},
-    store::Store,
-};
+use super::{Alert, AlertEvent, AlertSink, Severity};
+use crate::config::{AlertingConfig, Channel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -48,15 +46,19 @@ pub struct WebhookStats {
 /// Delivers alert events to every configured channel.
 pub struct Dispatcher {
     console: bool,
-    file: Option<Arc<Store>>,
+    file: Option<Arc<dyn AlertSink>>,
     webhook: Option<Webhook>,
     file_failures_total: AtomicU64,
 }
 
 impl Dispatcher {
-    /// Channels from `alerting.channels`: the file channel needs `store`, the webhook channel a URL.
-    pub fn new(config: &AlertingConfig, store: Option<Arc<Store>>) -> Result<Self, ChannelError> {
-        let file = store.filter(|_| config.has_channel(Channel::File));
+    /// Channels from `alerting.channels`: the file channel needs a sink (the data directory), the
+    /// webhook channel a URL.
+    pub fn new(
+        config: &AlertingConfig,
+        sink: Option<Arc<dyn AlertSink>>,
+    ) -> Result<Self, ChannelError> {
+        let file = sink.filter(|_| config.has_channel(Channel::File));
         let webhook = WebhookOptions::from_config(config)
             .map(Webhook::start)
             .transpose()?;
@@ -79,7 +81,7 @@ impl Dispatcher {
                 log::error!(
                     "alert {} not written: {}",
                     event.alert().id,
-                    crate::error_chain(&e)
+                    crate::error_chain(e.as_ref())
                 );
             }
         }
@@ -670,13 +672,14 @@ mod tests {
             line!()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(Store::open(&dir, Default::default()).unwrap());
+        let store = Arc::new(crate::store::Store::open(&dir, Default::default()).unwrap());
         let (url, rx) = server("204 No Content");
         let config = AlertingConfig {
             webhook_url: Some(url),
             ..Default::default()
         };
-        let dispatcher = Dispatcher::new(&config, Some(Arc::clone(&store))).unwrap();
+        let dispatcher =
+            Dispatcher::new(&config, Some(Arc::clone(&store) as Arc<dyn AlertSink>)).unwrap();
         let event = alert_event();
         dispatcher.send(&event);
         let (_, body) = rx.recv_timeout(Duration::from_secs(10)).unwrap();

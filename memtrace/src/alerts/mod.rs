@@ -7,10 +7,17 @@
 
 pub mod channels;
 mod engine;
+pub mod rules;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::engine::{AlertCandidate, AlertEngine};
+
+/// Where the file channel writes alert events (the data directory's `alerts.jsonl`): the store
+/// implements it, so alerts do not depend on persistence.
+pub trait AlertSink: Send + Sync {
+    fn append_alert(&self, alert: &Alert) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {

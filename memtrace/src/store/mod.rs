@@ -613,5 +613,11 @@ fn line_number_at(path: &Path, offset: u64) -> Option<usize> {
     }
 }
 
+impl crate::alerts::AlertSink for Store {
+    fn append_alert(&self, alert: &Alert) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Store::append_alert(self, alert).map_err(Into::into)
+    }
+}
+
 #[cfg(test)]
 mod tests;
