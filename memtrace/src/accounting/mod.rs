@@ -6,7 +6,10 @@ pub mod heap;
 pub mod mappings;
 pub mod modules;
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
 
 use memtrace_common::{Event, FLAG_ALLOCATOR_INTERNAL, MAP_ANONYMOUS};
 use rustc_hash::FxHashMap as HashMap;
@@ -38,6 +41,17 @@ pub enum SiteClass {
     Malloc,
     Mmap,
     Brk,
+}
+
+impl SiteClass {
+    /// The name used in JSON and consumer ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Mmap => "mmap",
+            Self::Brk => "brk",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,7 +191,7 @@ pub struct ProcessState {
     pub heap_traced: bool,
     pub status: Status,
     /// Mapped objects, to symbolize this process's stacks (also after it exits).
-    pub modules: Modules,
+    pub modules: Arc<Modules>,
     /// An executable file mapping appeared since `modules` was read.
     pub modules_dirty: bool,
     /// Whether what the kernel shows of the process (`/proc`) has been read. Processes seen only
@@ -280,6 +294,17 @@ pub struct Accounting {
     max_operations: usize,
     pub operations_dropped: u64,
     pub stats: AccountingStats,
+    /// Exits and execs of traced processes since the last `take_lifecycle`.
+    lifecycle: Vec<(u32, Lifecycle)>,
+}
+
+/// What happened to a traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Its thread group exited.
+    Exited,
+    /// It replaced its program with `execve`.
+    Exec,
 }
 
 const EXITED_KEPT: usize = 16;
@@ -300,6 +325,7 @@ impl Accounting {
             max_operations: 0,
             operations_dropped: 0,
             stats: AccountingStats::default(),
+            lifecycle: Vec::new(),
         }
     }
 
@@ -329,6 +355,11 @@ impl Accounting {
     pub fn with_max_sites(mut self, max_sites: usize) -> Self {
         self.max_sites = max_sites;
         self
+    }
+
+    /// Exits and execs of traced processes seen since the previous call, in event order.
+    pub fn take_lifecycle(&mut self) -> Vec<(u32, Lifecycle)> {
+        std::mem::take(&mut self.lifecycle)
     }
 
     /// Marks a process's heap as traced (its malloc-family probes are attached) or not.
@@ -374,7 +405,7 @@ impl Accounting {
             return;
         };
         if let Some(state) = self.procs.get_mut(&pid) {
-            state.modules = Modules::from_maps(pid, &maps);
+            state.modules = Arc::new(Modules::from_maps(pid, &maps));
             state.modules_dirty = false;
         }
     }
@@ -444,6 +475,9 @@ impl Accounting {
         let pid = ev.tgid;
         match kind {
             Kind::Exit => {
+                if self.traced.contains(&pid) {
+                    self.lifecycle.push((pid, Lifecycle::Exited));
+                }
                 if let Some(mut state) = self.procs.remove(&pid) {
                     self.stats.processes_exited += 1;
                     let snapshot = snapshot_of(&mut state, None);
@@ -465,6 +499,9 @@ impl Accounting {
                     return;
                 }
                 self.procs.remove(&pid);
+                if self.traced.contains(&pid) {
+                    self.lifecycle.push((pid, Lifecycle::Exec));
+                }
                 // A traced process is read at once (its libraries are needed to name its stacks);
                 // others when a snapshot first needs them.
                 if self.trace_all || self.traced.contains(&pid) {
@@ -675,7 +712,7 @@ fn blank_state(pid: u32, page: u64, max_sites: usize, heap_traced: bool) -> Proc
         sites: Sites::new(max_sites),
         heap_traced,
         status: Status::default(),
-        modules: Modules::default(),
+        modules: Arc::default(),
         modules_dirty: false,
         seeded: false,
         seeded_ns: 0,
@@ -699,7 +736,7 @@ fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
     }
     let maps = source.maps(pid).unwrap_or_default();
     if !maps.is_empty() {
-        state.modules = Modules::from_maps(pid, &maps);
+        state.modules = Arc::new(Modules::from_maps(pid, &maps));
         state.modules_dirty = false;
     }
     for line in maps {

@@ -3,7 +3,10 @@
 //! message; which alerts a pattern observes clear; and which growing processes are worth a
 //! drill-down (tracing their heap for a while).
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger};
 use crate::{
@@ -67,7 +70,7 @@ pub fn apply_patterns(
     engine: &mut AlertEngine,
     patterns: &[ProcessPattern],
     latest: &HashMap<u32, &ProcessSnapshot>,
-    reports: &HashMap<u32, ConsumerReport>,
+    reports: &BTreeMap<u32, Arc<ConsumerReport>>,
     self_pid: u32,
     now_ms: u64,
 ) -> PatternOutcome {
@@ -101,8 +104,7 @@ pub fn apply_patterns(
         candidate.recommendations = vec![p.recommendation.clone()];
         candidate.pattern = serde_json::to_value(p).ok();
         if let Some(report) = reports.get(&pattern.pid) {
-            candidate.top_consumers =
-                serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).ok();
+            candidate.top_consumers = serde_json::to_value(report.top_consumers(5)).ok();
             candidate.library = report.libraries.first().map(|l| l.library.clone());
         }
         let reason = format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate);
@@ -120,13 +122,15 @@ pub fn apply_patterns(
                 }
             }
             None => {
+                // The alert is active already (a drill-down may have had no room when it was
+                // raised): a drill-down started now still reports into it.
                 if matches!(p.kind, PatternType::Leak | PatternType::Linear) && !process.heap_traced
                 {
                     out.drill.push(DrillRequest {
                         pid: pattern.pid,
                         comm: process.comm.clone(),
                         reason,
-                        alert_id: None,
+                        alert_id: engine.active_id(pattern.pid, trigger).map(str::to_string),
                     });
                 }
             }
