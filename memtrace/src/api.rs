@@ -72,6 +72,9 @@ pub struct Status {
     pub events_received: u64,
     /// Kernel events lost (ring buffer full) since start.
     pub events_lost: u64,
+    /// Snapshots not taken because the agent's analysis side was still busy with earlier ones
+    /// (symbolizing a large program, a slow disk) and its queue was full.
+    pub snapshots_dropped: u64,
     /// Seconds between snapshots (`monitor.snapshotInterval`).
     pub snapshot_interval: u64,
     /// Seconds between analyses (`monitor.analysisInterval`).

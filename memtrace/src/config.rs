@@ -473,12 +473,27 @@ pub struct ConfigOverrides {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, &ConfigOverrides::default())
+    }
+
+    /// Reads and parses a configuration file, applies command-line overrides, and validates the
+    /// result (so that a flag can make a file's values consistent: `--snapshot-interval 1` with
+    /// `analysisInterval = 2`).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        overrides: &ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: Some(path.to_path_buf()),
+            source,
+        })?;
+        config.apply(overrides)?;
+        Ok(config)
     }
 
     /// Parses and validates a configuration given as a string.

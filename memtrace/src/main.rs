@@ -118,35 +118,36 @@ fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()>
 }
 
 fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => {
-            Config::load(path).with_context(|| format!("configuration {}", path.display()))?
-        }
-        None => Config::default(),
-    };
     let flag = |set: bool, value: bool| set.then_some(value);
-    config
-        .apply(&ConfigOverrides {
-            snapshot_interval: args.snapshot_interval,
-            listen: args.listen,
-            data_dir: args.data_dir.clone(),
-            webhook_url: args.webhook_url.clone(),
-            token: args.token.clone(),
-            pids: args.pids.clone(),
-            malloc_all: flag(args.malloc_all, true),
-            history: args.history,
-            top: args.top,
-            persist: flag(args.no_persist, false),
-            bpf_stats: flag(args.bpf_stats, true),
-            ring_buffer_mb: args.probes.ring_buffer_mb,
-            inflight_entries: args.probes.inflight_entries,
-            stack_entries: args.probes.stack_entries,
-            capture_stacks: flag(args.probes.no_stacks, false),
-            drilldown_enabled: flag(args.no_drilldown, false),
-            drilldown_window: args.drilldown_window,
-            drilldown_max: args.drilldown_max,
-        })
-        .context("command line options")?;
+    let overrides = ConfigOverrides {
+        snapshot_interval: args.snapshot_interval,
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        webhook_url: args.webhook_url.clone(),
+        token: args.token.clone(),
+        pids: args.pids.clone(),
+        malloc_all: flag(args.malloc_all, true),
+        history: args.history,
+        top: args.top,
+        persist: flag(args.no_persist, false),
+        bpf_stats: flag(args.bpf_stats, true),
+        ring_buffer_mb: args.probes.ring_buffer_mb,
+        inflight_entries: args.probes.inflight_entries,
+        stack_entries: args.probes.stack_entries,
+        capture_stacks: flag(args.probes.no_stacks, false),
+        drilldown_enabled: flag(args.no_drilldown, false),
+        drilldown_window: args.drilldown_window,
+        drilldown_max: args.drilldown_max,
+    };
+    let config = match &args.config {
+        Some(path) => Config::load_with(path, &overrides)
+            .with_context(|| format!("configuration {} with the command line", path.display()))?,
+        None => {
+            let mut config = Config::default();
+            config.apply(&overrides).context("command line options")?;
+            config
+        }
+    };
     let token = config.resolve_token().context("reading the API token")?;
     let listen = config.monitor.listen;
     if !memtrace::http::is_loopback(listen.ip()) && token.is_none() {

@@ -141,6 +141,7 @@ impl Backend for Agent {
                 .received
                 .load(std::sync::atomic::Ordering::Relaxed),
             events_lost: shared.kernel_counters()[memtrace_common::COUNTER_RINGBUF_DROPS as usize],
+            snapshots_dropped: intake.snapshots_dropped,
             snapshot_interval: config.monitor.snapshot_interval,
             analysis_interval: config.monitor.analysis_interval,
             pid: std::process::id(),

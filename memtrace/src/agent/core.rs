@@ -145,6 +145,7 @@ impl Core {
             operations,
             exited,
         } = collected;
+        let began = std::time::Instant::now();
         let config = Arc::clone(&self.shared.config);
         let now_s = clock::monotonic_seconds();
         for input in &inputs {
@@ -199,12 +200,20 @@ impl Core {
             }
             self.operations.push_back(operation.clone());
         }
+        let attributed = began.elapsed();
         self.persist(&snapshot, &operations, at.wall_ms);
+        let persisted = began.elapsed();
         self.dispatch(events);
         log_summary(&snapshot, &self.reports, config.agent.top);
         self.shared
             .publish(StreamEvent::Snapshot(Arc::clone(&snapshot)));
         self.publish();
+        log::debug!(
+            "core: snapshot handled in {:?} (attribution and thresholds {:?}, persistence {:?})",
+            began.elapsed(),
+            attributed,
+            persisted.saturating_sub(attributed)
+        );
         snapshot
     }
 
@@ -445,5 +454,212 @@ fn log_summary(snapshot: &HostSnapshot, reports: &BTreeMap<u32, Arc<ConsumerRepo
             mib(p.mapped_file_bytes),
             mib(p.brk_bytes),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap as StdHashMap;
+
+    use super::*;
+    use crate::{
+        accounting::{modules::Modules, SiteKey, SiteStats},
+        alerts::{AlertType, ResolvedBy},
+        analysis::PatternType,
+        attribution::AttributionInput,
+        config::Config,
+    };
+
+    const MIB: u64 = 1024 * 1024;
+    const T0: u64 = 1_700_000_000_000;
+
+    fn config() -> Config {
+        let mut config = Config::default();
+        config.monitor.snapshot_interval = 1;
+        config.monitor.analysis_interval = 10;
+        config.agent.history = 30;
+        config.agent.persist = false;
+        config.alerting.channels.clear();
+        // Pattern alerts only.
+        config.thresholds.rss_mb = 1e9;
+        config.thresholds.growth_rate_mb = 1e9;
+        config
+    }
+
+    fn core(config: Config) -> Core {
+        let shared = Shared::for_tests(config);
+        let stacks: StdHashMap<i64, Vec<u64>> = StdHashMap::new();
+        Core::start(shared, Box::new(stacks), now(0))
+    }
+
+    fn now(second: u64) -> Now {
+        Now {
+            wall_ms: T0 + second * 1000,
+            mono_ms: 1_000_000 + second * 1000,
+        }
+    }
+
+    fn process(pid: u32, comm: &str, rss: u64) -> ProcessSnapshot {
+        ProcessSnapshot {
+            pid,
+            comm: comm.into(),
+            rss_bytes: rss,
+            ..ProcessSnapshot::default()
+        }
+    }
+
+    fn collected(second: u64, processes: Vec<ProcessSnapshot>) -> Collected {
+        let at = now(second);
+        Collected {
+            at,
+            snapshot: HostSnapshot {
+                timestamp: at.wall_ms,
+                mem_total_bytes: 64 << 30,
+                mem_available_bytes: 32 << 30,
+                processes,
+            },
+            inputs: Vec::new(),
+            operations: Vec::new(),
+            exited: Vec::new(),
+        }
+    }
+
+    /// A leak (10 MiB kept every second) and a flat process, for 12 snapshots.
+    fn feed_growth(core: &mut Core) {
+        for s in 0..12 {
+            core.on_collected(collected(
+                s,
+                vec![
+                    process(10, "leaker", 100 * MIB + s * 10 * MIB),
+                    process(11, "flat", 50 * MIB),
+                ],
+            ));
+        }
+    }
+
+    #[test]
+    fn snapshots_are_kept_published_and_bounded() {
+        let mut core = core(config());
+        let mut stream = core.shared.events.subscribe();
+        for s in 0..40 {
+            core.on_collected(collected(s, vec![process(1, "a", MIB)]));
+        }
+        let view = core.shared.core.load();
+        assert_eq!(view.history.len(), 30, "agent.history");
+        assert_eq!(
+            view.history[0].timestamp,
+            T0 + 10_000,
+            "the oldest go first"
+        );
+        assert_eq!(view.last_snapshot().map(|s| s.timestamp), Some(T0 + 39_000));
+        let mut snapshots = 0;
+        while let Ok(event) = stream.try_recv() {
+            snapshots += usize::from(matches!(event, StreamEvent::Snapshot(_)));
+        }
+        assert_eq!(snapshots, 40, "every snapshot is streamed");
+    }
+
+    #[test]
+    fn growth_raises_an_alert_and_asks_for_a_drilldown() {
+        let mut core = core(config());
+        feed_growth(&mut core);
+        assert!(
+            core.analyze_if_due(now(5)).is_none(),
+            "not due before the interval"
+        );
+        let drill = core.analyze_if_due(now(12)).expect("due after 10 s");
+        let view = core.shared.core.load();
+        let leaker = &view.patterns[&10].pattern;
+        assert!(leaker.kind.is_growth() && leaker.confident, "{leaker:?}");
+        assert_eq!(view.patterns[&11].pattern.kind, PatternType::Stable);
+        assert_eq!(view.alerts.active.len(), 1, "{:?}", view.alerts.active);
+        let alert = &view.alerts.active[0];
+        assert_eq!(alert.context.pid, 10);
+        assert!(matches!(alert.kind, AlertType::Leak | AlertType::Pattern));
+        assert_eq!(drill.len(), 1);
+        assert_eq!(drill[0].pid, 10);
+        assert_eq!(drill[0].alert_id.as_deref(), Some(alert.id.as_str()));
+        // The next analysis asks again (the drill-down may not have had room), for the same alert.
+        let again = core.analyze_if_due(now(23)).expect("due");
+        assert_eq!(again[0].alert_id.as_deref(), Some(alert.id.as_str()));
+        assert_eq!(core.shared.core.load().alerts.active.len(), 1, "one alert");
+    }
+
+    #[test]
+    fn a_process_that_is_gone_has_its_alerts_resolved() {
+        let mut core = core(config());
+        feed_growth(&mut core);
+        core.analyze(now(12));
+        assert_eq!(core.shared.core.load().alerts.active.len(), 1);
+        core.on_collected(collected(13, vec![process(11, "flat", 50 * MIB)]));
+        let view = core.shared.core.load();
+        assert!(view.alerts.active.is_empty());
+        let resolved = &view.alerts.recent[0];
+        assert!(resolved.resolved);
+        assert_eq!(resolved.resolved_by, Some(ResolvedBy::Auto));
+        assert!(!view.patterns.contains_key(&10));
+    }
+
+    #[test]
+    fn a_drilldown_puts_its_consumers_into_the_alert() {
+        let mut core = core(config());
+        feed_growth(&mut core);
+        let drill = core.analyze(now(12)).1;
+        let alert_id = drill[0].alert_id.clone();
+        let site = |caller: u64, live_bytes: u64| SiteStats {
+            key: SiteKey {
+                class: crate::accounting::SiteClass::Malloc,
+                stack_id: -1,
+                caller,
+            },
+            live_bytes,
+            live_count: 1,
+            peak_bytes: live_bytes,
+            total_calls: 1,
+            total_bytes: live_bytes,
+        };
+        let input = AttributionInput {
+            pid: 10,
+            start_time: 1,
+            comm: "leaker".into(),
+            heap_traced: true,
+            sites: vec![(0, site(0x1000, 30 * MIB)), (1, site(0x2000, MIB))],
+            overflowed_sites: 0,
+            modules: Arc::new(Modules::default()),
+            old_allocations: Vec::new(),
+        };
+        core.on_drilldown_ended(
+            DrilldownEnded {
+                pid: 10,
+                comm: "leaker".into(),
+                alert_id,
+                input: Some(input),
+            },
+            now(15),
+        );
+        let view = core.shared.core.load();
+        let alert = &view.alerts.active[0];
+        let top = alert.context.top_consumers.as_ref().expect("consumers");
+        assert_eq!(top[0]["allocatedMemory"], 30 * MIB);
+        assert_eq!(view.reports[&10].consumers.len(), 2);
+        assert_eq!(view.consumers(Some(10)).consumers[0].pid, 10);
+    }
+
+    #[test]
+    fn resolving_by_hand_twice_is_refused() {
+        let mut core = core(config());
+        feed_growth(&mut core);
+        core.analyze(now(12));
+        let id = core.shared.core.load().alerts.active[0].id.clone();
+        let alert = core.resolve(&id, now(13)).expect("resolved");
+        assert_eq!(alert.resolved_by, Some(ResolvedBy::Manual));
+        assert!(matches!(
+            core.resolve(&id, now(14)),
+            Err(AlertError::AlreadyResolved(_))
+        ));
+        assert!(matches!(
+            core.resolve("alert_0_nope", now(14)),
+            Err(AlertError::NotFound(_))
+        ));
     }
 }

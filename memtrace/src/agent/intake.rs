@@ -498,7 +498,7 @@ impl Intake {
                 self.execute(command, now, shared);
             }
             for message in self.step(now, shared) {
-                self.send(to_core, message);
+                self.send(shared, to_core, message);
             }
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -511,11 +511,12 @@ impl Intake {
         }
     }
 
-    fn send(&self, to_core: &mpsc::SyncSender<CoreMessage>, message: CoreMessage) {
+    fn send(&self, shared: &Shared, to_core: &mpsc::SyncSender<CoreMessage>, message: CoreMessage) {
         match to_core.try_send(message) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(CoreMessage::Collected(_))) => {
                 let dropped = self.snapshots_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                self.publish(shared);
                 log::warn!(
                     "the core is behind (symbolizing or writing): snapshot dropped ({dropped} so far)"
                 );

@@ -116,6 +116,29 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state without probes or a data directory, for tests of the core.
+    #[cfg(test)]
+    pub(crate) fn for_tests(config: Config) -> Arc<Self> {
+        let config = Arc::new(config);
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            dispatcher: Arc::new(
+                Dispatcher::new(&config.alerting, None).expect("no webhook thread to start"),
+            ),
+            config,
+            intake: ArcSwap::from_pointee(IntakeView::default()),
+            core: ArcSwap::from_pointee(CoreView::default()),
+            events,
+            stats: Arc::default(),
+            counters: None,
+            programs: ProgramIds::default(),
+            store: None,
+            health: Health::default(),
+            started_at: 0,
+            started: Instant::now(),
+        })
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
