@@ -1006,6 +1006,26 @@ mod tests {
                 "tracking.stackTraceDepth",
             ),
             ("[tracking]\nleakAge = 0", "tracking.leakAge"),
+            (
+                "[monitor]\nsnapshotInterval = 60\nanalysisInterval = 30",
+                "monitor.analysisInterval",
+            ),
+            ("[agent]\nhistory = 10", "patternDetection.windowSize"),
+            ("[agent]\nhistory = 100001", "agent.history"),
+            ("[agent]\npids = [0]", "agent.pids"),
+            (
+                "[patternDetection]\nwindowSize = 100000",
+                "patternDetection.windowSize",
+            ),
+            ("[probes]\nringBufferMB = 3", "probes.ringBufferMB"),
+            ("[probes]\nringBufferMB = 2048", "probes.ringBufferMB"),
+            ("[probes]\ninflightEntries = 0", "probes.inflightEntries"),
+            ("[drilldown]\nwindow = 0", "drilldown.window"),
+            (
+                "[drilldown]\nwindow = 18446744073709551615",
+                "drilldown.window",
+            ),
+            ("[drilldown]\nmaxProcesses = 0", "drilldown.maxProcesses"),
             ("[retention]\nalertsDays = 0", "retention.alertsDays"),
             (
                 "[retention]\noperationsHours = 0",
@@ -1017,6 +1037,30 @@ mod tests {
         }
         let err = Config::from_toml_str("[thresholds]\nexternalRatio = 0").unwrap_err();
         assert_eq!(err.to_string(), "thresholds.externalRatio: must be > 0");
+    }
+
+    #[test]
+    fn flags_apply_before_the_checks_between_keys() {
+        let dir = std::env::temp_dir().join(format!("memtrace-load-with-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        // Alone, analysisInterval 2 is below the default snapshotInterval (30)...
+        std::fs::write(&path, "[monitor]\nanalysisInterval = 2\n").unwrap();
+        assert!(Config::load(&path).is_err());
+        // ... but not with --snapshot-interval 1.
+        let c = Config::load_with(
+            &path,
+            &ConfigOverrides {
+                snapshot_interval: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (c.monitor.snapshot_interval, c.monitor.analysis_interval),
+            (1, 2)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
