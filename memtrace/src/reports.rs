@@ -8,8 +8,9 @@ pub mod pyroscope;
 use std::{collections::HashMap, fmt::Write as _};
 
 pub use self::pprof::{
-    check_scrape_query, gzip, heap_profile, pprof, pprof_for_scrape, proto, HeapProfile,
-    PprofOptions, ScrapeQueryError, HEAP_SAMPLE_TYPES, PPROF_CONTENT_TYPE,
+    check_scrape_query, gzip, heap_profile, pprof, pprof_for_scrape, proto, scrape_targets,
+    HeapProfile, PprofOptions, ScrapeQueryError, ScrapeTargetGroup, HEAP_SAMPLE_TYPES,
+    PPROF_CONTENT_TYPE,
 };
 use crate::{
     accounting::SiteClass,

@@ -107,6 +107,39 @@ pub fn check_scrape_query<'a>(
     Ok(())
 }
 
+/// One target group of Prometheus's HTTP service discovery, as Parca (`http_sd_configs`) and
+/// Grafana Alloy (`discovery.http`) read it: the agent's address, and the labels that make the
+/// scraper ask for one process (`__param_pid`) and name its series (`pid`, `comm`, and
+/// `service_name`, which Pyroscope requires).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ScrapeTargetGroup {
+    pub targets: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The scrape targets of traced processes, one group per process: `address` is the agent's
+/// `host:port` as the scraper reaches it.
+pub fn scrape_targets<'a>(
+    address: &str,
+    processes: impl IntoIterator<Item = (u32, &'a str)>,
+) -> Vec<ScrapeTargetGroup> {
+    processes
+        .into_iter()
+        .map(|(pid, comm)| ScrapeTargetGroup {
+            targets: vec![address.to_string()],
+            labels: [
+                ("__param_pid", pid.to_string()),
+                ("pid", pid.to_string()),
+                ("comm", comm.to_string()),
+                ("service_name", comm.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        })
+        .collect()
+}
+
 /// How to build a heap profile.
 #[derive(Clone, Debug, Default)]
 pub struct PprofOptions {
@@ -720,6 +753,22 @@ mod tests {
         let main = main_binary(&objects, "python3").expect("found");
         assert_eq!(main.path, "/usr/bin/other");
         assert!(main_binary(&[a.as_ref()], "x").is_none());
+    }
+
+    #[test]
+    fn scrape_targets_for_http_service_discovery() {
+        let groups = scrape_targets("10.0.0.5:10000", [(42, "node"), (7, "redis-server")]);
+        let json = serde_json::to_value(&groups).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"targets": ["10.0.0.5:10000"], "labels": {
+                    "__param_pid": "42", "pid": "42", "comm": "node", "service_name": "node"}},
+                {"targets": ["10.0.0.5:10000"], "labels": {
+                    "__param_pid": "7", "pid": "7", "comm": "redis-server",
+                    "service_name": "redis-server"}},
+            ])
+        );
     }
 
     #[test]
