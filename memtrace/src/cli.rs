@@ -185,6 +185,10 @@ pub struct TraceCli {
     /// Write the report to this file instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Also write the process's heap as a gzipped pprof profile (`go tool pprof FILE`): live and
+    /// allocated bytes and objects by stack, opening on inuse_space.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
     /// Live allocations older than this many seconds are listed as possible leaks.
     #[arg(long, default_value_t = 30)]
     pub leak_age: u64,

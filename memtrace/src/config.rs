@@ -308,8 +308,16 @@ pub struct AlertingConfig {
     pub channels: Vec<Channel>,
     /// Alerts created in any sliding hour, across all processes; further ones are suppressed (counted).
     pub max_alerts_per_hour: u32,
-    /// `http://host[:port]/path`. Only plain HTTP is supported by this build.
+    /// `http://` or `https://host[:port]/path`.
     pub webhook_url: Option<String>,
+    /// PEM file of the CA certificates that sign the webhook server's certificate, trusted
+    /// instead of the public roots (https only).
+    pub webhook_ca_file: Option<PathBuf>,
+    /// PEM client certificate (and chain) presented to the webhook server, with
+    /// `webhookClientKey` (https only).
+    pub webhook_client_cert: Option<PathBuf>,
+    /// PEM private key of `webhookClientCert`.
+    pub webhook_client_key: Option<PathBuf>,
     /// Time limit of one POST, connection included.
     pub webhook_timeout_ms: u64,
     /// Further attempts after a failed POST, with exponential backoff.
@@ -327,6 +335,9 @@ impl Default for AlertingConfig {
             channels: vec![Channel::Console, Channel::File, Channel::Webhook],
             max_alerts_per_hour: 10,
             webhook_url: None,
+            webhook_ca_file: None,
+            webhook_client_cert: None,
+            webhook_client_key: None,
             webhook_timeout_ms: 5000,
             webhook_retries: 3,
             webhook_queue: 100,
@@ -690,6 +701,35 @@ impl Config {
         if let Some(url) = &a.webhook_url {
             validate_webhook_url(url)?;
         }
+        if a.webhook_client_cert.is_some() != a.webhook_client_key.is_some() {
+            return Err(ConfigError::invalid(
+                if a.webhook_client_cert.is_some() {
+                    "alerting.webhookClientKey"
+                } else {
+                    "alerting.webhookClientCert"
+                },
+                "a client certificate needs both alerting.webhookClientCert and \
+                 alerting.webhookClientKey",
+            ));
+        }
+        let plain_http = a
+            .webhook_url
+            .as_deref()
+            .is_some_and(|url| !url.starts_with("https://"));
+        for (key, set) in [
+            ("alerting.webhookCaFile", a.webhook_ca_file.is_some()),
+            (
+                "alerting.webhookClientCert",
+                a.webhook_client_cert.is_some(),
+            ),
+        ] {
+            if set && plain_http {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is for an https:// alerting.webhookUrl; this one is plain http",
+                ));
+            }
+        }
 
         let k = &self.tracking;
         at_least("tracking.maxConsumers", u64::from(k.max_consumers), 1)?;
@@ -791,12 +831,13 @@ fn validate_webhook_url(url: &str) -> Result<(), ConfigError> {
         .parse()
         .map_err(|e| ConfigError::invalid(KEY, format!("not a valid URL ({e})")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(ConfigError::invalid(
-            KEY,
-            "https is not supported by this build (no TLS); use an http:// URL, e.g. a local relay",
-        )),
-        _ => return Err(ConfigError::invalid(KEY, "must start with http://")),
+        Some("http" | "https") => {}
+        _ => {
+            return Err(ConfigError::invalid(
+                KEY,
+                "must start with http:// or https://",
+            ))
+        }
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(ConfigError::invalid(KEY, "has no host"));
@@ -989,8 +1030,16 @@ mod tests {
                 "alerting.webhookUrl",
             ),
             (
-                "[alerting]\nwebhookUrl = \"https://x/y\"",
-                "alerting.webhookUrl",
+                "[alerting]\nwebhookUrl = \"https://x/y\"\nwebhookClientCert = \"/c.pem\"",
+                "alerting.webhookClientKey",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"https://x/y\"\nwebhookClientKey = \"/k.pem\"",
+                "alerting.webhookClientCert",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"http://x/y\"\nwebhookCaFile = \"/ca.pem\"",
+                "alerting.webhookCaFile",
             ),
             (
                 "[alerting]\nwebhookUrl = \"not a url\"",
@@ -1037,6 +1086,39 @@ mod tests {
         }
         let err = Config::from_toml_str("[thresholds]\nexternalRatio = 0").unwrap_err();
         assert_eq!(err.to_string(), "thresholds.externalRatio: must be > 0");
+    }
+
+    /// https URLs are accepted, with the TLS files that go with them.
+    #[test]
+    fn https_webhook_with_tls_files() {
+        let c = Config::from_toml_str(
+            r#"
+            [alerting]
+            webhookUrl = "https://alerts.example:8443/hook"
+            webhookCaFile = "/etc/memtrace/ca.pem"
+            webhookClientCert = "/etc/memtrace/client.pem"
+            webhookClientKey = "/etc/memtrace/client.key"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.alerting.active_webhook_url(),
+            Some("https://alerts.example:8443/hook")
+        );
+        assert_eq!(
+            c.alerting.webhook_ca_file.as_deref(),
+            Some(Path::new("/etc/memtrace/ca.pem"))
+        );
+        assert_eq!(
+            c.alerting.webhook_client_cert.as_deref(),
+            Some(Path::new("/etc/memtrace/client.pem"))
+        );
+        assert_eq!(
+            c.alerting.webhook_client_key.as_deref(),
+            Some(Path::new("/etc/memtrace/client.key"))
+        );
+        let c = Config::from_toml_str("[alerting]\nwebhookUrl = \"https://x/y\"").unwrap();
+        assert_eq!(c.alerting.active_webhook_url(), Some("https://x/y"));
     }
 
     #[test]

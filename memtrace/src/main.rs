@@ -32,6 +32,21 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let report = memtrace::trace::run(&trace_args).context("memtrace trace")?;
+            if let Some(path) = &args.pprof {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let profile = memtrace::reports::heap_profile(
+                    &report.attribution,
+                    &memtrace::reports::PprofOptions {
+                        kind: memtrace::reports::HeapProfile::Heap,
+                        time_nanos: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
+                        duration_nanos: (report.duration_seconds * 1e9) as i64,
+                    },
+                );
+                let bytes = memtrace::reports::gzip(&profile).context("the pprof profile")?;
+                write_out(Some(path), &bytes)?;
+            }
             let text = if args.json {
                 serde_json::to_string_pretty(&report).context("encoding the report")? + "\n"
             } else {

@@ -397,6 +397,7 @@ fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
 const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("prometheus", &["prometheus", "promtool"]),
     ("chromium", &["chromium"]),
+    ("golang-go", &["go"]),
 ];
 
 /// Whether `program` is in /usr/bin or on PATH (as the tests look for it).

@@ -29,7 +29,7 @@ use crate::{
         ProcessMetrics,
     },
     os::{cgroup, clock},
-    reports,
+    reports::{self, HeapProfile},
     snapshot::ProcessSnapshot,
 };
 
@@ -297,6 +297,30 @@ impl Backend for Agent {
         let report = core.reports.get(&pid).ok_or_else(|| not_traced(pid))?;
         reports::pprof(report, (clock::now_ms() as i64).saturating_mul(1_000_000))
             .map_err(|err| BackendError::Internal(crate::error_chain(&err)))
+    }
+
+    fn heap_profile(&self, pid: u32, kind: HeapProfile) -> Result<Vec<u8>, BackendError> {
+        let core = self.shared.core.load();
+        let report = core.reports.get(&pid).ok_or_else(|| not_traced(pid))?;
+        reports::pprof_for_scrape(
+            report,
+            kind,
+            (clock::now_ms() as i64).saturating_mul(1_000_000),
+        )
+        .map_err(|err| BackendError::Internal(crate::error_chain(&err)))
+    }
+
+    fn profiled_processes(&self) -> Vec<(u32, String)> {
+        let core = self.shared.core.load();
+        let alive: std::collections::HashSet<u32> = core
+            .last_snapshot()
+            .map(|s| s.processes.iter().map(|p| p.pid).collect())
+            .unwrap_or_default();
+        core.reports
+            .values()
+            .filter(|r| alive.contains(&r.pid))
+            .map(|r| (r.pid, r.comm.clone()))
+            .collect()
     }
 
     fn metrics(&self) -> MetricsInput {

@@ -150,8 +150,8 @@ pub struct ConsumerReport {
     /// Call sites beyond the accounting's site limit, merged into one overflow site.
     pub overflowed_sites: u64,
     pub leaks: Vec<LeakGroup>,
-    /// Every call site with live memory and its whole symbolized stack (for flame graphs and
-    /// profiles; not part of the JSON).
+    /// Every call site that allocated since tracing began (live memory or not) and its whole
+    /// symbolized stack (for flame graphs and profiles; not part of the JSON).
     #[serde(skip)]
     pub sites: Vec<SiteLive>,
 }
@@ -173,8 +173,21 @@ impl ConsumerReport {
 pub struct SiteLive {
     pub kind: SiteClass,
     pub frames: Vec<Frame>,
+    /// Bytes and allocations of this site still live.
     pub live_bytes: u64,
     pub live_count: u64,
+    /// Index in `frames` of the frame the site is attributed to: the ones before it are the
+    /// allocator and its wrappers (0 when there are none, or no frames).
+    pub attributed: usize,
+    /// The consumer's name: the attributed frame's function, or `[unknown]`/`[overflow]` for a
+    /// site without frames.
+    pub consumer: String,
+    /// Allocations and bytes made by this site since tracing began, freed or not.
+    pub total_calls: u64,
+    pub total_bytes: u64,
+    /// A mapping or break growth made by the allocator itself in a process whose heap is traced
+    /// (see [`ConsumerMetadata::allocator_internal`]).
+    pub allocator_internal: bool,
 }
 
 /// What attribution needs of one process: a copy of its call sites and a summary of its old live
@@ -369,14 +382,20 @@ impl Attributor {
         let mut sites = Vec::new();
         for &(site_id, ref stats) in &state.sites {
             let attributed = self.attribute_site(&inner, state, stats.key, stacks);
-            if stats.live_bytes > 0 {
-                sites.push(SiteLive {
-                    kind: stats.key.class,
-                    frames: attributed.frames.clone(),
-                    live_bytes: stats.live_bytes,
-                    live_count: stats.live_count,
-                });
-            }
+            let allocator_internal = state.heap_traced
+                && stats.key.class != SiteClass::Malloc
+                && attributed.library.starts_with("libc");
+            sites.push(SiteLive {
+                kind: stats.key.class,
+                frames: attributed.frames.clone(),
+                live_bytes: stats.live_bytes,
+                live_count: stats.live_count,
+                attributed: attributed.skipped,
+                consumer: attributed.name.clone(),
+                total_calls: stats.total_calls,
+                total_bytes: stats.total_bytes,
+                allocator_internal,
+            });
             site_consumer.insert(
                 site_id,
                 (
@@ -405,9 +424,7 @@ impl Attributor {
                         suspicious: false,
                         over_limit: false,
                         skipped_frames: attributed.skipped,
-                        allocator_internal: state.heap_traced
-                            && stats.key.class != SiteClass::Malloc
-                            && attributed.library.starts_with("libc"),
+                        allocator_internal,
                     },
                 });
             consumer.allocated_memory += stats.live_bytes;

@@ -8,6 +8,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 pub use blazesym::symbolize::Symbolizer as Blazesym;
@@ -31,6 +32,28 @@ pub struct Frame {
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The source file with its directory as the debug information names it (`file` is its last
+    /// component). Not part of the JSON.
+    #[serde(skip)]
+    pub source_path: Option<String>,
+    /// The mapping of the object the address is in, as the process had it (pprof's mappings are
+    /// made from these). Not part of the JSON.
+    #[serde(skip)]
+    pub object: Option<Arc<MappedObject>>,
+}
+
+/// One mapping of an object file in a process: what a pprof `Mapping` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MappedObject {
+    /// Address range `[start, end)` of the mapping.
+    pub start: u64,
+    pub end: u64,
+    /// File offset mapped at `start`.
+    pub offset: u64,
+    /// Path of the object as the process sees it.
+    pub path: String,
+    /// GNU build id in lowercase hex, when the object has one.
+    pub build_id: Option<String>,
 }
 
 impl Frame {
@@ -68,18 +91,35 @@ impl Frame {
     }
 }
 
+/// The GNU build id of an ELF object in lowercase hex, if it has one and can be read.
+pub fn build_id(path: &Path) -> Option<String> {
+    match blazesym::helper::read_elf_build_id(&path) {
+        Ok(Some(id)) if !id.is_empty() => Some(id.iter().map(|b| format!("{b:02x}")).collect()),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Resolved {
     function: Option<String>,
     file: Option<String>,
+    source_path: Option<String>,
     line: Option<u32>,
+}
+
+/// What identifies an object file: its build id when it has one.
+#[derive(Clone, Debug)]
+struct ObjectKey {
+    /// The build id (hex), else the path: the cache key of its symbols.
+    key: String,
+    build_id: Option<String>,
 }
 
 /// A cache keyed by object (build id, else path) and file offset in front of blazesym. blazesym's
 /// own symbolizer is not `Send`, so callers make one per batch of lookups and pass it in.
 pub struct Symbolizer {
     cache: HashMap<(String, u64), Resolved>,
-    keys: HashMap<PathBuf, String>,
+    keys: HashMap<PathBuf, ObjectKey>,
     /// Frames that could not be named (shown as `module+0xoffset`).
     pub unnamed: u64,
 }
@@ -101,13 +141,16 @@ impl Symbolizer {
         }
     }
 
-    fn key(&mut self, path: &Path) -> String {
+    fn key(&mut self, path: &Path) -> ObjectKey {
         if let Some(key) = self.keys.get(path) {
             return key.clone();
         }
-        let key = match blazesym::helper::read_elf_build_id(&path) {
-            Ok(Some(id)) => id.iter().map(|b| format!("{b:02x}")).collect(),
-            _ => path.display().to_string(),
+        let build_id = build_id(path);
+        let key = ObjectKey {
+            key: build_id
+                .clone()
+                .unwrap_or_else(|| path.display().to_string()),
+            build_id,
         };
         self.keys.insert(path.to_path_buf(), key.clone());
         key
@@ -121,7 +164,8 @@ impl Symbolizer {
         };
         let offset = addr - module.start + module.offset;
         let path = module.open_path.clone();
-        let key = (self.key(&path), offset);
+        let object = self.key(&path);
+        let key = (object.key, offset);
         let resolved = match self.cache.get(&key) {
             Some(resolved) => resolved.clone(),
             None => {
@@ -143,6 +187,14 @@ impl Symbolizer {
             function: resolved.function,
             file: resolved.file,
             line: resolved.line,
+            source_path: resolved.source_path,
+            object: Some(Arc::new(MappedObject {
+                start: module.start,
+                end: module.end,
+                offset: module.offset,
+                path: module.path.clone(),
+                build_id: object.build_id,
+            })),
         }
     }
 }
@@ -151,19 +203,25 @@ fn lookup(inner: &Blazesym, path: &Path, offset: u64) -> Resolved {
     let source = Source::Elf(Elf::new(path));
     match inner.symbolize_single(&source, Input::FileOffset(offset)) {
         Ok(Symbolized::Sym(sym)) => {
-            let (file, line) = match &sym.code_info {
-                Some(info) => (Some(info.file.to_string_lossy().into_owned()), info.line),
-                None => (None, None),
+            let (file, source_path, line) = match &sym.code_info {
+                Some(info) => (
+                    Some(info.file.to_string_lossy().into_owned()),
+                    Some(info.to_path().to_string_lossy().into_owned()),
+                    info.line,
+                ),
+                None => (None, None, None),
             };
             Resolved {
                 function: Some(sym.name.to_string()),
                 file,
+                source_path,
                 line,
             }
         }
         _ => Resolved {
             function: None,
             file: None,
+            source_path: None,
             line: None,
         },
     }
@@ -208,6 +266,24 @@ mod tests {
                 .function
                 .as_deref()
                 .is_some_and(|f| f.contains("symbolizes_this_test_binary")),
+            "{frame:?}"
+        );
+        // The mapping it is in, with this binary's path and build id, and the source path.
+        let object = frame.object.as_deref().expect("a mapped object");
+        assert!(object.start <= addr && addr < object.end, "{object:?}");
+        let exe = std::fs::read_link("/proc/self/exe").expect("own exe");
+        assert_eq!(Path::new(&object.path), exe);
+        let build_id = blazesym::helper::read_elf_build_id(&exe)
+            .expect("readable")
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(object.build_id, build_id);
+        assert_eq!(super::build_id(&exe), build_id);
+        assert_eq!(frame.file.as_deref(), Some("symbols.rs"));
+        assert!(
+            frame
+                .source_path
+                .as_deref()
+                .is_some_and(|p| p.ends_with("attribution/symbols.rs")),
             "{frame:?}"
         );
     }

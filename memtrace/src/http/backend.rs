@@ -15,6 +15,7 @@ use crate::{
         Report, Status, StreamEvent, TraceStarted, TraceStopped,
     },
     events::Kind,
+    reports::HeapProfile,
     snapshot::ProcessSnapshot,
 };
 
@@ -67,6 +68,10 @@ pub trait Backend: Send + Sync + 'static {
     fn flamegraph_svg(&self, pid: Option<u32>) -> Result<String, BackendError>;
     /// Live allocations of a process as a gzipped pprof profile.
     fn pprof(&self, pid: u32) -> Result<Vec<u8>, BackendError>;
+    /// The profile Parca and Pyroscope scrape (`/debug/pprof/heap` or `allocs`) of a process.
+    fn heap_profile(&self, pid: u32, kind: HeapProfile) -> Result<Vec<u8>, BackendError>;
+    /// Traced processes (with consumers) as `(pid, comm)`, for scrape target discovery.
+    fn profiled_processes(&self) -> Vec<(u32, String)>;
     /// The figures behind `/metrics`.
     fn metrics(&self) -> MetricsInput;
     /// A receiver of the live stream. Each WebSocket client gets its own.

@@ -513,6 +513,18 @@ impl Backend for MockBackend {
         Ok(MOCK_PPROF.to_vec())
     }
 
+    fn heap_profile(
+        &self,
+        pid: u32,
+        _kind: crate::reports::HeapProfile,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.pprof(pid)
+    }
+
+    fn profiled_processes(&self) -> Vec<(u32, String)> {
+        vec![(100, "node".into())]
+    }
+
     fn metrics(&self) -> MetricsInput {
         let processes = self
             .snapshot

@@ -47,6 +47,8 @@ pub(super) fn routes(state: AppState) -> Router {
         .route("/api/memory/export", get(export))
         .route("/api/memory/report", get(report))
         .route(auth::WS_PATH, get(ws::upgrade))
+        .route("/debug/pprof/targets", get(pprof_targets))
+        .route("/debug/pprof/{profile}", get(pprof_scrape))
         .route("/api/memory/dashboard", get(assets::index))
         .route("/api/memory/dashboard/", get(assets::index))
         .route("/api/memory/dashboard/{*file}", get(assets::file))
@@ -315,4 +317,56 @@ async fn report(State(state): State<AppState>, query: Params) -> Result<Response
             Ok(response)
         }
     }
+}
+
+/// `GET /debug/pprof/heap?pid=N` and `/debug/pprof/allocs?pid=N`: a traced process's memory in the
+/// form Parca and Pyroscope scrape (Go's `net/http/pprof`).
+async fn pprof_scrape(
+    State(state): State<AppState>,
+    profile: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let Path(name) = profile.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let kind = crate::reports::HeapProfile::from_endpoint(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no profile {name:?}: memtrace serves heap and allocs"
+        ))
+    })?;
+    let params = params(query)?;
+    crate::reports::check_scrape_query(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Some(pid) = pid_param(&params)? else {
+        return Err(ApiError::bad_request(
+            "?pid= is needed: the process whose memory to profile",
+        ));
+    };
+    let profile = blocking(&state, move |b| b.heap_profile(pid, kind)).await??;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::reports::PPROF_CONTENT_TYPE),
+        )],
+        profile,
+    )
+        .into_response())
+}
+
+/// `GET /debug/pprof/targets`: the traced processes as Prometheus HTTP service discovery, with this
+/// agent's address as the scraper reached it.
+async fn pprof_targets(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ApiError::bad_request("a Host header is needed"))?
+        .to_string();
+    let processes = state.backend.profiled_processes();
+    let groups = crate::reports::scrape_targets(
+        &host,
+        processes.iter().map(|(pid, comm)| (*pid, comm.as_str())),
+    );
+    Ok(Json(groups).into_response())
 }

@@ -844,3 +844,47 @@ async fn websocket_client_close_ends_the_stream() {
     stop_tx.send(()).expect("server running");
     server.await.expect("server task").expect("server result");
 }
+
+#[tokio::test]
+async fn pprof_scrape_routes_and_targets() {
+    let (app, _) = app(None, true);
+    let heap = get(&app, "/debug/pprof/heap?pid=100").await;
+    assert_eq!(heap.status, StatusCode::OK);
+    assert_eq!(
+        heap.header(header::CONTENT_TYPE),
+        "application/octet-stream"
+    );
+    assert_eq!(heap.body, MOCK_PPROF);
+    assert_eq!(
+        get(&app, "/debug/pprof/allocs?pid=100&gc=1").await.status,
+        StatusCode::OK
+    );
+    let message = get(&app, "/debug/pprof/heap?pid=100&seconds=30")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST);
+    assert!(message.contains("seconds=30"), "{message}");
+    get(&app, "/debug/pprof/heap?pid=100&debug=1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST);
+    get(&app, "/debug/pprof/heap")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST);
+    get(&app, "/debug/pprof/heap?pid=200")
+        .await
+        .assert_error(StatusCode::NOT_FOUND);
+    get(&app, "/debug/pprof/goroutine?pid=100")
+        .await
+        .assert_error(StatusCode::NOT_FOUND);
+    let targets = call(
+        &app,
+        Method::GET,
+        "/debug/pprof/targets",
+        &[("host", "127.0.0.1:10000")],
+    )
+    .await;
+    assert_eq!(targets.status, StatusCode::OK);
+    let json = targets.json();
+    assert_eq!(json[0]["targets"][0], "127.0.0.1:10000");
+    assert_eq!(json[0]["labels"]["__param_pid"], "100");
+    assert_eq!(json[0]["labels"]["service_name"], "node");
+}
