@@ -19,6 +19,7 @@ pub mod session;
 pub mod snapshot;
 pub mod store;
 pub mod trace;
+pub mod unwind;
 
 /// An error and its sources on one line (`a: b: c`), for logs and messages.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
