@@ -139,20 +139,21 @@ pub const ROW_PLT: u8 = 5;
 
 /// One row of a compact unwind table: from `pc` (an address of the object's ELF virtual address
 /// space) up to the next row's `pc`, how to find the canonical frame address (CFA) and the
-/// caller's rbp. The return address is always at CFA - 8 (x86-64 ABI).
+/// caller's rbp. The return address is always at CFA - 8 (x86-64 ABI). 8 bytes: an array map
+/// rounds values up to 8 bytes anyway.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindRow {
     pub pc: u32,
-    pub cfa_offset: i32,
-    /// Where the caller's rbp was saved, relative to the CFA; 0: rbp is unchanged.
-    pub rbp_offset: i16,
+    pub cfa_offset: i16,
+    /// Where the caller's rbp was saved, relative to the CFA, in units of 8 bytes; 0: rbp is
+    /// unchanged.
+    pub rbp_offset: i8,
     /// `ROW_*`.
     pub kind: u8,
-    pub _pad: u8,
 }
 
-const _: () = assert!(size_of::<UnwindRow>() == 12);
+const _: () = assert!(size_of::<UnwindRow>() == 8);
 
 /// Where one object's rows sit in the row array. `count` 0: not loaded (evicted).
 #[repr(C)]
@@ -221,10 +222,11 @@ pub struct UnwindState {
     pub bp: u64,
     pub hash: u64,
     pub tgid: u32,
+    /// The process's slot in the mapping tables, or `u32::MAX`.
+    pub slot: u32,
     /// The `COUNTER_*` that ended the walk early, or 0.
     pub stop: u32,
     pub depth: u32,
-    pub _pad: u32,
     pub trace: StackTrace,
 }
 

@@ -252,9 +252,14 @@ impl Attributor {
             };
             if let Some(frames) = frames {
                 // The first entry is the instruction pointer inside the allocator (or the syscall
-                // wrapper); the caller read at the stack pointer replaces it.
+                // wrapper); the caller read at the stack pointer replaces it. The unwinder's next
+                // frame is that same caller when the first frame could be unwound: kept once.
                 let skip = usize::from(key.caller != 0);
-                addrs.extend(frames.into_iter().skip(skip).filter(|&a| a != 0));
+                let mut rest = frames.into_iter().skip(skip).filter(|&a| a != 0).peekable();
+                if key.caller != 0 && rest.peek() == Some(&key.caller) {
+                    rest.next();
+                }
+                addrs.extend(rest);
             }
         }
         let depth = self.config.stack_trace_depth.max(1);

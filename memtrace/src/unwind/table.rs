@@ -215,7 +215,7 @@ fn convert<'a, S: UnwindSection<Slice<'a>>>(
     }
     let (kind, cfa_offset) = match row.cfa() {
         CfaRule::RegisterAndOffset { register, offset } => {
-            let Ok(offset) = i32::try_from(*offset) else {
+            let Ok(offset) = i16::try_from(*offset) else {
                 return unsupported;
             };
             match *register {
@@ -230,13 +230,13 @@ fn convert<'a, S: UnwindSection<Slice<'a>>>(
                 .ok()
                 .and_then(|e| e.0.to_slice().ok().and_then(|b| plt_threshold(&b)))
             {
-                Some(threshold) => (ROW_PLT, i32::from(threshold)),
+                Some(threshold) => (ROW_PLT, i16::from(threshold)),
                 None => return unsupported,
             }
         }
     };
     let rbp_offset = match row.register(RBP) {
-        Some(RegisterRule::Offset(offset)) => match i16::try_from(offset) {
+        Some(RegisterRule::Offset(offset)) if offset % 8 == 0 => match i8::try_from(offset / 8) {
             Ok(offset) if offset != 0 => offset,
             _ => return unsupported,
         },
@@ -248,7 +248,6 @@ fn convert<'a, S: UnwindSection<Slice<'a>>>(
         cfa_offset,
         rbp_offset,
         kind,
-        _pad: 0,
     }
 }
 
@@ -378,7 +377,7 @@ mod tests {
         let rbp = if row.rbp_offset == 0 {
             "u".into()
         } else {
-            format!("c{}", row.rbp_offset)
+            format!("c{}", i32::from(row.rbp_offset) * 8)
         };
         (cfa, rbp)
     }
