@@ -370,3 +370,54 @@ fn tables_are_evicted_under_the_cap() {
     assert_eq!(total, 40 * 5000);
     drop(others);
 }
+
+/// `node --perf-basic-prof`: the JavaScript function that grows Buffers is named in the
+/// consumer's stack, from the perf map node writes for its JIT code.
+#[test]
+fn node_jit_frames_are_named() {
+    let node = PathBuf::from("/usr/bin/node");
+    if !node.exists() {
+        assert!(std::env::var("CI").is_err(), "node is needed");
+        eprintln!("!!! SKIPPED: node is not installed !!!");
+        return;
+    }
+    let Some(mut session) = session() else { return };
+    let script = "const kept = [];\n\
+        function growBuffersNamed(n) { for (let i = 0; i < n; i++) kept.push(Buffer.alloc(65536)); }\n\
+        process.stdout.write('ready\\n');\n\
+        process.stdin.once('data', () => {\n\
+          for (let r = 0; r < 20; r++) growBuffersNamed(10);\n\
+          process.stdout.write('done\\n');\n\
+          process.stdin.once('data', () => process.exit(0));\n\
+        });\n";
+    let mut command = Command::new(&node);
+    command.args([
+        "--perf-basic-prof",
+        "--interpreted-frames-native-stack",
+        "-e",
+        script,
+    ]);
+    let mut w = Driven::start(command, "ready");
+    let pid = w.pid();
+    session.trace_pid(pid).expect("attach");
+    w.send("g\n");
+    w.expect("done");
+    let report = report(&mut session, pid, &[]);
+    let named: u64 = report
+        .sites
+        .iter()
+        .filter(|s| names(s).iter().any(|n| n.contains("growBuffersNamed")))
+        .map(|s| s.live_bytes)
+        .sum();
+    assert!(
+        named >= 200 * 65536,
+        "{named} live bytes under growBuffersNamed: {:#?}",
+        report.sites.iter().take(5).map(names).collect::<Vec<_>>()
+    );
+    let top = report
+        .consumers
+        .iter()
+        .find(|c| c.stack_trace.iter().any(|f| f.contains("growBuffersNamed")))
+        .unwrap_or_else(|| panic!("{}", dump(&report)));
+    assert!(top.allocated_memory >= 65536);
+}

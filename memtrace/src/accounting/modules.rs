@@ -35,6 +35,8 @@ pub struct Modules {
     /// Distinct for every reading of a process's maps (0: never read), so that users of the
     /// modules (the unwind tables) see when they changed.
     version: u64,
+    /// The process they belong to (0: unknown).
+    pid: u32,
 }
 
 static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -66,7 +68,13 @@ impl Modules {
         Self {
             modules,
             version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            pid,
         }
+    }
+
+    /// The process these modules were read from (0: unknown).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Changes whenever the modules are read again.
