@@ -139,4 +139,16 @@ fn main() {
             &["workloads/unwind/main.c", "-luwa", "-luwwrap", "-ldl"],
         );
     }
+    // The unwinding benchmark's workload, with and without frame pointers.
+    for (name, fp) in [
+        ("deep_fp", "-fno-omit-frame-pointer"),
+        ("deep_nofp", "-fomit-frame-pointer"),
+    ] {
+        compile(
+            &cc,
+            &["-O2", fp],
+            &out.join(name),
+            &["workloads/unwind/deep.c"],
+        );
+    }
 }

@@ -227,10 +227,29 @@ pub struct UnwindState {
     /// The `COUNTER_*` that ended the walk early, or 0.
     pub stop: u32,
     pub depth: u32,
+    /// `UNWIND_GENERATION` when the walk started.
+    pub generation: u32,
+    pub _pad: u32,
     pub trace: StackTrace,
 }
 
-const _: () = assert!(size_of::<UnwindState>() == 48 + size_of::<StackTrace>());
+const _: () = assert!(size_of::<UnwindState>() == 56 + size_of::<StackTrace>());
+
+/// Slots of the per-CPU cache of rows found (a power of two).
+pub const UNWIND_CACHE_SLOTS: u32 = 4096;
+
+/// A row the unwinder found for `pc` of process `tgid`, valid while the agent's table generation
+/// (bumped at every table or mapping change) is `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindCacheEntry {
+    pub pc: u64,
+    pub tgid: u32,
+    pub generation: u32,
+    pub row: UnwindRow,
+}
+
+const _: () = assert!(size_of::<UnwindCacheEntry>() == 24);
 
 /// Entry arguments of an allocator call, kept until its return probe. Keyed by `pid_tgid`.
 #[repr(C)]
@@ -267,8 +286,8 @@ const _: () = assert!(size_of::<SyscallArgs>() == 40);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Event, InFlight, ProcMappings, StackTrace, SyscallArgs, UnwindMapping, UnwindRow,
-        UnwindState, UnwindTable,
+        Event, InFlight, ProcMappings, StackTrace, SyscallArgs, UnwindCacheEntry, UnwindMapping,
+        UnwindRow, UnwindState, UnwindTable,
     };
 
     // SAFETY: `Event` is `repr(C)`, made only of integers, and has no padding (size asserted).
@@ -289,4 +308,6 @@ mod user {
     unsafe impl aya::Pod for StackTrace {}
     // SAFETY: as above.
     unsafe impl aya::Pod for UnwindState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UnwindCacheEntry {}
 }

@@ -11,8 +11,8 @@ use aya_ebpf::{
     Global,
 };
 use memtrace_common::{
-    Event, InFlight, ProcMappings, StackTrace, SyscallArgs, UnwindRow, UnwindState, UnwindTable,
-    COUNTERS_LEN, UNWIND_MAX_FRAMES,
+    Event, InFlight, ProcMappings, StackTrace, SyscallArgs, UnwindCacheEntry, UnwindRow,
+    UnwindState, UnwindTable, COUNTERS_LEN, UNWIND_CACHE_SLOTS, UNWIND_MAX_FRAMES,
 };
 
 /// The agent's own process id: it is never traced.
@@ -76,6 +76,17 @@ pub static UNWIND_PROCS: Array<ProcMappings> = Array::with_max_entries(256, 0);
 /// A registered process's slot in `UNWIND_PROCS`, by tgid. Removed by the kernel at exit and exec.
 #[map]
 pub static UNWIND_PROC_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+
+/// Rows found recently, per CPU, by program counter and process: stacks repeat, and a hit saves
+/// the two binary searches.
+#[map]
+pub static UNWIND_CACHE: PerCpuArray<UnwindCacheEntry> =
+    PerCpuArray::with_max_entries(UNWIND_CACHE_SLOTS, 0);
+
+/// Bumped by the agent whenever a table or a process's mappings change: cached rows of an older
+/// generation are not used.
+#[map]
+pub static UNWIND_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Scratch state of the unwinder, per CPU.
 #[map]

@@ -24,8 +24,8 @@ use memtrace_common::{
 };
 
 use crate::maps::{
-    bump, CAPTURE_STACKS, STACK_TRACES, UNWIND_DEPTH, UNWIND_PROCS, UNWIND_PROC_SLOTS, UNWIND_ROWS,
-    UNWIND_SCRATCH, UNWIND_TABLES,
+    bump, CAPTURE_STACKS, STACK_TRACES, UNWIND_CACHE, UNWIND_DEPTH, UNWIND_GENERATION,
+    UNWIND_PROCS, UNWIND_PROC_SLOTS, UNWIND_ROWS, UNWIND_SCRATCH, UNWIND_TABLES,
 };
 
 /// `UnwindState::slot` of a process without a mapping table.
@@ -98,6 +98,7 @@ fn unwind(pc: u64, sp: u64, bp: u64) -> i64 {
         (*state).slot = slot;
         (*state).stop = 0;
         (*state).depth = depth;
+        (*state).generation = UNWIND_GENERATION.get(0).copied().unwrap_or(0);
         (*state).trace.len = 0;
         // The callback's context must be on the stack: it finds the scratch slot itself.
         let mut unused = 0u64;
@@ -158,7 +159,7 @@ extern "C" fn step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         let found = if (*state).slot == NO_SLOT {
             Lookup::NoTable
         } else {
-            find((*state).slot, lookup)
+            cached_find(&*state, lookup)
         };
         let sp = (*state).sp;
         let (next_pc, next_sp, next_bp) = match found {
@@ -251,6 +252,37 @@ fn frame_pointer(i: usize, sp: u64, bp: u64) -> Result<Option<(u64, u64, u64)>, 
             bpf_probe_read_user(bp as *const [u64; 2]).map_err(|_| COUNTER_UNWIND_READ_FAILED)?;
         Ok(Some((saved[1], bp + 16, saved[0])))
     }
+}
+
+/// `find` through the per-CPU cache of rows.
+#[inline(always)]
+fn cached_find(state: &UnwindState, pc: u64) -> Lookup {
+    let index = ((pc ^ (pc >> 12) ^ u64::from(state.tgid)) as u32)
+        & (memtrace_common::UNWIND_CACHE_SLOTS - 1);
+    let entry = UNWIND_CACHE.get_ptr_mut(index);
+    if let Some(entry) = entry {
+        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on one CPU here.
+        let hit = unsafe {
+            (*entry).pc == pc
+                && (*entry).tgid == state.tgid
+                && (*entry).generation == state.generation
+        };
+        if hit {
+            // SAFETY: as above.
+            return Lookup::Row(unsafe { (*entry).row });
+        }
+    }
+    let found = find(state.slot, pc);
+    if let (Some(entry), Lookup::Row(row)) = (entry, &found) {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).pc = pc;
+            (*entry).tgid = state.tgid;
+            (*entry).generation = state.generation;
+            (*entry).row = *row;
+        }
+    }
+    found
 }
 
 /// The row for `pc` of the process in `slot`.

@@ -618,6 +618,8 @@ struct RowsMmap {
     ptr: *mut UnwindRow,
     rows: u32,
     len: usize,
+    /// The last `UNWIND_GENERATION` written.
+    generation: u32,
 }
 
 // SAFETY: the mapping is owned by this value alone and only written through `&mut self`.
@@ -657,6 +659,7 @@ impl RowsMmap {
             ptr: ptr.cast(),
             rows,
             len,
+            generation: 0,
         })
     }
 }
@@ -675,6 +678,22 @@ struct KernelUnwindMaps<'a> {
 
 fn unwind_map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> UnwindError {
     move |source| UnwindError::Map { name, source }
+}
+
+impl KernelUnwindMaps<'_> {
+    /// Invalidates the kernel's cache of rows (after a table or a process's mappings changed).
+    fn next_generation(&mut self) -> Result<(), UnwindError> {
+        self.rows.generation = self.rows.generation.wrapping_add(1);
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_GENERATION")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut array =
+            Array::<_, u32>::try_from(map).map_err(unwind_map_error("UNWIND_GENERATION"))?;
+        array
+            .set(0, self.rows.generation, 0)
+            .map_err(unwind_map_error("UNWIND_GENERATION"))
+    }
 }
 
 impl UnwindMaps for KernelUnwindMaps<'_> {
@@ -704,7 +723,8 @@ impl UnwindMaps for KernelUnwindMaps<'_> {
             Array::<_, UnwindTable>::try_from(map).map_err(unwind_map_error("UNWIND_TABLES"))?;
         array
             .set(id, table, 0)
-            .map_err(unwind_map_error("UNWIND_TABLES"))
+            .map_err(unwind_map_error("UNWIND_TABLES"))?;
+        self.next_generation()
     }
 
     fn set_process(
@@ -732,7 +752,8 @@ impl UnwindMaps for KernelUnwindMaps<'_> {
             .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
         slots
             .insert(pid, slot, 0)
-            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))
+            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
+        self.next_generation()
     }
 
     fn remove_process(&mut self, pid: u32) {
