@@ -391,6 +391,8 @@ fn node_jit_frames_are_named() {
           process.stdin.once('data', () => process.exit(0));\n\
         });\n";
     let mut command = Command::new(&node);
+    // node may write its logs in the working directory.
+    command.current_dir(std::env::temp_dir());
     command.args([
         "--perf-basic-prof",
         "--interpreted-frames-native-stack",
