@@ -67,6 +67,26 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// Attribution of a traced (or exited) process now: its consumers, library roll-ups and leak view,
+/// with `config` (a leak age of 0 lists every live allocation in the leak view).
+pub fn attribute(
+    session: &mut Session,
+    pid: u32,
+    config: memtrace::config::TrackingConfig,
+) -> memtrace::attribution::ConsumerReport {
+    session.poll();
+    let state = session
+        .accounting
+        .process(pid)
+        .or_else(|| session.accounting.exited_state(pid))
+        .expect("the process's state");
+    let now_s = memtrace::os::clock::monotonic_seconds();
+    let input =
+        memtrace::attribution::AttributionInput::of(state, now_s.saturating_sub(config.leak_age));
+    let mut stacks = session.probes.stacks().expect("stack map");
+    memtrace::attribution::Attributor::new(config).report(&input, &mut stacks, now_s)
+}
+
 /// Kernel counter by name (see `memtrace::probes::COUNTER_NAMES`).
 pub fn counter(session: &Session, name: &str) -> u64 {
     let index = COUNTER_NAMES

@@ -14,12 +14,13 @@ use std::{
 };
 
 use memtrace::{
-    attribution::{symbols::build_id, AttributionInput, Attributor},
+    attribution::symbols::build_id,
     config::TrackingConfig,
-    os::clock::monotonic_seconds,
     reports::{self, proto, HeapProfile},
 };
-use memtrace_integration::{can_trace, memtrace_binary, peer_program, session, workload, TempDir};
+use memtrace_integration::{
+    attribute, can_trace, memtrace_binary, peer_program, session, workload, TempDir,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -450,13 +451,7 @@ fn scrape_profiles_read_through_gos_fetcher() {
     let pid = w.child.id();
     session.trace_pid(pid).expect("attach");
     w.go();
-    session.poll();
-    let state = session.accounting.process(pid).expect("state").clone();
-    let mut stacks = session.probes.stacks().expect("stack map");
-    let now_s = monotonic_seconds();
-    let config = TrackingConfig::default();
-    let input = AttributionInput::of(&state, now_s.saturating_sub(config.leak_age));
-    let report = Attributor::new(config).report(&input, &mut stacks, now_s);
+    let report = attribute(&mut session, pid, TrackingConfig::default());
     let now = 1_700_000_000_000_000_000;
     let heap = reports::pprof_for_scrape(&report, HeapProfile::Heap, now).expect("heap");
     let allocs = reports::pprof_for_scrape(&report, HeapProfile::Allocs, now).expect("allocs");

@@ -17,7 +17,10 @@ use memtrace_common::{
     KIND_PVALLOC, KIND_REALLOC, KIND_VALLOC,
 };
 
-use crate::maps::{bump, current, emit, event, now, stack_id, INFLIGHT};
+use crate::{
+    maps::{bump, current, emit, event, now, INFLIGHT},
+    unwind,
+};
 
 /// An in-flight entry older than this belongs to a thread that died inside the allocator; its id
 /// has been reused, so the entry is replaced rather than treated as an outer call.
@@ -67,7 +70,7 @@ fn enter(ctx: &ProbeContext, kind: u32, size: u64, old_addr: u64, old_size: u64)
         old_addr,
         old_size,
         caller: caller(ctx),
-        stack_id: stack_id(ctx),
+        stack_id: unwind::from_uprobe(ctx.regs),
         ts_ns: now(),
     };
     if INFLIGHT.insert(id, state, 0).is_err() {

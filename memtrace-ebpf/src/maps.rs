@@ -7,10 +7,13 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use memtrace_common::{Event, InFlight, SyscallArgs, COUNTERS_LEN};
+use memtrace_common::{
+    Event, InFlight, ProcMappings, StackTrace, SyscallArgs, UnwindCacheEntry, UnwindRow,
+    UnwindState, UnwindTable, COUNTERS_LEN, UNWIND_CACHE_SLOTS, UNWIND_MAX_FRAMES,
+};
 
 /// The agent's own process id: it is never traced.
 #[unsafe(no_mangle)]
@@ -47,9 +50,47 @@ pub static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries
 #[map]
 pub static STACK_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Deduplicated user stacks; events carry their ids.
+/// Frames the unwinder records at most (at most `UNWIND_MAX_FRAMES`).
+#[unsafe(no_mangle)]
+pub static UNWIND_DEPTH: Global<u32> = Global::new(UNWIND_MAX_FRAMES as u32);
+
+/// Deduplicated user stacks by hash; events carry the hash as their stack id. Sized by the agent.
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+pub static STACK_TRACES: HashMap<u64, StackTrace> = HashMap::with_max_entries(16384, 0);
+
+/// Every loaded object's unwind rows, each object's rows contiguous and sorted. Sized by the
+/// agent from its table memory cap; the agent places and evicts tables, writing rows through a
+/// shared mapping of the array (`BPF_F_MMAPABLE`).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> =
+    Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Where each table id's rows are in `UNWIND_ROWS` (count 0: not loaded).
+#[map]
+pub static UNWIND_TABLES: Array<UnwindTable> = Array::with_max_entries(4096, 0);
+
+/// Executable mappings of registered processes, one slot each.
+#[map]
+pub static UNWIND_PROCS: Array<ProcMappings> = Array::with_max_entries(256, 0);
+
+/// A registered process's slot in `UNWIND_PROCS`, by tgid. Removed by the kernel at exit and exec.
+#[map]
+pub static UNWIND_PROC_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+
+/// Rows found recently, per CPU, by program counter and process: stacks repeat, and a hit saves
+/// the two binary searches.
+#[map]
+pub static UNWIND_CACHE: PerCpuArray<UnwindCacheEntry> =
+    PerCpuArray::with_max_entries(UNWIND_CACHE_SLOTS, 0);
+
+/// Bumped by the agent whenever a table or a process's mappings change: cached rows of an older
+/// generation are not used.
+#[map]
+pub static UNWIND_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Scratch state of the unwinder, per CPU.
+#[map]
+pub static UNWIND_SCRATCH: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {
@@ -107,21 +148,6 @@ pub fn emit(event: &Event) {
             bump(memtrace_common::COUNTER_EVENTS);
         }
         None => bump(memtrace_common::COUNTER_RINGBUF_DROPS),
-    }
-}
-
-/// The id of the current user stack in `STACKS`, or `NO_STACK` when capture is off or failed.
-#[inline(always)]
-pub fn stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i64 {
-    if CAPTURE_STACKS.load() == 0 {
-        return memtrace_common::NO_STACK;
-    }
-    match ctx.get_stackid(&STACKS, u64::from(aya_ebpf::bindings::BPF_F_USER_STACK)) {
-        Ok(id) => id,
-        Err(_) => {
-            bump(memtrace_common::COUNTER_STACK_FAILURES);
-            memtrace_common::NO_STACK
-        }
     }
 }
 

@@ -185,6 +185,14 @@ pub struct ProbesConfig {
     /// Bytes waiting in the ring buffer before the reader is woken (it also drains every 20 ms).
     #[serde(skip)]
     pub wakeup_bytes: u64,
+    /// Memory of the unwind tables (CFI turned into rows the kernel walks), MiB; allocated by the
+    /// kernel at load, evicted least recently used first.
+    #[serde(rename = "unwindTableMB")]
+    pub unwind_table_mb: u32,
+    /// Frames the kernel unwinds per stack (at most 64).
+    pub unwind_depth: u32,
+    /// Processes with unwind tables at once.
+    pub unwind_processes: u32,
 }
 
 impl Default for ProbesConfig {
@@ -195,6 +203,9 @@ impl Default for ProbesConfig {
             stack_entries: 8192,
             capture_stacks: true,
             wakeup_bytes: 256 << 10,
+            unwind_table_mb: 64,
+            unwind_depth: memtrace_common::UNWIND_MAX_FRAMES as u32,
+            unwind_processes: 256,
         }
     }
 }
@@ -640,6 +651,20 @@ impl Config {
         )?;
         at_least("probes.stackEntries", u64::from(pr.stack_entries), 1)?;
         at_most("probes.stackEntries", u64::from(pr.stack_entries), 1 << 20)?;
+        at_least("probes.unwindTableMB", u64::from(pr.unwind_table_mb), 1)?;
+        at_most("probes.unwindTableMB", u64::from(pr.unwind_table_mb), 4096)?;
+        at_least("probes.unwindDepth", u64::from(pr.unwind_depth), 1)?;
+        at_most(
+            "probes.unwindDepth",
+            u64::from(pr.unwind_depth),
+            u64::from(memtrace_common::UNWIND_MAX_FRAMES as u32),
+        )?;
+        at_least("probes.unwindProcesses", u64::from(pr.unwind_processes), 1)?;
+        at_most(
+            "probes.unwindProcesses",
+            u64::from(pr.unwind_processes),
+            65_536,
+        )?;
 
         let d = &self.drilldown;
         at_least("drilldown.window", d.window, 1)?;

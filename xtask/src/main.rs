@@ -5,6 +5,7 @@
 //! a cache that later runs reuse while its version matches.
 
 mod bench;
+mod bench_unwind;
 
 use std::{
     env,
@@ -91,7 +92,8 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test(&root, &args),
         Task::Bench { json, quick } => {
             let binary = build(&root, true)?;
-            bench::run(&root, &binary, json.as_deref(), quick)
+            bench::run(&root, &binary, json.as_deref(), quick)?;
+            bench_unwind::run(&root)
         }
         Task::Lint => lint(&root),
     }

@@ -11,16 +11,20 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeLinkId, UProbeScope},
         ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use memtrace_common::COUNTERS_LEN;
+use memtrace_common::{ProcMappings, StackTrace, UnwindRow, UnwindTable, COUNTERS_LEN};
 
-use crate::os::procfs;
+use crate::{
+    accounting::modules::Modules,
+    os::procfs,
+    unwind::{Registration, TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats},
+};
 
 mod target;
 
@@ -120,6 +124,8 @@ pub enum ProbeError {
     SelfTrace(u32),
     #[error("enabling BPF run-time statistics")]
     Stats(#[source] io::Error),
+    #[error("mapping the unwind row array into memory")]
+    MapRows(#[source] io::Error),
     #[error("reading map {name}")]
     Map {
         name: &'static str,
@@ -202,6 +208,8 @@ pub struct Probes {
     links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
     /// Keeps the kernel's BPF statistics on while held (closing it turns them off).
     stats: Option<std::os::fd::OwnedFd>,
+    unwind: TableManager,
+    rows: RowsMmap,
 }
 
 /// What attaching the malloc family did.
@@ -220,9 +228,20 @@ impl Probes {
         raise_memlock();
         let self_tgid = std::process::id();
         let capture = u32::from(options.capture_stacks);
+        let depth = options
+            .unwind_depth
+            .clamp(1, memtrace_common::UNWIND_MAX_FRAMES as u32);
+        let limits = UnwindLimits {
+            rows: ((u64::from(options.unwind_table_mb) << 20)
+                / std::mem::size_of::<UnwindRow>() as u64)
+                .clamp(1, u64::from(u32::MAX)) as u32,
+            tables: 4096,
+            processes: options.unwind_processes.max(1),
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("CAPTURE_STACKS", &capture, true)
+            .override_global("UNWIND_DEPTH", &depth, true)
             .override_global(
                 "WAKEUP_BYTES",
                 &options
@@ -232,7 +251,11 @@ impl Probes {
             )
             .map_max_entries("EVENTS", options.ring_buffer_bytes())
             .map_max_entries("INFLIGHT", options.inflight_entries)
-            .map_max_entries("STACKS", options.stack_entries)
+            .map_max_entries("STACK_TRACES", options.stack_entries)
+            .map_max_entries("UNWIND_ROWS", limits.rows)
+            .map_max_entries("UNWIND_TABLES", limits.tables)
+            .map_max_entries("UNWIND_PROCS", limits.processes)
+            .map_max_entries("UNWIND_PROC_SLOTS", limits.processes)
             .load(crate::EBPF)
             .map_err(|err| {
                 if is_permission(&err) {
@@ -258,11 +281,14 @@ impl Probes {
             load_uprobe(&mut ebpf, name)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
+        let rows = RowsMmap::new(&ebpf, limits.rows)?;
         Ok(Self {
             ebpf,
             _tracefs: tracefs,
             links: HashMap::new(),
             stats: None,
+            unwind: TableManager::new(limits),
+            rows,
         })
     }
 
@@ -364,6 +390,9 @@ impl Probes {
     /// anything was attached.
     pub fn detach_allocator(&mut self, pid: Option<u32>) -> bool {
         self.set_stack_pid(pid, false);
+        if let Some(pid) = pid {
+            self.unwind().unregister(pid);
+        }
         let Some(links) = self.links.remove(&pid) else {
             return false;
         };
@@ -412,20 +441,35 @@ impl Probes {
     /// The stack map, to resolve the stack ids that events carry (a handle of its own, so that
     /// another thread can symbolize while this one collects).
     pub fn stacks(&self) -> Result<KernelStacks, ProbeError> {
-        let map = StackTraceMap::try_from(Map::StackTraceMap(self.shared_map("STACKS")?)).map_err(
-            |source| ProbeError::Map {
-                name: "STACKS",
+        let map = aya::maps::HashMap::try_from(Map::HashMap(self.shared_map("STACK_TRACES")?))
+            .map_err(|source| ProbeError::Map {
+                name: "STACK_TRACES",
                 source,
-            },
-        )?;
+            })?;
         Ok(KernelStacks(map))
+    }
+
+    /// The unwind tables: register a process when it is attached and when it maps new code.
+    pub fn unwind(&mut self) -> Unwind<'_> {
+        Unwind {
+            maps: KernelUnwindMaps {
+                ebpf: &mut self.ebpf,
+                rows: &mut self.rows,
+            },
+            manager: &mut self.unwind,
+        }
+    }
+
+    /// Figures of the unwind tables (for the agent's memory figures and metrics).
+    pub fn unwind_stats(&self) -> UnwindStats {
+        self.unwind.stats()
     }
 
     /// A second handle on one of the object's maps: the same kernel map, its own descriptor.
     fn shared_map(&self, name: &'static str) -> Result<MapData, ProbeError> {
         let map = self.ebpf.map(name).ok_or(ProbeError::Missing(name))?;
         let data = match map {
-            Map::PerCpuArray(data) | Map::StackTraceMap(data) => data,
+            Map::PerCpuArray(data) | Map::HashMap(data) => data,
             _ => return Err(ProbeError::Missing(name)),
         };
         let fd = data
@@ -569,23 +613,220 @@ fn is_permission(err: &EbpfError) -> bool {
         || text.contains("Operation not permitted")
 }
 
-/// Human names of the kernel counters, for reports and metrics.
-pub const COUNTER_NAMES: [&str; 6] = [
+/// Human names of the kernel counters, for reports and metrics, indexed by
+/// `memtrace_common::COUNTER_*` (the last two slots are unused).
+pub const COUNTER_NAMES: [&str; 14] = [
     "ring_buffer_full",
     "inflight_map_full",
     "return_without_entry",
     "events",
     "nested_allocator_calls",
     "stack_failures",
+    "unwind_truncated",
+    "unwind_read_failed",
+    "unwind_frame_pointer_frames",
+    "unwind_no_cfi_row",
+    "unwind_unsupported_rule",
+    "unwind_table_evicted",
+    "unwind_process_without_tables",
+    "unwind_bad_frame",
 ];
 
-/// The kernel's stack map as a source of stacks for attribution.
-pub struct KernelStacks(StackTraceMap<MapData>);
+const _: () = assert!(COUNTER_NAMES.len() as u32 == memtrace_common::COUNTER_UNWIND_BAD_FRAME + 1);
+const _: () = assert!(COUNTER_NAMES.len() as u32 <= COUNTERS_LEN);
+
+/// The kernel's stack map (stacks by hash, unwound in the kernel) as a source of stacks for
+/// attribution; a handle of its own, readable from another thread.
+pub struct KernelStacks(aya::maps::HashMap<MapData, u64, StackTrace>);
 
 impl crate::attribution::StackSource for KernelStacks {
     fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
-        let id = u32::try_from(stack_id).ok()?;
+        let id = u64::try_from(stack_id).ok()?;
         let stack = self.0.get(&id, 0).ok()?;
-        Some(stack.frames().iter().map(|frame| frame.ip).collect())
+        let len = (stack.len as usize).min(stack.pcs.len());
+        Some(stack.pcs[..len].to_vec())
+    }
+}
+
+/// The unwind tables of the loaded object, borrowed from the probes.
+pub struct Unwind<'a> {
+    maps: KernelUnwindMaps<'a>,
+    manager: &'a mut TableManager,
+}
+
+impl Unwind<'_> {
+    /// Loads the tables of the code `pid` maps (building those not loaded yet) and its mapping
+    /// table. Call when the process is attached and when it maps new code (`modules` refreshed).
+    pub fn register(&mut self, pid: u32, modules: &Modules) -> Result<Registration, UnwindError> {
+        self.manager.register(&mut self.maps, pid, modules)
+    }
+
+    pub fn unregister(&mut self, pid: u32) {
+        self.manager.unregister(&mut self.maps, pid);
+    }
+
+    pub fn stats(&self) -> UnwindStats {
+        self.manager.stats()
+    }
+}
+
+/// The row array of the loaded object, mapped into this process (`BPF_F_MMAPABLE`): rows are
+/// written with plain stores instead of a syscall per row.
+struct RowsMmap {
+    ptr: *mut UnwindRow,
+    rows: u32,
+    len: usize,
+    /// The last `UNWIND_GENERATION` written.
+    generation: u32,
+}
+
+// SAFETY: the mapping is owned by this value alone and only written through `&mut self`.
+unsafe impl Send for RowsMmap {}
+// SAFETY: as above; shared references only read the pointer value.
+unsafe impl Sync for RowsMmap {}
+
+impl RowsMmap {
+    fn new(ebpf: &Ebpf, rows: u32) -> Result<Self, ProbeError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let map = ebpf
+            .map("UNWIND_ROWS")
+            .ok_or(ProbeError::Missing("UNWIND_ROWS"))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(ProbeError::Missing("UNWIND_ROWS"));
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (rows as usize * std::mem::size_of::<UnwindRow>()).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd, of the map's size rounded to pages (the
+        // kernel's array value area); checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ProbeError::MapRows(io::Error::last_os_error()));
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            rows,
+            len,
+            generation: 0,
+        })
+    }
+}
+
+impl Drop for RowsMmap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+struct KernelUnwindMaps<'a> {
+    ebpf: &'a mut Ebpf,
+    rows: &'a mut RowsMmap,
+}
+
+fn unwind_map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> UnwindError {
+    move |source| UnwindError::Map { name, source }
+}
+
+impl KernelUnwindMaps<'_> {
+    /// Invalidates the kernel's cache of rows (after a table or a process's mappings changed).
+    fn next_generation(&mut self) -> Result<(), UnwindError> {
+        self.rows.generation = self.rows.generation.wrapping_add(1);
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_GENERATION")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut array =
+            Array::<_, u32>::try_from(map).map_err(unwind_map_error("UNWIND_GENERATION"))?;
+        array
+            .set(0, self.rows.generation, 0)
+            .map_err(unwind_map_error("UNWIND_GENERATION"))
+    }
+}
+
+impl UnwindMaps for KernelUnwindMaps<'_> {
+    fn write_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), UnwindError> {
+        let end = first as usize + rows.len();
+        if end > self.rows.rows as usize {
+            return Err(UnwindError::NotMapped);
+        }
+        // SAFETY: `first..end` lies inside the mapped array (checked above); the mapping is
+        // writable and `UnwindRow` is plain data with the array's 8-byte element size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rows.as_ptr(),
+                self.rows.ptr.add(first as usize),
+                rows.len(),
+            )
+        };
+        Ok(())
+    }
+
+    fn set_table(&mut self, id: u32, table: UnwindTable) -> Result<(), UnwindError> {
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_TABLES")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut array =
+            Array::<_, UnwindTable>::try_from(map).map_err(unwind_map_error("UNWIND_TABLES"))?;
+        array
+            .set(id, table, 0)
+            .map_err(unwind_map_error("UNWIND_TABLES"))?;
+        self.next_generation()
+    }
+
+    fn set_process(
+        &mut self,
+        pid: u32,
+        slot: u32,
+        mappings: &ProcMappings,
+    ) -> Result<(), UnwindError> {
+        {
+            let map = self
+                .ebpf
+                .map_mut("UNWIND_PROCS")
+                .ok_or(UnwindError::NotMapped)?;
+            let mut array = Array::<_, ProcMappings>::try_from(map)
+                .map_err(unwind_map_error("UNWIND_PROCS"))?;
+            array
+                .set(slot, mappings, 0)
+                .map_err(unwind_map_error("UNWIND_PROCS"))?;
+        }
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_PROC_SLOTS")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut slots = aya::maps::HashMap::<_, u32, u32>::try_from(map)
+            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
+        slots
+            .insert(pid, slot, 0)
+            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
+        self.next_generation()
+    }
+
+    fn remove_process(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut("UNWIND_PROC_SLOTS") {
+            if let Ok(mut slots) = aya::maps::HashMap::<_, u32, u32>::try_from(map) {
+                // Absent already (the kernel drops it at exit and exec) is fine.
+                let _ = slots.remove(&pid);
+            }
+        }
+    }
+
+    fn has_process(&self, pid: u32) -> bool {
+        self.ebpf
+            .map("UNWIND_PROC_SLOTS")
+            .and_then(|map| aya::maps::HashMap::<_, u32, u32>::try_from(map).ok())
+            .is_some_and(|slots| slots.get(&pid, 0).is_ok())
     }
 }
