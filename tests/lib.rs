@@ -618,6 +618,24 @@ impl Agent {
         reply.json()
     }
 
+    /// `GET /api/memory/processes/{pid}`, or `None` while the agent does not know the process yet
+    /// (its figures are those of the latest snapshot: a process started since is not in it).
+    pub fn process_json(&self, pid: u32) -> Option<serde_json::Value> {
+        let path = format!("/api/memory/processes/{pid}");
+        let reply = self.request("GET", &path, self.token.as_deref());
+        if reply.status == 404 {
+            return None;
+        }
+        assert_eq!(
+            reply.status,
+            200,
+            "GET {path}: {}\n{}",
+            reply.text(),
+            self.stderr_tail(30)
+        );
+        Some(reply.json())
+    }
+
     /// Stops the agent with SIGINT and checks that it exits with 0 within 30 s.
     ///
     /// The agent loses a SIGINT that arrives while its main loop is busy with a snapshot or an

@@ -338,7 +338,8 @@ pub fn heap_profile(report: &ConsumerReport, options: &PprofOptions) -> proto::P
     };
     let mut locations: Vec<proto::Location> = Vec::new();
     let mut location_ids: HashMap<(Option<MappingKey>, u64, String), u64> = HashMap::new();
-    let mut samples = Vec::new();
+    let mut samples: Vec<proto::Sample> = Vec::new();
+    let mut sample_index: HashMap<(Vec<u64>, i64), usize> = HashMap::new();
     for (site, frames) in profile_sites(report) {
         let mut ids = Vec::with_capacity(frames.len().max(1));
         for frame in frames {
@@ -405,20 +406,35 @@ pub fn heap_profile(report: &ConsumerReport, options: &PprofOptions) -> proto::P
             };
             ids.push(id);
         }
-        samples.push(proto::Sample {
-            location_id: ids,
-            value: vec![
-                saturating_i64(site.total_calls),
-                saturating_i64(site.total_bytes),
-                saturating_i64(site.live_count),
-                saturating_i64(site.live_bytes),
-            ],
-            label: vec![proto::Label {
-                key: kind_key,
-                str: strings.get(kind_name(site.kind)),
-                ..Default::default()
-            }],
-        });
+        // Call sites whose stacks are the same from the attributed frame on (e.g. a stack
+        // unwound before and after the process's unwind tables were loaded) are one sample.
+        let kind = strings.get(kind_name(site.kind));
+        let values = [
+            saturating_i64(site.total_calls),
+            saturating_i64(site.total_bytes),
+            saturating_i64(site.live_count),
+            saturating_i64(site.live_bytes),
+        ];
+        match sample_index.get(&(ids.clone(), kind)) {
+            Some(&index) => {
+                let sample: &mut proto::Sample = &mut samples[index];
+                for (total, value) in sample.value.iter_mut().zip(values) {
+                    *total = total.saturating_add(value);
+                }
+            }
+            None => {
+                sample_index.insert((ids.clone(), kind), samples.len());
+                samples.push(proto::Sample {
+                    location_id: ids,
+                    value: values.to_vec(),
+                    label: vec![proto::Label {
+                        key: kind_key,
+                        str: kind,
+                        ..Default::default()
+                    }],
+                });
+            }
+        }
     }
 
     // Largest live memory first (then most allocated): `-traces` and raw readers list samples in
