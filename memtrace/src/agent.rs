@@ -195,6 +195,7 @@ impl Agent {
         };
         let mut engine = AlertEngine::new(&config.thresholds, &config.alerting);
         let mut history = VecDeque::new();
+        let mut gone = Vec::new();
         if let Some(store) = &store {
             match store.load_alerts() {
                 Ok(alerts) => {
@@ -202,6 +203,24 @@ impl Agent {
                     engine.restore(alerts);
                     if active > 0 {
                         log::info!("restored {active} active alerts");
+                    }
+                    // Processes that exited while the agent was not running (or whose PID another
+                    // process now has): their alerts are resolved now.
+                    gone = engine.resolve_gone(
+                        |a| {
+                            crate::os::procfs::process_alive_since(
+                                a.context.pid,
+                                &a.context.comm,
+                                a.timestamp,
+                            )
+                        },
+                        now_ms(),
+                    );
+                    if !gone.is_empty() {
+                        log::info!(
+                            "resolved {} restored alerts: their process is gone",
+                            gone.len()
+                        );
                     }
                 }
                 Err(err) => log::warn!("restoring alerts: {}", chain(&err)),
@@ -217,6 +236,7 @@ impl Agent {
                 .clone()
                 .map(|s| s as Arc<dyn crate::alerts::AlertSink>),
         )?;
+        dispatcher.send_all(&gone);
         let attribution = AttributionConfig {
             max_consumers: config.tracking.max_consumers as usize,
             stack_trace_depth: config.tracking.stack_trace_depth as usize,
