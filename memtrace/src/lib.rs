@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod attribution;
 pub mod config;
 pub mod events;
+pub mod fuzzing;
 pub mod http;
 pub mod os;
 pub mod probes;

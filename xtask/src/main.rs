@@ -5,6 +5,7 @@
 //! a cache that later runs reuse while its version matches.
 
 mod bench;
+mod fuzz;
 
 use std::{
     env,
@@ -60,6 +61,14 @@ enum Task {
     },
     /// clippy on the agent and, separately, on the eBPF crate; rustfmt check.
     Lint,
+    /// Run each cargo-fuzz target (fuzz/) for a bounded time; a crash fails the task.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +103,9 @@ fn main() -> anyhow::Result<()> {
             bench::run(&root, &binary, json.as_deref(), quick)
         }
         Task::Lint => lint(&root),
+        Task::Fuzz { seconds, targets } => {
+            fuzz::run_targets(&root, &bootstrap()?, seconds, &targets)
+        }
     }
 }
 

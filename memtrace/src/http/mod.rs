@@ -39,6 +39,7 @@ pub use self::{
         ProcessMetrics, StreamEvent, DEFAULT_METRICS_TOP_K,
     },
     metrics::{render as render_metrics, MetricsError},
+    routes::{check_query, QueryParams},
 };
 
 /// How the router guards its routes.
