@@ -105,7 +105,9 @@ pub fn run_targets(
             .env("PATH", path_with(linker_dir)?)
             .env_remove("CARGO")
             .env_remove("RUSTC");
-        if let Err(err) = run(&mut cmd) {
+        let result = run(&mut cmd);
+        remove_scratch_dirs();
+        if let Err(err) = result {
             eprintln!("xtask: fuzz target {target} failed: {err:#}");
             failed.push(target);
         }
@@ -119,4 +121,23 @@ pub fn run_targets(
     }
     println!("fuzz: every target ran {seconds} s without a crash");
     Ok(())
+}
+
+/// Removes the data directories `store_lines` leaves (`memtrace-fuzz-store-<pid>` in /dev/shm or the
+/// temporary directory): libFuzzer ends the process without running destructors.
+fn remove_scratch_dirs() {
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("memtrace-fuzz-store-")
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
