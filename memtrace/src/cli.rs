@@ -114,6 +114,24 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     Ok(mib)
 }
 
+/// Longest `--duration`: a year (beyond it the monotonic clock's deadline could overflow).
+const MAX_DURATION_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--duration`: a finite number of seconds, from 0 to a year (so `Duration::from_secs_f64` and
+/// the deadline computed from it cannot fail).
+fn parse_duration_seconds(s: &str) -> Result<f64, String> {
+    let seconds: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !seconds.is_finite() || !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "the duration must be a number of seconds from 0 to {MAX_DURATION_SECONDS} (a year)"
+        ));
+    }
+    Ok(seconds)
+}
+
 /// `memtrace agent`. Every setting here also exists in the configuration file (named in each
 /// help line); a flag overrides the file.
 #[derive(Debug, Args)]
@@ -177,7 +195,7 @@ pub struct TraceCli {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Stop after this many seconds (default: when the process exits, or on Ctrl-C).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_duration_seconds)]
     pub duration: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
@@ -203,4 +221,24 @@ pub struct TraceCli {
     /// Command to start and trace from its first instruction (after --).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards issue 11 item 3: `--duration` values that `Duration::from_secs_f64` would panic on are
+    /// refused by the parser.
+    #[test]
+    fn duration_must_be_finite_and_in_range() {
+        for bad in [
+            "-1", "nan", "NaN", "inf", "-inf", "1e300", "31536001", "x", "",
+        ] {
+            assert!(parse_duration_seconds(bad).is_err(), "{bad}");
+        }
+        for (good, seconds) in [("0", 0.0), ("2.5", 2.5), ("31536000", MAX_DURATION_SECONDS)] {
+            assert_eq!(parse_duration_seconds(good), Ok(seconds));
+            assert!(std::time::Duration::try_from_secs_f64(seconds).is_ok());
+        }
+    }
 }

@@ -37,6 +37,7 @@ pub mod api;
 
 pub mod agent;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod reports;
 pub mod session;

@@ -109,10 +109,11 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     );
     catch_interrupts();
     if let Some(child) = child.as_mut() {
-        child.release();
+        child.release()?;
     }
     let started = Instant::now();
-    let deadline = args.duration.map(|d| started + d);
+    // A duration too long for the clock is no deadline.
+    let deadline = args.duration.and_then(|d| started.checked_add(d));
     let mut exit_code = None;
     let mut last = session.accounting.snapshot(pid);
     let mut last_refresh = Instant::now();

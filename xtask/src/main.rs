@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_unwind;
+mod fuzz;
 
 use std::{
     env,
@@ -61,6 +62,14 @@ enum Task {
     },
     /// clippy on the agent and, separately, on the eBPF crate; rustfmt check.
     Lint,
+    /// Run each cargo-fuzz target (fuzz/) for a bounded time; a crash fails the task.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,6 +105,9 @@ fn main() -> anyhow::Result<()> {
             bench_unwind::run(&root)
         }
         Task::Lint => lint(&root),
+        Task::Fuzz { seconds, targets } => {
+            fuzz::run_targets(&root, &bootstrap()?, seconds, &targets)
+        }
     }
 }
 

@@ -40,6 +40,7 @@ pub use self::{
         ProcessMetrics, DEFAULT_METRICS_TOP_K,
     },
     metrics::{render as render_metrics, MetricsError},
+    routes::{check_query, QueryParams},
 };
 pub use crate::api::StreamEvent;
 

@@ -137,52 +137,39 @@ pub enum ProbeError {
 /// Sizes and switches fixed at load time: the `[probes]` section of the configuration.
 pub type ProbeOptions = crate::config::ProbesConfig;
 
-/// Unmounts tracefs on drop when memtrace mounted it.
-struct TracefsMount {
-    mounted_here: bool,
-}
-
-impl TracefsMount {
-    fn ensure() -> Result<Self, ProbeError> {
-        let path = Path::new(TRACEFS);
-        let populated = path
-            .read_dir()
-            .map(|mut entries| entries.next().is_some())
-            .unwrap_or(false);
-        if populated {
-            return Ok(Self {
-                mounted_here: false,
-            });
-        }
-        let target = CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
-        let fstype = c"tracefs";
-        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
-        let ret = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if ret != 0 {
-            return Err(ProbeError::Tracefs(io::Error::last_os_error()));
-        }
-        log::info!("tracefs was not mounted: mounted it at {TRACEFS} (it is unmounted on exit)");
-        Ok(Self { mounted_here: true })
+/// Mounts tracefs at [`TRACEFS`] when it is not there. A mount made here is left in place when
+/// memtrace exits: tracefs is shared by every tracer of the host (another agent, bpftrace, perf), and
+/// nothing tells whether one of them started using it meanwhile, so unmounting it could pull it from
+/// under them.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let path = Path::new(TRACEFS);
+    let populated = path
+        .read_dir()
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if populated {
+        return Ok(());
     }
-}
-
-impl Drop for TracefsMount {
-    fn drop(&mut self) {
-        if self.mounted_here {
-            if let Ok(target) = CString::new(TRACEFS) {
-                // SAFETY: valid NUL-terminated path. MNT_DETACH: users of the mount keep it until done.
-                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+    let target = CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
+    let ret = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(ProbeError::Tracefs(io::Error::last_os_error()));
     }
+    log::info!(
+        "tracefs was not mounted: mounted it at {TRACEFS}; it stays mounted when memtrace exits \
+         (other tracers may use it)"
+    );
+    Ok(())
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that charge BPF maps to it (< 5.11). Newer kernels charge
@@ -204,7 +191,6 @@ fn raise_memlock() {
 /// The loaded object with its tracepoints attached, and the uprobe links per traced process.
 pub struct Probes {
     ebpf: Ebpf,
-    _tracefs: TracefsMount,
     links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
     /// Keeps the kernel's BPF statistics on while held (closing it turns them off).
     stats: Option<std::os::fd::OwnedFd>,
@@ -224,7 +210,7 @@ impl Probes {
     /// Loads the object with the given options, never tracing this process, and attaches the
     /// host-wide tracepoints.
     pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
-        let tracefs = TracefsMount::ensure()?;
+        ensure_tracefs()?;
         raise_memlock();
         let self_tgid = std::process::id();
         let capture = u32::from(options.capture_stacks);
@@ -284,7 +270,6 @@ impl Probes {
         let rows = RowsMmap::new(&ebpf, limits.rows)?;
         Ok(Self {
             ebpf,
-            _tracefs: tracefs,
             links: HashMap::new(),
             stats: None,
             unwind: TableManager::new(limits),
