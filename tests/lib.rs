@@ -410,6 +410,8 @@ pub struct AgentSpec {
     pub listen_ip: Option<String>,
     /// More arguments.
     pub args: Vec<String>,
+    /// Environment variables of the agent (`MEMTRACE_TOKEN` is removed unless set here).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -419,6 +421,7 @@ impl AgentSpec {
             token: None,
             data_dir: data_dir.to_path_buf(),
             listen_ip: None,
+            env: Vec::new(),
             args: Vec::new(),
         }
     }
@@ -484,6 +487,7 @@ impl Agent {
             .arg(&spec.data_dir)
             .args(&spec.args)
             .env_remove("MEMTRACE_TOKEN")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -160,8 +160,10 @@ pub struct AgentArgs {
     /// Alert webhook URL (alerting.webhookUrl).
     #[arg(long)]
     pub webhook_url: Option<String>,
-    /// API token (monitor.token; also MEMTRACE_TOKEN or monitor.tokenFile).
-    #[arg(long, env = "MEMTRACE_TOKEN", hide_env_values = true)]
+    /// API token. Visible to every user in /proc/PID/cmdline: prefer the MEMTRACE_TOKEN
+    /// environment variable or monitor.tokenFile. Order: this flag, MEMTRACE_TOKEN, monitor.token,
+    /// monitor.tokenFile; a blank value counts as unset.
+    #[arg(long)]
     pub token: Option<String>,
     /// Do not write the data directory (agent.persist = false).
     #[arg(long)]

@@ -475,7 +475,6 @@ pub struct ConfigOverrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub webhook_url: Option<String>,
-    pub token: Option<String>,
     /// Added to `agent.pids`.
     pub pids: Vec<u32>,
     pub malloc_all: Option<bool>,
@@ -546,9 +545,6 @@ impl Config {
         }
         if let Some(v) = &overrides.webhook_url {
             next.alerting.webhook_url = Some(v.clone());
-        }
-        if let Some(v) = &overrides.token {
-            next.monitor.token = Some(v.clone());
         }
         for &pid in &overrides.pids {
             if !next.agent.pids.contains(&pid) {
@@ -800,19 +796,30 @@ impl Config {
         }
     }
 
-    /// The API token: `monitor.token`, else the `MEMTRACE_TOKEN` environment variable, else the
-    /// trimmed contents of `monitor.tokenFile`, else none.
-    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
-        self.resolve_token_with(std::env::var(TOKEN_ENV).ok())
+    /// The API token, from the first of these that is set and not blank (each trimmed): the
+    /// `--token` flag (`flag`), the `MEMTRACE_TOKEN` environment variable, `monitor.token`, the
+    /// contents of `monitor.tokenFile` (an unreadable or empty file is an error); else none.
+    pub fn resolve_token(&self, flag: Option<&str>) -> Result<Option<String>, ConfigError> {
+        self.resolve_token_with(flag, std::env::var(TOKEN_ENV).ok().as_deref())
     }
 
     /// [`Config::resolve_token`] with the environment variable's value given.
-    pub fn resolve_token_with(&self, env: Option<String>) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.monitor.token {
-            return Ok(Some(token.clone()));
-        }
-        if let Some(token) = env.filter(|t| !t.trim().is_empty()) {
-            return Ok(Some(token.trim().to_owned()));
+    pub fn resolve_token_with(
+        &self,
+        flag: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<Option<String>, ConfigError> {
+        let set = |value: Option<&str>| {
+            value
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        };
+        if let Some(token) = set(flag)
+            .or_else(|| set(env))
+            .or_else(|| set(self.monitor.token.as_deref()))
+        {
+            return Ok(Some(token));
         }
         let Some(path) = &self.monitor.token_file else {
             return Ok(None);
@@ -827,6 +834,44 @@ impl Config {
         }
         Ok(Some(token.to_owned()))
     }
+}
+
+impl Config {
+    /// The configuration as it may be shown (export, logs): the webhook URL with its credentials
+    /// and secret path masked (the token is never serialized at all).
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.alerting.webhook_url = shown.alerting.webhook_url.as_deref().map(redact_url);
+        shown
+    }
+}
+
+/// A URL with what may be secret masked: `scheme://user:***@host:port/***?***` (the user name is
+/// kept, the password, the path and the query are not: webhook services put their secret in the
+/// path). A string that is not a URL is masked whole.
+pub fn redact_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return "***".into();
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return "***".into();
+    };
+    let authority = authority.as_str();
+    let host = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}:***@{host}")
+        }
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{host}");
+    if !matches!(uri.path(), "" | "/") {
+        out.push_str("/***");
+    }
+    if uri.query().is_some() {
+        out.push_str("?***");
+    }
+    out
 }
 
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
@@ -1178,7 +1223,6 @@ mod tests {
             listen: Some("0.0.0.0:1234".parse().unwrap()),
             data_dir: Some("/data".into()),
             webhook_url: Some("http://127.0.0.1:9/x".into()),
-            token: Some("t".into()),
             pids: vec![42],
             history: Some(500),
             drilldown_window: Some(5),
@@ -1199,7 +1243,6 @@ mod tests {
             c.alerting.active_webhook_url(),
             Some("http://127.0.0.1:9/x")
         );
-        assert_eq!(c.monitor.token.as_deref(), Some("t"));
 
         let before = c.clone();
         let err = c
@@ -1216,41 +1259,63 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_shown_without_their_secrets() {
+        assert_eq!(
+            redact_url("https://user:pa55@hooks.example.com:8443/services/T0/B0/SECRET?x=1"),
+            "https://user:***@hooks.example.com:8443/***?***"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9000/"),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(redact_url("not a url"), "***");
+        let mut c = Config::default();
+        c.alerting.webhook_url = Some("http://u:p@h/secret".into());
+        assert_eq!(
+            c.redacted().alerting.webhook_url.as_deref(),
+            Some("http://u:***@h/***")
+        );
+    }
+
+    #[test]
     fn token_resolution_order() {
         let dir = std::env::temp_dir().join(format!("memtrace-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         std::fs::write(&file, "  from-file\n").unwrap();
+        let token = |c: &Config, flag: Option<&str>, env: Option<&str>| {
+            c.resolve_token_with(flag, env).unwrap()
+        };
 
         let mut c = Config::default();
-        assert_eq!(c.resolve_token_with(None).unwrap(), None);
+        assert_eq!(token(&c, None, None), None);
         c.monitor.token_file = Some(file.clone());
+        assert_eq!(token(&c, None, None).as_deref(), Some("from-file"));
+        c.monitor.token = Some(" from-config ".into());
+        assert_eq!(token(&c, None, None).as_deref(), Some("from-config"));
+        // The environment wins over the file, the flag over both.
         assert_eq!(
-            c.resolve_token_with(None).unwrap().as_deref(),
-            Some("from-file")
-        );
-        assert_eq!(
-            c.resolve_token_with(Some("from-env".into()))
-                .unwrap()
-                .as_deref(),
+            token(&c, None, Some(" from-env\t")).as_deref(),
             Some("from-env")
         );
-        c.monitor.token = Some("from-config".into());
         assert_eq!(
-            c.resolve_token_with(Some("from-env".into()))
-                .unwrap()
-                .as_deref(),
+            token(&c, Some("from-flag"), Some("from-env")).as_deref(),
+            Some("from-flag")
+        );
+        // Blank counts as unset, wherever it comes from.
+        assert_eq!(
+            token(&c, Some("  "), Some("   ")).as_deref(),
             Some("from-config")
         );
 
         c.monitor.token = None;
         std::fs::write(&file, "\n").unwrap();
         assert!(matches!(
-            c.resolve_token_with(None),
+            c.resolve_token_with(None, None),
             Err(ConfigError::TokenFileEmpty { .. })
         ));
         c.monitor.token_file = Some(dir.join("missing"));
-        let err = c.resolve_token_with(None).unwrap_err();
+        let err = c.resolve_token_with(None, None).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -139,7 +139,6 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         webhook_url: args.webhook_url.clone(),
-        token: args.token.clone(),
         pids: args.pids.clone(),
         malloc_all: flag(args.malloc_all, true),
         history: args.history,
@@ -163,7 +162,15 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
             config
         }
     };
-    let token = config.resolve_token().context("reading the API token")?;
+    if args.token.is_some() {
+        log::warn!(
+            "--token is visible to every user of this host (/proc/PID/cmdline): prefer the \
+             MEMTRACE_TOKEN environment variable or monitor.tokenFile"
+        );
+    }
+    let token = config
+        .resolve_token(args.token.as_deref())
+        .context("reading the API token")?;
     let listen = config.monitor.listen;
     if !memtrace::http::is_loopback(listen.ip()) && token.is_none() {
         anyhow::bail!(

@@ -420,10 +420,19 @@ impl Core {
             let wait = self.next_analysis_ms.saturating_sub(now.mono_ms).max(1);
             match messages.recv_timeout(Duration::from_millis(wait)) {
                 Ok(CoreMessage::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Ok(message) => self.handle(message, Now::current()),
+                Ok(message) => {
+                    let now = Now::current();
+                    self.shared.health.core_busy(Some(now));
+                    self.handle(message, now);
+                    self.shared.health.core_busy(None);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            if let Some(requests) = self.analyze_if_due(Now::current()) {
+            let now = Now::current();
+            self.shared.health.core_busy(Some(now));
+            let requests = self.analyze_if_due(now);
+            self.shared.health.core_busy(None);
+            if let Some(requests) = requests {
                 for request in requests {
                     if to_intake.send(IntakeCommand::Drilldown(request)).is_err() {
                         break;

@@ -553,7 +553,10 @@ fn deliver(shared: &Shared, options: &WebhookOptions, agent: &ureq::Agent, body:
             if let Some(stop_at) = state.stop_at {
                 if Instant::now() >= stop_at || until > stop_at {
                     drop(state);
-                    log::warn!("webhook {}: retries cut short by shutdown", options.url);
+                    log::warn!(
+                        "webhook {}: retries cut short by shutdown",
+                        crate::config::redact_url(&options.url)
+                    );
                     shared.bump(&shared.failures);
                     return;
                 }

@@ -105,6 +105,17 @@ pub struct MetricsInput {
     pub consumers_evicted_total: u64,
     pub webhook_sent_total: u64,
     pub webhook_failures_total: u64,
+    /// Alert events dropped from the webhook's full queue (or still queued at shutdown).
+    pub webhook_dropped_total: u64,
+    /// Writes to the data directory that failed (snapshots, alerts, consumers, retention).
+    pub store_write_failures_total: u64,
+    /// Corrupted, partial or over-long lines of data files skipped when reading them.
+    pub store_skipped_lines_total: u64,
+    /// Snapshots not taken because the analysis side was behind.
+    pub snapshots_dropped_total: u64,
+    /// Heap tracings of a process started and stopped (requests, drill-downs, exits).
+    pub heap_traces_started_total: u64,
+    pub heap_traces_stopped_total: u64,
     /// Processes whose malloc family is traced on request (drill-downs).
     pub drilldowns_active: u64,
     /// The agent's own CPU time (user + system).
@@ -128,6 +139,12 @@ impl Default for MetricsInput {
             consumers_evicted_total: 0,
             webhook_sent_total: 0,
             webhook_failures_total: 0,
+            webhook_dropped_total: 0,
+            store_write_failures_total: 0,
+            store_skipped_lines_total: 0,
+            snapshots_dropped_total: 0,
+            heap_traces_started_total: 0,
+            heap_traces_stopped_total: 0,
             drilldowns_active: 0,
             agent_cpu_seconds_total: 0.0,
             agent_rss_bytes: 0,

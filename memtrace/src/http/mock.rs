@@ -351,6 +351,7 @@ impl Backend for MockBackend {
             events_received: 12345,
             events_lost: 0,
             snapshots_dropped: 0,
+            failures: crate::api::Failures::default(),
             snapshot_interval: 30,
             analysis_interval: 120,
             pid: 1,

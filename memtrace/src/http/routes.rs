@@ -55,6 +55,7 @@ pub(super) fn routes(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(middleware::from_fn(auth::answer_headers))
         .with_state(state)
 }
 

@@ -888,3 +888,43 @@ async fn pprof_scrape_routes_and_targets() {
     assert_eq!(json[0]["labels"]["__param_pid"], "100");
     assert_eq!(json[0]["labels"]["service_name"], "node");
 }
+
+/// Guards: two `Host` headers are refused; every answer has `nosniff`; every 401 the challenge.
+#[tokio::test]
+async fn headers_every_answer_carries() {
+    let (app, _) = app(Some(TOKEN), true);
+    let two_hosts = call(
+        &app,
+        Method::GET,
+        "/api/memory/status",
+        &[("host", "127.0.0.1:1"), ("host", "evil.example")],
+    )
+    .await;
+    two_hosts.assert_error(StatusCode::BAD_REQUEST);
+    for (method, uri, token) in [
+        (Method::GET, "/api/memory/status", None),
+        (Method::GET, "/api/memory/nope", None),
+        (Method::POST, "/api/memory/analyze", None),
+        (Method::POST, "/api/memory/analyze", Some("wrong")),
+        (Method::PUT, "/api/memory/status", None),
+        (Method::GET, "/api/memory/dashboard", None),
+    ] {
+        let auth = token.map(bearer);
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let reply = call(&app, method.clone(), uri, &headers).await;
+        assert_eq!(
+            reply.header(header::X_CONTENT_TYPE_OPTIONS),
+            "nosniff",
+            "{method} {uri}"
+        );
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert!(
+                reply.header(header::WWW_AUTHENTICATE).starts_with("Bearer"),
+                "{method} {uri}"
+            );
+        }
+    }
+}
