@@ -229,3 +229,36 @@ fn tracefs_mounted_by_memtrace_stays_mounted() {
         "tracefs mounts in the namespace after memtrace exited\n{stderr}"
     );
 }
+
+/// Guards issue 14 item 7: `--log-format json` writes one JSON object per log line.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = memtrace_integration::TempDir::new("json-logs");
+    let input = dir.path().join("snapshots.jsonl");
+    std::fs::write(&input, "{\"timestamp\": 1, \"processes\": []}\nnot json\n").expect("write");
+    let out = std::process::Command::new(memtrace_integration::memtrace_binary())
+        .args(["--log-format", "json", "analyze", "--input"])
+        .arg(&input)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("memtrace runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no warning in {stderr}"));
+    assert!(warning["msg"]
+        .as_str()
+        .is_some_and(|m| m.contains("corrupted")));
+    assert!(warning["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(warning["target"].as_str().is_some());
+}

@@ -15,7 +15,20 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|f| !f.trim().is_empty())
         .unwrap_or_else(|| cli.log.clone());
-    env_logger::Builder::new().parse_filters(&filter).init();
+    let mut logger = env_logger::Builder::new();
+    logger.parse_filters(&filter);
+    if cli.log_format == cli::LogFormat::Json {
+        logger.format(|out, record| {
+            let line = serde_json::json!({
+                "ts": humantime_utc(std::time::SystemTime::now()),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(out, "{line}")
+        });
+    }
+    logger.init();
     match cli.command {
         Command::Agent(args) => agent(args),
         Command::Trace(args) => {
@@ -119,6 +132,25 @@ fn report(args: &cli::ReportArgs) -> anyhow::Result<()> {
         anyhow::bail!("the agent at {url} answered {status}: {message}");
     }
     write_out(args.output.as_deref(), &body)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time (RFC 3339, UTC).
+fn humantime_utc(time: std::time::SystemTime) -> String {
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let date = memtrace::store::UtcDate::from_unix_ms(ms);
+    let seconds = (ms / 1000) % 86_400;
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        date.year(),
+        date.month(),
+        date.day(),
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        ms % 1000
+    )
 }
 
 fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
