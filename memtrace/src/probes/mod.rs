@@ -12,15 +12,22 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
 use memtrace_common::COUNTERS_LEN;
 
+use self::{
+    elf::{ElfCode, FunctionCode},
+    placement::{Placement, Signature},
+};
 use crate::os::procfs;
 
+pub mod budget;
+mod elf;
+pub mod placement;
 mod target;
 
 pub use self::target::{
@@ -42,17 +49,56 @@ const TRACEPOINTS: [(&str, &str); 9] = [
     ("sched", "sched_process_exec"),
 ];
 
-/// Allocator functions: (symbol, entry program, has a return probe, required).
-const ALLOCATOR: [(&str, &str, bool, bool); 9] = [
-    ("malloc", "malloc_enter", true, true),
-    ("calloc", "calloc_enter", true, true),
-    ("realloc", "realloc_enter", true, true),
-    ("free", "free_enter", false, true),
-    ("posix_memalign", "posix_memalign_enter", true, true),
-    ("aligned_alloc", "aligned_alloc_enter", true, true),
-    ("memalign", "memalign_enter", true, true),
-    ("valloc", "valloc_enter", true, false),
-    ("pvalloc", "pvalloc_enter", true, false),
+/// A probed allocator function.
+struct Function {
+    symbol: &'static str,
+    /// The entry program (the return program is `RETURN_PROGRAM`).
+    entry: &'static str,
+    has_return: bool,
+    /// A missing required function is an error; a missing optional one is reported.
+    required: bool,
+    /// Integer arguments of its C prototype (what a moved probe must find unchanged).
+    arguments: usize,
+}
+
+impl Function {
+    const fn new(
+        symbol: &'static str,
+        entry: &'static str,
+        has_return: bool,
+        required: bool,
+        arguments: usize,
+    ) -> Self {
+        Self {
+            symbol,
+            entry,
+            has_return,
+            required,
+            arguments,
+        }
+    }
+
+    fn signature(&self) -> Signature {
+        Signature {
+            arguments: self.arguments,
+            // free(NULL) sends nothing (free_enter returns at once on a NULL pointer).
+            null_is_noop: self.entry == "free_enter",
+            has_return: self.has_return,
+        }
+    }
+}
+
+/// The malloc family.
+const ALLOCATOR: [Function; 9] = [
+    Function::new("malloc", "malloc_enter", true, true, 1),
+    Function::new("calloc", "calloc_enter", true, true, 2),
+    Function::new("realloc", "realloc_enter", true, true, 2),
+    Function::new("free", "free_enter", false, true, 1),
+    Function::new("posix_memalign", "posix_memalign_enter", true, true, 3),
+    Function::new("aligned_alloc", "aligned_alloc_enter", true, true, 2),
+    Function::new("memalign", "memalign_enter", true, true, 2),
+    Function::new("valloc", "valloc_enter", true, false, 1),
+    Function::new("pvalloc", "pvalloc_enter", true, false, 1),
 ];
 
 const RETURN_PROGRAM: &str = "alloc_return";
@@ -60,13 +106,13 @@ const RETURN_PROGRAM: &str = "alloc_return";
 /// C++ `operator new` variants in libstdc++ (all take the size first). Probing them records the
 /// C++ caller exactly, even though libstdc++ has no frame pointers; the `malloc` they call is
 /// nested and skipped.
-const CXX_NEW: [&str; 6] = [
-    "_Znwm",
-    "_Znam",
-    "_ZnwmRKSt9nothrow_t",
-    "_ZnamRKSt9nothrow_t",
-    "_ZnwmSt11align_val_t",
-    "_ZnamSt11align_val_t",
+const CXX_NEW: [Function; 6] = [
+    Function::new("_Znwm", "malloc_enter", true, false, 1),
+    Function::new("_Znam", "malloc_enter", true, false, 1),
+    Function::new("_ZnwmRKSt9nothrow_t", "malloc_enter", true, false, 2),
+    Function::new("_ZnamRKSt9nothrow_t", "malloc_enter", true, false, 2),
+    Function::new("_ZnwmSt11align_val_t", "malloc_enter", true, false, 2),
+    Function::new("_ZnamSt11align_val_t", "malloc_enter", true, false, 2),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +144,10 @@ pub enum ProbeError {
         #[source]
         source: ProgramError,
     },
-    #[error("attaching a uprobe to {symbol} in {}", library.display())]
+    #[error("attaching a uprobe to {symbol}+{offset} in {}", library.display())]
     Uprobe {
         symbol: &'static str,
+        offset: u64,
         library: PathBuf,
         #[source]
         source: ProgramError,
@@ -139,6 +186,9 @@ pub struct ProbeOptions {
     pub capture_stacks: bool,
     /// Bytes waiting in the ring buffer before the reader is woken (it also drains on a timer).
     pub wakeup_bytes: u64,
+    /// Put every entry probe on its function's first instruction instead of the first one the
+    /// kernel emulates (see `placement`).
+    pub entry_probes: bool,
 }
 
 impl Default for ProbeOptions {
@@ -149,6 +199,7 @@ impl Default for ProbeOptions {
             stack_entries: 8192,
             capture_stacks: true,
             wakeup_bytes: 256 << 10,
+            entry_probes: false,
         }
     }
 }
@@ -224,6 +275,8 @@ pub struct Probes {
     links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
     /// Keeps the kernel's BPF statistics on while held (closing it turns them off).
     stats: Option<std::os::fd::OwnedFd>,
+    /// Entry probes stay on the entry (`ProbeOptions::entry_probes`).
+    entry_probes: bool,
 }
 
 /// What attaching the malloc family did.
@@ -232,6 +285,8 @@ pub struct AttachReport {
     pub attached: Vec<&'static str>,
     /// Optional functions the allocator does not have.
     pub missing: Vec<&'static str>,
+    /// Where the entry probe of each attached function sits (its return probe shares it).
+    pub placements: Vec<Placement>,
 }
 
 impl Probes {
@@ -276,8 +331,8 @@ impl Probes {
                     source,
                 })?;
         }
-        for (_, name, _, _) in ALLOCATOR {
-            load_uprobe(&mut ebpf, name)?;
+        for function in &ALLOCATOR {
+            load_uprobe(&mut ebpf, function.entry)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
         Ok(Self {
@@ -285,6 +340,7 @@ impl Probes {
             _tracefs: tracefs,
             links: HashMap::new(),
             stats: None,
+            entry_probes: options.entry_probes,
         })
     }
 
@@ -304,40 +360,44 @@ impl Probes {
         self.detach_allocator(target.pid);
         let mut report = AttachReport::default();
         let mut links = Vec::new();
+        let entry_probes = self.entry_probes;
         let result = (|| {
-            for (symbol, entry, has_return, required) in ALLOCATOR {
-                match attach_uprobe(&mut self.ebpf, entry, symbol, &target.path, scope) {
-                    Ok(link) => links.push((entry, link)),
-                    Err(err) if !required => {
-                        log::warn!("{err}: skipping the optional {symbol}");
-                        report.missing.push(symbol);
+            let code = Code::read(&target.path, entry_probes);
+            for function in &ALLOCATOR {
+                let (location, placement) = code.locate(function);
+                match attach_function(&mut self.ebpf, function, location, &target.path, scope) {
+                    Ok((function_links, at_entry)) => {
+                        links.extend(function_links);
+                        report
+                            .placements
+                            .extend(placement.map(|p| p.refused(at_entry)));
+                    }
+                    Err(err) if !function.required => {
+                        log::warn!("{err}: skipping the optional {}", function.symbol);
+                        report.missing.push(function.symbol);
                         continue;
                     }
                     Err(err) => return Err(err),
                 }
-                if has_return {
-                    let link =
-                        attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, &target.path, scope)?;
-                    links.push((RETURN_PROGRAM, link));
-                }
-                report.attached.push(symbol);
+                report.attached.push(function.symbol);
             }
             if let Some(cxx) = &target.cxx {
-                for symbol in CXX_NEW {
-                    match attach_uprobe(&mut self.ebpf, "malloc_enter", symbol, cxx, scope) {
-                        Ok(link) => links.push(("malloc_enter", link)),
+                let code = Code::read(cxx, entry_probes);
+                for function in &CXX_NEW {
+                    let (location, placement) = code.locate(function);
+                    match attach_function(&mut self.ebpf, function, location, cxx, scope) {
+                        Ok((function_links, at_entry)) => {
+                            links.extend(function_links);
+                            report
+                                .placements
+                                .extend(placement.map(|p| p.refused(at_entry)));
+                        }
                         Err(err) => {
-                            log::debug!("{symbol} in {}: {err}", cxx.display());
+                            log::debug!("{} in {}: {err}", function.symbol, cxx.display());
                             continue;
                         }
                     }
-                    match attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, cxx, scope) {
-                        Ok(link) => links.push((RETURN_PROGRAM, link)),
-                        Err(err) => {
-                            log::warn!("return probe of {symbol} in {}: {err}", cxx.display())
-                        }
-                    }
-                    report.attached.push(symbol);
+                    report.attached.push(function.symbol);
                 }
             }
             Ok(())
@@ -390,11 +450,7 @@ impl Probes {
             return false;
         };
         for (program, link) in links {
-            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                if let Err(err) = uprobe.detach(link) {
-                    log::debug!("detaching {program}: {err}");
-                }
-            }
+            detach_link(&mut self.ebpf, program, link);
         }
         true
     }
@@ -452,11 +508,169 @@ impl Probes {
     }
 }
 
-/// Attaches the loaded uprobe `program` to `symbol` in the object at `path`.
+/// The functions of one object, with their code when placement looks at it.
+struct Code {
+    elf: Option<ElfCode>,
+    object: String,
+    /// Why entry probes stay on the entry when there is no code to look at.
+    entry_reason: Option<String>,
+}
+
+impl Code {
+    fn read(path: &Path, entry_probes: bool) -> Self {
+        let object = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (elf, entry_reason) = if entry_probes {
+            (
+                ElfCode::read(path).ok(),
+                Some("entry probes forced".to_string()),
+            )
+        } else if !cfg!(target_arch = "x86_64") {
+            (
+                None,
+                Some("probe placement is measured on x86-64 only".to_string()),
+            )
+        } else {
+            match ElfCode::read(path) {
+                Ok(elf) => (Some(elf), None),
+                Err(err) => {
+                    let reason = crate::error_chain(&err);
+                    log::warn!("probe placement: {reason}: entry probes on {object}");
+                    (None, Some(reason))
+                }
+            }
+        };
+        Self {
+            elf,
+            object,
+            entry_reason,
+        }
+    }
+
+    /// Where `function`'s probes go: the file offset of the chosen instruction, or the symbol
+    /// itself (aya resolves it) when the code was not found; and the placement to report.
+    fn locate(&self, function: &Function) -> (UProbeAttachLocation<'static>, Option<Placement>) {
+        let code: Option<FunctionCode> =
+            self.elf.as_ref().and_then(|e| e.function(function.symbol));
+        let Some(code) = code else {
+            return (UProbeAttachLocation::Symbol(function.symbol), None);
+        };
+        let decision = match &self.entry_reason {
+            Some(reason) => placement::at_entry(&code.bytes, reason),
+            None => placement::decide(&code.bytes, function.signature()),
+        };
+        let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset + decision.offset);
+        let placement = decision.placement(function.symbol, &self.object);
+        log_once(&placement);
+        (location, Some(placement))
+    }
+}
+
+/// Logs a placement at info level the first time it is seen (by object and symbol), at debug
+/// level after that: the agent attaches to the same libc again and again.
+fn log_once(placement: &Placement) {
+    static SEEN: std::sync::Mutex<Vec<(String, String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let key = (
+        placement.object.clone(),
+        placement.symbol.clone(),
+        placement.offset,
+    );
+    let first = match SEEN.lock() {
+        Ok(mut seen) if !seen.contains(&key) => {
+            seen.push(key);
+            true
+        }
+        _ => false,
+    };
+    if first {
+        log::info!("probe placement in {}: {placement}", placement.object);
+    } else {
+        log::debug!("probe placement in {}: {placement}", placement.object);
+    }
+}
+
+/// Links of one function's probes.
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
+/// Attaches `function`'s entry program, and the return program when it has one, at `location`
+/// (one breakpoint: both share it). When the kernel refuses a moved location, the symbol's entry
+/// is used instead (then `true` comes back with the links).
+fn attach_function(
+    ebpf: &mut Ebpf,
+    function: &Function,
+    location: UProbeAttachLocation<'static>,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<(Links, bool), ProbeError> {
+    let mut links = Vec::new();
+    let attached = (|| {
+        links.push((
+            function.entry,
+            attach_uprobe(
+                ebpf,
+                function.entry,
+                function.symbol,
+                &location,
+                path,
+                scope,
+            )?,
+        ));
+        if function.has_return {
+            links.push((
+                RETURN_PROGRAM,
+                attach_uprobe(
+                    ebpf,
+                    RETURN_PROGRAM,
+                    function.symbol,
+                    &location,
+                    path,
+                    scope,
+                )?,
+            ));
+        }
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Ok((links, false)),
+        Err(err) => {
+            for (program, link) in links.drain(..) {
+                detach_link(ebpf, program, link);
+            }
+            if matches!(location, UProbeAttachLocation::Symbol(_)) {
+                return Err(err);
+            }
+            log::warn!(
+                "{}: attaching at the entry instead",
+                crate::error_chain(&err)
+            );
+            let (links, _) = attach_function(
+                ebpf,
+                function,
+                UProbeAttachLocation::Symbol(function.symbol),
+                path,
+                scope,
+            )?;
+            Ok((links, true))
+        }
+    }
+}
+
+fn detach_link(ebpf: &mut Ebpf, program: &'static str, link: UProbeLinkId) {
+    if let Some(Ok(uprobe)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
+        if let Err(err) = uprobe.detach(link) {
+            log::debug!("detaching {program}: {err}");
+        }
+    }
+}
+
+/// Attaches the loaded uprobe `program` to `location` (in `symbol`) in the object at `path`.
 fn attach_uprobe(
     ebpf: &mut Ebpf,
     program: &'static str,
     symbol: &'static str,
+    location: &UProbeAttachLocation<'static>,
     path: &Path,
     scope: UProbeScope,
 ) -> Result<UProbeLinkId, ProbeError> {
@@ -468,10 +682,16 @@ fn attach_uprobe(
             name: program,
             source,
         })?;
+    let (point, offset) = match location {
+        UProbeAttachLocation::Symbol(s) => (UProbeAttachLocation::Symbol(s), 0),
+        UProbeAttachLocation::SymbolOffset(s, o) => (UProbeAttachLocation::SymbolOffset(s, *o), *o),
+        UProbeAttachLocation::AbsoluteOffset(o) => (UProbeAttachLocation::AbsoluteOffset(*o), *o),
+    };
     uprobe
-        .attach(symbol, path, scope)
+        .attach(point, path, scope)
         .map_err(|source| ProbeError::Uprobe {
             symbol,
+            offset,
             library: path.to_path_buf(),
             source,
         })
