@@ -103,17 +103,19 @@ const ALLOCATOR: [Function; 9] = [
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
-/// C++ `operator new` variants in libstdc++ (all take the size first). Probing them records the
-/// C++ caller exactly, even though libstdc++ has no frame pointers; the `malloc` they call is
-/// nested and skipped.
+/// C++ `operator new` variants in libstdc++ (all take the size first). Their entry probe records
+/// the C++ caller and stack exactly, even though libstdc++ has no frame pointers; the allocator
+/// call they make accounts for the allocation with that caller (no return probe of their own).
 const CXX_NEW: [Function; 6] = [
-    Function::new("_Znwm", "malloc_enter", true, false, 1),
-    Function::new("_Znam", "malloc_enter", true, false, 1),
-    Function::new("_ZnwmRKSt9nothrow_t", "malloc_enter", true, false, 2),
-    Function::new("_ZnamRKSt9nothrow_t", "malloc_enter", true, false, 2),
-    Function::new("_ZnwmSt11align_val_t", "malloc_enter", true, false, 2),
-    Function::new("_ZnamSt11align_val_t", "malloc_enter", true, false, 2),
+    Function::new("_Znwm", NEW_PROGRAM, false, false, 1),
+    Function::new("_Znam", NEW_PROGRAM, false, false, 1),
+    Function::new("_ZnwmRKSt9nothrow_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnamRKSt9nothrow_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnwmSt11align_val_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnamSt11align_val_t", NEW_PROGRAM, false, false, 2),
 ];
+
+const NEW_PROGRAM: &str = "new_enter";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -335,6 +337,7 @@ impl Probes {
             load_uprobe(&mut ebpf, function.entry)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
+        load_uprobe(&mut ebpf, NEW_PROGRAM)?;
         Ok(Self {
             ebpf,
             _tracefs: tracefs,
