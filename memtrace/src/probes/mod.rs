@@ -565,7 +565,7 @@ impl Code {
             None => placement::decide(&code.bytes, function.signature()),
         };
         let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset + decision.offset);
-        let placement = decision.placement(function.symbol, &self.object);
+        let placement = decision.placement(function.symbol, &self.object, code.file_offset);
         log_once(&placement);
         (location, Some(placement))
     }

@@ -67,6 +67,8 @@ pub struct Placement {
     pub object: String,
     /// Bytes past the function's entry.
     pub offset: u64,
+    /// File offset of the probed instruction in the object (where the uprobe is attached).
+    pub file_offset: u64,
     /// The instruction under the breakpoint (Intel syntax), empty when it was not decoded.
     pub instruction: String,
     /// The kernel emulates that instruction (one trap per hit); otherwise it single-steps it.
@@ -86,6 +88,7 @@ impl Placement {
                 "the kernel refused +{} {}: on the entry",
                 self.offset, self.instruction
             )),
+            file_offset: self.file_offset - self.offset,
             offset: 0,
             instruction: String::new(),
             emulated: false,
@@ -269,11 +272,13 @@ pub fn at_entry(code: &[u8], note: &str) -> Decision {
 }
 
 impl Decision {
-    pub fn placement(self, symbol: &str, object: &str) -> Placement {
+    /// The placement of `symbol`, whose entry is at `entry_file_offset` in `object`.
+    pub fn placement(self, symbol: &str, object: &str, entry_file_offset: u64) -> Placement {
         Placement {
             symbol: symbol.to_string(),
             object: object.to_string(),
             offset: self.offset,
+            file_offset: entry_file_offset + self.offset,
             instruction: self.instruction,
             emulated: self.emulated,
             note: self.note,
@@ -871,15 +876,19 @@ mod tests {
             &[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55],
             FREE,
         )
-        .placement("free", "libc.so.6");
+        .placement("free", "libc.so.6", 0x98ef0);
         assert_eq!(free.to_string(), "free: +9 push rbp (emulated)");
-        let entry =
-            at_entry(&[0x41, 0x54, 0x55], "entry probes forced").placement("malloc", "libc.so.6");
+        assert_eq!(free.file_offset, 0x98ef9);
+        let entry = at_entry(&[0x41, 0x54, 0x55], "entry probes forced").placement(
+            "malloc",
+            "libc.so.6",
+            0x98930,
+        );
         assert_eq!(
             entry.to_string(),
             "malloc: +0 push r12 (emulated): entry probes forced"
         );
-        let entry = at_entry(&[], "no code").placement("malloc", "libc.so.6");
+        let entry = at_entry(&[], "no code").placement("malloc", "libc.so.6", 0x98930);
         assert_eq!(entry.to_string(), "malloc: +0 (single-stepped): no code");
     }
 }
