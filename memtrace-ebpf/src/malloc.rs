@@ -101,7 +101,9 @@ fn enter(ctx: &ProbeContext, kind: u32, size: u64, old_addr: u64, old_size: u64)
         // The allocation `operator new` asked for: its caller and stack are the C++ code's.
         // SAFETY: as in `outer`.
         Outer::New(pending) => unsafe { ((*pending).caller, (*pending).stack_id) },
-        Outer::None => (caller(ctx), stack_id(ctx)),
+        // The caller is the return address, which the return probe finds in the instruction
+        // pointer for free: no user memory read here.
+        Outer::None => (0, stack_id(ctx)),
     };
     let state = InFlight {
         kind,
@@ -257,7 +259,14 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         state.old_addr
     };
     ev.old_size = state.old_size;
-    ev.caller = state.caller;
+    // At a return probe the kernel has put the original return address back in the instruction
+    // pointer: that is the caller (unless `operator new`'s caller was kept at its entry).
+    ev.caller = if state.caller != 0 {
+        state.caller
+    } else {
+        // SAFETY: the context of a uretprobe is the user register frame.
+        unsafe { (*ctx.regs).rip }
+    };
     ev.stack_id = state.stack_id;
     emit(&ev);
     0
