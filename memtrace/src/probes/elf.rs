@@ -3,7 +3,7 @@
 
 use std::{io, path::Path};
 
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ObjectSymbolTable as _};
 
 /// At most this many bytes of a function are read: placement looks at its first instructions only.
 const MAX_CODE: u64 = 512;
@@ -29,6 +29,8 @@ pub enum ElfError {
 /// A function's code in its object file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FunctionCode {
+    /// Virtual address of the function in the object.
+    pub address: u64,
     /// File offset of the function's first instruction (what a uprobe is attached at).
     pub file_offset: u64,
     /// Its first bytes (up to the symbol's size, at most `MAX_CODE`).
@@ -78,7 +80,62 @@ impl ElfCode {
         let start = usize::try_from(file_offset).ok()?;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
         let bytes = self.data.get(start..end)?.to_vec();
-        Some(FunctionCode { file_offset, bytes })
+        Some(FunctionCode {
+            address: sym.address(),
+            file_offset,
+            bytes,
+        })
+    }
+
+    /// The function a jump to `address` lands in: the symbol defined there, or, for a PLT stub
+    /// (`jmp [rip+GOT slot]`, after an `endbr64`), the symbol its GOT slot is relocated to.
+    pub fn jump_target(&self, address: u64) -> Option<String> {
+        use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, Register};
+        let file = object::File::parse(&*self.data).ok()?;
+        if let Some(sym) = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.is_definition() && s.address() == address && s.size() > 0)
+        {
+            return sym.name().ok().map(str::to_string);
+        }
+        let section = file.sections().find(|s| {
+            address >= s.address() && address - s.address() < s.size() && s.file_range().is_some()
+        })?;
+        let (section_offset, section_size) = section.file_range()?;
+        let within = address - section.address();
+        let start = usize::try_from(section_offset + within).ok()?;
+        let len = usize::try_from((section_size - within).min(16)).ok()?;
+        let code = self.data.get(start..start + len)?;
+        let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+        let mut slot = None;
+        for _ in 0..2 {
+            if !decoder.can_decode() {
+                break;
+            }
+            let instruction = decoder.decode();
+            match instruction.mnemonic() {
+                Mnemonic::Endbr64 => continue,
+                Mnemonic::Jmp
+                    if instruction.code() == Code::Jmp_rm64
+                        && instruction.memory_base() == Register::RIP =>
+                {
+                    slot = Some(instruction.memory_displacement64());
+                }
+                _ => {}
+            }
+            break;
+        }
+        let slot = slot?;
+        let (_, relocation) = file
+            .dynamic_relocations()?
+            .find(|(offset, _)| *offset == slot)?;
+        let object::RelocationTarget::Symbol(index) = relocation.target() else {
+            return None;
+        };
+        let symbols = file.dynamic_symbol_table()?;
+        let name = symbols.symbol_by_index(index).ok()?.name().ok()?;
+        Some(name.to_string())
     }
 }
 

@@ -1,13 +1,7 @@
 //! Loading the eBPF object and attaching its programs: the host-wide syscall and process
 //! tracepoints at load, and the malloc-family uprobes per process (or host-wide on request).
 
-use std::{
-    collections::HashMap,
-    ffi::CString,
-    io,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, ffi::CString, io, num::NonZeroU32, path::Path};
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -150,7 +144,8 @@ pub enum ProbeError {
     Uprobe {
         symbol: &'static str,
         offset: u64,
-        library: PathBuf,
+        /// Boxed: the error stays small enough to be returned by value everywhere.
+        library: Box<Path>,
         #[source]
         source: ProgramError,
     },
@@ -367,13 +362,14 @@ impl Probes {
         let result = (|| {
             let code = Code::read(&target.path, entry_probes);
             for function in &ALLOCATOR {
-                let (location, placement) = code.locate(function);
+                let (location, placement, _) = code.locate(function);
                 match attach_function(&mut self.ebpf, function, location, &target.path, scope) {
                     Ok((function_links, at_entry)) => {
                         links.extend(function_links);
-                        report
-                            .placements
-                            .extend(placement.map(|p| p.refused(at_entry)));
+                        if let Some(placement) = placement.map(|p| p.refused(at_entry)) {
+                            log_once(&placement);
+                            report.placements.push(placement);
+                        }
                     }
                     Err(err) if !function.required => {
                         log::warn!("{err}: skipping the optional {}", function.symbol);
@@ -387,13 +383,29 @@ impl Probes {
             if let Some(cxx) = &target.cxx {
                 let code = Code::read(cxx, entry_probes);
                 for function in &CXX_NEW {
-                    let (location, placement) = code.locate(function);
+                    let (location, placement, tail) = code.locate(function);
+                    // `new[]` only jumps to `new`: the probe of `new` sees the same call, with
+                    // the same arguments and return address. One trap fewer per `new[]`.
+                    if let (Some(tail), Some(placement)) = (tail, placement.as_ref()) {
+                        if tail != function.symbol && report.attached.contains(&tail.as_str()) {
+                            let placement = Placement {
+                                note: Some(format!(
+                                    "tail call to {tail}, probed: not probed itself"
+                                )),
+                                ..placement.clone()
+                            };
+                            log_once(&placement);
+                            report.placements.push(placement);
+                            continue;
+                        }
+                    }
                     match attach_function(&mut self.ebpf, function, location, cxx, scope) {
                         Ok((function_links, at_entry)) => {
                             links.extend(function_links);
-                            report
-                                .placements
-                                .extend(placement.map(|p| p.refused(at_entry)));
+                            if let Some(placement) = placement.map(|p| p.refused(at_entry)) {
+                                log_once(&placement);
+                                report.placements.push(placement);
+                            }
                         }
                         Err(err) => {
                             log::debug!("{} in {}: {err}", function.symbol, cxx.display());
@@ -553,21 +565,31 @@ impl Code {
     }
 
     /// Where `function`'s probes go: the file offset of the chosen instruction, or the symbol
-    /// itself (aya resolves it) when the code was not found; and the placement to report.
-    fn locate(&self, function: &Function) -> (UProbeAttachLocation<'static>, Option<Placement>) {
+    /// itself (aya resolves it) when the code was not found; the placement to report; and the
+    /// function the probed instruction jumps to when it is a tail call.
+    fn locate(
+        &self,
+        function: &Function,
+    ) -> (
+        UProbeAttachLocation<'static>,
+        Option<Placement>,
+        Option<String>,
+    ) {
         let code: Option<FunctionCode> =
             self.elf.as_ref().and_then(|e| e.function(function.symbol));
-        let Some(code) = code else {
-            return (UProbeAttachLocation::Symbol(function.symbol), None);
+        let (Some(elf), Some(code)) = (self.elf.as_ref(), code) else {
+            return (UProbeAttachLocation::Symbol(function.symbol), None, None);
         };
         let decision = match &self.entry_reason {
             Some(reason) => placement::at_entry(&code.bytes, reason),
             None => placement::decide(&code.bytes, function.signature()),
         };
         let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset + decision.offset);
+        let tail = decision
+            .tail_call
+            .and_then(|target| elf.jump_target(code.address.wrapping_add_signed(target)));
         let placement = decision.placement(function.symbol, &self.object, code.file_offset);
-        log_once(&placement);
-        (location, Some(placement))
+        (location, Some(placement), tail)
     }
 }
 
@@ -695,7 +717,7 @@ fn attach_uprobe(
         .map_err(|source| ProbeError::Uprobe {
             symbol,
             offset,
-            library: path.to_path_buf(),
+            library: path.into(),
             source,
         })
 }

@@ -126,6 +126,9 @@ pub struct Decision {
     pub instruction: String,
     pub emulated: bool,
     pub note: Option<String>,
+    /// The probed instruction is a `jmp` with these arguments: where it goes, from the entry (a
+    /// tail call, whose target may be probed already).
+    pub tail_call: Option<i64>,
 }
 
 /// What the kernel does with the instruction under a breakpoint.
@@ -214,6 +217,8 @@ pub fn decide(code: &[u8], signature: Signature) -> Decision {
                     instruction: text,
                     emulated: true,
                     note: None,
+                    tail_call: (emulation == Emulation::Jump)
+                        .then(|| instruction.near_branch_target() as i64),
                 };
             }
             fallback.get_or_insert((offset, text));
@@ -233,6 +238,7 @@ pub fn decide(code: &[u8], signature: Signature) -> Decision {
             instruction,
             emulated: true,
             note: None,
+            tail_call: None,
         };
     }
     Decision {
@@ -244,6 +250,7 @@ pub fn decide(code: &[u8], signature: Signature) -> Decision {
                 format!("no emulated instruction in the first {MAX_INSTRUCTIONS}")
             }),
         ),
+        tail_call: None,
     }
 }
 
@@ -268,6 +275,7 @@ pub fn at_entry(code: &[u8], note: &str) -> Decision {
         instruction: text,
         emulated,
         note: Some(note.to_string()),
+        tail_call: None,
     }
 }
 
@@ -756,6 +764,8 @@ mod tests {
         // _Znam: endbr64; jmp _Znwm@plt
         let new_array = [0xf3, 0x0f, 0x1e, 0xfa, 0xe9, 0xf7, 0x02, 0xff, 0xff];
         assert_eq!(placed(&new_array, MALLOC), (4, "jmp -0xfd00".into(), true));
+        assert_eq!(decide(&new_array, MALLOC).tail_call, Some(-0xfd00));
+        assert_eq!(decide(&new, MALLOC).tail_call, None);
     }
 
     #[test]
