@@ -112,7 +112,7 @@ pub fn emit(event: &Event) {
         Some(mut entry) => {
             entry.write(*event);
             let sent = bump(memtrace_common::COUNTER_EVENTS);
-            let flags = if sent % WAKEUP_CHECK_EVERY == 0
+            let flags = if sent.is_multiple_of(WAKEUP_CHECK_EVERY)
                 && EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
                     >= WAKEUP_BYTES.load()
             {
