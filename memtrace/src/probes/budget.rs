@@ -12,10 +12,13 @@
 
 use std::time::Duration;
 
-/// Cost of one traced allocator call with placed probes, stacks captured and exact accounting, in
-/// ns: `cargo xtask bench` on this project's 2-core VM (6.18 kernel, glibc 2.36), memtrace trace on
-/// the malloc/free loop, (traced − bare) / calls, median of 5 pairs. See docs/benchmarks.md.
-pub const DEFAULT_PER_CALL_NS: f64 = 2_000.0;
+/// CPU cost to the traced process of one traced allocator call, with placed probes, user stacks
+/// captured and exact accounting, in ns: half the 4,012 ns of CPU per malloc+free pair that
+/// `cargo xtask bench` measured for `memtrace trace` on the malloc loop (full run of
+/// docs/benchmarks.md, commit 6869e34, this project's 2-core VM, kernel 6.18, glibc 2.36; median of 5
+/// pairs of (traced − bare) work-loop CPU). Elapsed time was 5,197 ns a pair on that busy machine;
+/// `--no-stacks` 3,113 ns of CPU; `--entry-probes` (glibc's `free` single-stepped) 13,486 ns.
+pub const DEFAULT_PER_CALL_NS: f64 = 2_006.0;
 
 /// The budget of an automatic drill-down: 5% of one core.
 pub const DRILLDOWN_BUDGET_CORES: f64 = 0.05;
