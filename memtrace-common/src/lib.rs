@@ -37,6 +37,9 @@ pub const KIND_BRK: u32 = 13;
 pub const KIND_EXIT: u32 = 14;
 /// The process called `execve`: its address space was replaced.
 pub const KIND_EXEC: u32 = 15;
+/// Not an event: an in-flight entry left by C++ `operator new`, which has no return probe. It holds
+/// the C++ caller and stack until the allocator call that `operator new` makes takes it over.
+pub const KIND_NEW_PENDING: u32 = 16;
 
 /// `mmap` flag bits the agent needs (x86-64 and aarch64 values).
 pub const MAP_SHARED: u32 = 0x01;

@@ -38,7 +38,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 
 /// Allocator calls between entry and return, by thread. Sized by the agent at load time.
 #[map]
-pub static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
 
 /// Syscall arguments between `sys_enter_*` and `sys_exit_*`, by thread.
 #[map]
@@ -92,12 +92,17 @@ pub static UNWIND_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static UNWIND_SCRATCH: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
 
+/// Adds one to a per-CPU counter and returns its new value (0 when the counter is missing).
 #[inline(always)]
-pub fn bump(index: u32) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+pub fn bump(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup and only this CPU writes
         // its slot; the program runs with preemption disabled.
-        unsafe { *counter += 1 };
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
     }
 }
 
@@ -121,15 +126,25 @@ pub fn now() -> u64 {
 /// Builds the common part of an event.
 #[inline(always)]
 pub fn event(kind: u32, id: u64) -> Event {
+    event_at(kind, id, now())
+}
+
+/// Builds the common part of an event that happened at `ts_ns`.
+#[inline(always)]
+pub fn event_at(kind: u32, id: u64, ts_ns: u64) -> Event {
     Event {
         kind,
         tgid: (id >> 32) as u32,
         tid: id as u32,
-        ts_ns: now(),
+        ts_ns,
         stack_id: memtrace_common::NO_STACK,
         ..Event::default()
     }
 }
+
+/// The fill level of the ring buffer is looked at once in this many events (per CPU): a helper
+/// call per event for a figure that moves by 88 bytes.
+const WAKEUP_CHECK_EVERY: u64 = 32;
 
 /// Sends an event to the agent, counting it, or counting the drop when the ring buffer is full.
 #[inline(always)]
@@ -137,17 +152,20 @@ pub fn emit(event: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            let flags = if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
-                >= WAKEUP_BYTES.load()
+            let sent = bump(memtrace_common::COUNTER_EVENTS);
+            let flags = if sent.is_multiple_of(WAKEUP_CHECK_EVERY)
+                && EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
+                    >= WAKEUP_BYTES.load()
             {
                 aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP
             } else {
                 aya_ebpf::bindings::BPF_RB_NO_WAKEUP
             };
             entry.submit(u64::from(flags));
-            bump(memtrace_common::COUNTER_EVENTS);
         }
-        None => bump(memtrace_common::COUNTER_RINGBUF_DROPS),
+        None => {
+            bump(memtrace_common::COUNTER_RINGBUF_DROPS);
+        }
     }
 }
 

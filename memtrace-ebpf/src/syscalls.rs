@@ -41,7 +41,11 @@ fn ret(ctx: &TracePointContext) -> Option<u64> {
 /// itself); otherwise records who made it.
 #[inline(always)]
 fn attribute(id: u64, ev: &mut memtrace_common::Event) {
-    if INFLIGHT.get_ptr(id).is_some() {
+    // SAFETY: the pointer comes from a successful lookup; only this thread writes this key.
+    let in_allocator = INFLIGHT
+        .get_ptr(id)
+        .is_some_and(|state| unsafe { (*state).kind } != memtrace_common::KIND_NEW_PENDING);
+    if in_allocator {
         ev.flags |= FLAG_ALLOCATOR_INTERNAL;
     } else {
         if STACK_PIDS.get_ptr(0u32).is_some() || STACK_PIDS.get_ptr((id >> 32) as u32).is_some() {

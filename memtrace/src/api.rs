@@ -124,6 +124,9 @@ pub struct TracedProcess {
     pub library: String,
     /// The allocator functions attached.
     pub functions: Vec<String>,
+    /// Where each function's entry probe sits (the first instruction the kernel emulates, when
+    /// that is safe: see docs/trace.md).
+    pub placements: Vec<crate::probes::placement::Placement>,
 }
 
 /// A drill-down: a growing process whose heap is traced for a bounded window.
@@ -257,6 +260,8 @@ pub struct TraceStarted {
     pub attached: Vec<String>,
     /// Optional allocator functions this allocator lacks.
     pub missing: Vec<String>,
+    /// Where each function's entry probe sits.
+    pub placements: Vec<crate::probes::placement::Placement>,
 }
 
 /// `DELETE /api/memory/trace/{pid}`.

@@ -90,6 +90,10 @@ pub struct ProbeArgs {
     /// Do not capture user stacks: cheaper, no call-site attribution (probes.captureStacks = false).
     #[arg(long)]
     pub no_stacks: bool,
+    /// Put each malloc-family probe on its function's entry instead of the first instruction the
+    /// kernel emulates (probes.entryProbes; a single-stepped entry costs ~10x more per call).
+    #[arg(long)]
+    pub entry_probes: bool,
 }
 
 impl ProbeArgs {
@@ -107,6 +111,9 @@ impl ProbeArgs {
         }
         if self.no_stacks {
             probes.capture_stacks = false;
+        }
+        if self.entry_probes {
+            probes.entry_probes = true;
         }
         probes
     }
@@ -151,8 +158,8 @@ pub struct AgentArgs {
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
     /// Trace the malloc family of every process on the host (agent.mallocAll). Every malloc and
-    /// free then costs a uprobe hit (see docs/benchmarks.md): allocation-heavy programs slow down
-    /// many times.
+    /// free then costs traps (cargo xtask bench: about 2.6 µs a call on a 2-core VM; see
+    /// docs/benchmarks.md): allocation-heavy programs slow down many times.
     #[arg(long)]
     pub malloc_all: bool,
     /// Configuration file (TOML); see memtrace.example.toml.

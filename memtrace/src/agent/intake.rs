@@ -106,6 +106,7 @@ struct Traced {
     since_ms: u64,
     library: PathBuf,
     functions: Vec<&'static str>,
+    placements: Vec<crate::probes::placement::Placement>,
     drilldown: Option<DrillState>,
 }
 
@@ -231,6 +232,7 @@ impl Intake {
                 since_ms: now.wall_ms,
                 library: target.path.clone(),
                 functions: report.attached.clone(),
+                placements: report.placements.clone(),
                 drilldown,
             },
         );
@@ -253,6 +255,7 @@ impl Intake {
             library: target.path.display().to_string(),
             attached: report.attached.iter().map(|s| s.to_string()).collect(),
             missing: report.missing.iter().map(|s| s.to_string()).collect(),
+            placements: report.placements,
         })
     }
 
@@ -453,6 +456,7 @@ impl Intake {
                 since: t.since_ms,
                 library: t.library.display().to_string(),
                 functions: t.functions.iter().map(|f| f.to_string()).collect(),
+                placements: t.placements.clone(),
             })
             .collect();
         let drilldowns = self

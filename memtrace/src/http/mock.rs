@@ -441,6 +441,7 @@ impl Backend for MockBackend {
             library: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
             attached: vec!["malloc".into(), "free".into()],
             missing: Vec::new(),
+            placements: Vec::new(),
         })
     }
 

@@ -1,31 +1,31 @@
 //! Loading the eBPF object and attaching its programs: the host-wide syscall and process
 //! tracepoints at load, and the malloc-family uprobes per process (or host-wide on request).
 
-use std::{
-    collections::HashMap,
-    ffi::CString,
-    io,
-    num::NonZeroU32,
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, ffi::CString, io, num::NonZeroU32, os::fd::AsFd as _, path::Path};
 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
 use memtrace_common::{ProcMappings, StackTrace, UnwindRow, UnwindTable, COUNTERS_LEN};
 
+use self::{
+    elf::{ElfCode, FunctionCode},
+    placement::{Placement, Signature},
+};
 use crate::{
     accounting::modules::Modules,
     os::procfs,
     unwind::{Registration, TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats},
 };
 
+pub mod budget;
+mod elf;
+pub mod placement;
 mod target;
 
 pub use self::target::{
@@ -47,32 +47,73 @@ const TRACEPOINTS: [(&str, &str); 9] = [
     ("sched", "sched_process_exec"),
 ];
 
-/// Allocator functions: (symbol, entry program, has a return probe, required).
-const ALLOCATOR: [(&str, &str, bool, bool); 9] = [
-    ("malloc", "malloc_enter", true, true),
-    ("calloc", "calloc_enter", true, true),
-    ("realloc", "realloc_enter", true, true),
-    ("free", "free_enter", false, true),
-    ("posix_memalign", "posix_memalign_enter", true, true),
-    ("aligned_alloc", "aligned_alloc_enter", true, true),
-    ("memalign", "memalign_enter", true, true),
-    ("valloc", "valloc_enter", true, false),
-    ("pvalloc", "pvalloc_enter", true, false),
+/// A probed allocator function.
+struct Function {
+    symbol: &'static str,
+    /// The entry program (the return program is `RETURN_PROGRAM`).
+    entry: &'static str,
+    has_return: bool,
+    /// A missing required function is an error; a missing optional one is reported.
+    required: bool,
+    /// Integer arguments of its C prototype (what a moved probe must find unchanged).
+    arguments: usize,
+}
+
+impl Function {
+    const fn new(
+        symbol: &'static str,
+        entry: &'static str,
+        has_return: bool,
+        required: bool,
+        arguments: usize,
+    ) -> Self {
+        Self {
+            symbol,
+            entry,
+            has_return,
+            required,
+            arguments,
+        }
+    }
+
+    fn signature(&self) -> Signature {
+        Signature {
+            arguments: self.arguments,
+            // free(NULL) sends nothing (free_enter returns at once on a NULL pointer).
+            null_is_noop: self.entry == "free_enter",
+            has_return: self.has_return,
+        }
+    }
+}
+
+/// The malloc family.
+const ALLOCATOR: [Function; 9] = [
+    Function::new("malloc", "malloc_enter", true, true, 1),
+    Function::new("calloc", "calloc_enter", true, true, 2),
+    Function::new("realloc", "realloc_enter", true, true, 2),
+    Function::new("free", "free_enter", false, true, 1),
+    Function::new("posix_memalign", "posix_memalign_enter", true, true, 3),
+    Function::new("aligned_alloc", "aligned_alloc_enter", true, true, 2),
+    Function::new("memalign", "memalign_enter", true, true, 2),
+    Function::new("valloc", "valloc_enter", true, false, 1),
+    Function::new("pvalloc", "pvalloc_enter", true, false, 1),
 ];
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
-/// C++ `operator new` variants in libstdc++ (all take the size first). Probing them records the
-/// C++ caller exactly, even though libstdc++ has no frame pointers; the `malloc` they call is
-/// nested and skipped.
-const CXX_NEW: [&str; 6] = [
-    "_Znwm",
-    "_Znam",
-    "_ZnwmRKSt9nothrow_t",
-    "_ZnamRKSt9nothrow_t",
-    "_ZnwmSt11align_val_t",
-    "_ZnamSt11align_val_t",
+/// C++ `operator new` variants in libstdc++ (all take the size first). Their entry probe records
+/// the C++ caller and stack exactly, even though libstdc++ has no frame pointers; the allocator
+/// call they make accounts for the allocation with that caller (no return probe of their own).
+const CXX_NEW: [Function; 6] = [
+    Function::new("_Znwm", NEW_PROGRAM, false, false, 1),
+    Function::new("_Znam", NEW_PROGRAM, false, false, 1),
+    Function::new("_ZnwmRKSt9nothrow_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnamRKSt9nothrow_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnwmSt11align_val_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnamSt11align_val_t", NEW_PROGRAM, false, false, 2),
 ];
+
+const NEW_PROGRAM: &str = "new_enter";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -103,10 +144,12 @@ pub enum ProbeError {
         #[source]
         source: ProgramError,
     },
-    #[error("attaching a uprobe to {symbol} in {}", library.display())]
+    #[error("attaching a uprobe to {symbol}+{offset} in {}", library.display())]
     Uprobe {
         symbol: &'static str,
-        library: PathBuf,
+        offset: u64,
+        /// Boxed: the error stays small enough to be returned by value everywhere.
+        library: Box<Path>,
         #[source]
         source: ProgramError,
     },
@@ -196,6 +239,8 @@ pub struct Probes {
     stats: Option<std::os::fd::OwnedFd>,
     unwind: TableManager,
     rows: RowsMmap,
+    /// Entry probes stay on the entry (`ProbeOptions::entry_probes`).
+    entry_probes: bool,
 }
 
 /// What attaching the malloc family did.
@@ -204,6 +249,8 @@ pub struct AttachReport {
     pub attached: Vec<&'static str>,
     /// Optional functions the allocator does not have.
     pub missing: Vec<&'static str>,
+    /// Where the entry probe of each attached function sits (its return probe shares it).
+    pub placements: Vec<Placement>,
 }
 
 impl Probes {
@@ -263,17 +310,19 @@ impl Probes {
                     source,
                 })?;
         }
-        for (_, name, _, _) in ALLOCATOR {
-            load_uprobe(&mut ebpf, name)?;
+        for function in &ALLOCATOR {
+            load_uprobe(&mut ebpf, function.entry)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
         let rows = RowsMmap::new(&ebpf, limits.rows)?;
+        load_uprobe(&mut ebpf, NEW_PROGRAM)?;
         Ok(Self {
             ebpf,
             links: HashMap::new(),
             stats: None,
             unwind: TableManager::new(limits),
             rows,
+            entry_probes: options.entry_probes,
         })
     }
 
@@ -293,40 +342,61 @@ impl Probes {
         self.detach_allocator(target.pid);
         let mut report = AttachReport::default();
         let mut links = Vec::new();
+        let entry_probes = self.entry_probes;
         let result = (|| {
-            for (symbol, entry, has_return, required) in ALLOCATOR {
-                match attach_uprobe(&mut self.ebpf, entry, symbol, &target.path, scope) {
-                    Ok(link) => links.push((entry, link)),
-                    Err(err) if !required => {
-                        log::warn!("{err}: skipping the optional {symbol}");
-                        report.missing.push(symbol);
+            let code = Code::read(&target.path, entry_probes);
+            for function in &ALLOCATOR {
+                let (location, placement, _) = code.locate(function);
+                match attach_function(&mut self.ebpf, function, location, &target.path, scope) {
+                    Ok((function_links, at_entry)) => {
+                        links.extend(function_links);
+                        if let Some(placement) = placement.map(|p| p.refused(at_entry)) {
+                            log_once(&placement);
+                            report.placements.push(placement);
+                        }
+                    }
+                    Err(err) if !function.required => {
+                        log::warn!("{err}: skipping the optional {}", function.symbol);
+                        report.missing.push(function.symbol);
                         continue;
                     }
                     Err(err) => return Err(err),
                 }
-                if has_return {
-                    let link =
-                        attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, &target.path, scope)?;
-                    links.push((RETURN_PROGRAM, link));
-                }
-                report.attached.push(symbol);
+                report.attached.push(function.symbol);
             }
             if let Some(cxx) = &target.cxx {
-                for symbol in CXX_NEW {
-                    match attach_uprobe(&mut self.ebpf, "malloc_enter", symbol, cxx, scope) {
-                        Ok(link) => links.push(("malloc_enter", link)),
-                        Err(err) => {
-                            log::debug!("{symbol} in {}: {err}", cxx.display());
+                let code = Code::read(cxx, entry_probes);
+                for function in &CXX_NEW {
+                    let (location, placement, tail) = code.locate(function);
+                    // `new[]` only jumps to `new`: the probe of `new` sees the same call, with
+                    // the same arguments and return address. One trap fewer per `new[]`.
+                    if let (Some(tail), Some(placement)) = (tail, placement.as_ref()) {
+                        if tail != function.symbol && report.attached.contains(&tail.as_str()) {
+                            let placement = Placement {
+                                note: Some(format!(
+                                    "tail call to {tail}, probed: not probed itself"
+                                )),
+                                ..placement.clone()
+                            };
+                            log_once(&placement);
+                            report.placements.push(placement);
                             continue;
                         }
                     }
-                    match attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, cxx, scope) {
-                        Ok(link) => links.push((RETURN_PROGRAM, link)),
+                    match attach_function(&mut self.ebpf, function, location, cxx, scope) {
+                        Ok((function_links, at_entry)) => {
+                            links.extend(function_links);
+                            if let Some(placement) = placement.map(|p| p.refused(at_entry)) {
+                                log_once(&placement);
+                                report.placements.push(placement);
+                            }
+                        }
                         Err(err) => {
-                            log::warn!("return probe of {symbol} in {}: {err}", cxx.display())
+                            log::debug!("{} in {}: {err}", function.symbol, cxx.display());
+                            continue;
                         }
                     }
-                    report.attached.push(symbol);
+                    report.attached.push(function.symbol);
                 }
             }
             Ok(())
@@ -382,11 +452,7 @@ impl Probes {
             return false;
         };
         for (program, link) in links {
-            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                if let Err(err) = uprobe.detach(link) {
-                    log::debug!("detaching {program}: {err}");
-                }
-            }
+            detach_link(&mut self.ebpf, program, link);
         }
         true
     }
@@ -548,11 +614,179 @@ impl ProgramIds {
     }
 }
 
-/// Attaches the loaded uprobe `program` to `symbol` in the object at `path`.
+/// The functions of one object, with their code when placement looks at it.
+struct Code {
+    elf: Option<ElfCode>,
+    object: String,
+    /// Why entry probes stay on the entry when there is no code to look at.
+    entry_reason: Option<String>,
+}
+
+impl Code {
+    fn read(path: &Path, entry_probes: bool) -> Self {
+        let object = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (elf, entry_reason) = if entry_probes {
+            (
+                ElfCode::read(path).ok(),
+                Some("entry probes forced".to_string()),
+            )
+        } else if !cfg!(target_arch = "x86_64") {
+            (
+                None,
+                Some("probe placement is measured on x86-64 only".to_string()),
+            )
+        } else {
+            match ElfCode::read(path) {
+                Ok(elf) => (Some(elf), None),
+                Err(err) => {
+                    let reason = crate::error_chain(&err);
+                    log::warn!("probe placement: {reason}: entry probes on {object}");
+                    (None, Some(reason))
+                }
+            }
+        };
+        Self {
+            elf,
+            object,
+            entry_reason,
+        }
+    }
+
+    /// Where `function`'s probes go: the file offset of the chosen instruction, or the symbol
+    /// itself (aya resolves it) when the code was not found; the placement to report; and the
+    /// function the probed instruction jumps to when it is a tail call.
+    fn locate(
+        &self,
+        function: &Function,
+    ) -> (
+        UProbeAttachLocation<'static>,
+        Option<Placement>,
+        Option<String>,
+    ) {
+        let code: Option<FunctionCode> =
+            self.elf.as_ref().and_then(|e| e.function(function.symbol));
+        let (Some(elf), Some(code)) = (self.elf.as_ref(), code) else {
+            return (UProbeAttachLocation::Symbol(function.symbol), None, None);
+        };
+        let decision = match &self.entry_reason {
+            Some(reason) => placement::at_entry(&code.bytes, reason),
+            None => placement::decide(&code.bytes, function.signature()),
+        };
+        let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset + decision.offset);
+        let tail = decision
+            .tail_call
+            .and_then(|target| elf.jump_target(code.address.wrapping_add_signed(target)));
+        let placement = decision.placement(function.symbol, &self.object, code.file_offset);
+        (location, Some(placement), tail)
+    }
+}
+
+/// Logs a placement at info level the first time it is seen (by object and symbol), at debug
+/// level after that: the agent attaches to the same libc again and again.
+fn log_once(placement: &Placement) {
+    static SEEN: std::sync::Mutex<Vec<(String, String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let key = (
+        placement.object.clone(),
+        placement.symbol.clone(),
+        placement.offset,
+    );
+    let first = match SEEN.lock() {
+        Ok(mut seen) if !seen.contains(&key) => {
+            seen.push(key);
+            true
+        }
+        _ => false,
+    };
+    if first {
+        log::info!("probe placement in {}: {placement}", placement.object);
+    } else {
+        log::debug!("probe placement in {}: {placement}", placement.object);
+    }
+}
+
+/// Links of one function's probes.
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
+/// Attaches `function`'s entry program, and the return program when it has one, at `location`
+/// (one breakpoint: both share it). When the kernel refuses a moved location, the symbol's entry
+/// is used instead (then `true` comes back with the links).
+fn attach_function(
+    ebpf: &mut Ebpf,
+    function: &Function,
+    location: UProbeAttachLocation<'static>,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<(Links, bool), ProbeError> {
+    let mut links = Vec::new();
+    let attached = (|| {
+        links.push((
+            function.entry,
+            attach_uprobe(
+                ebpf,
+                function.entry,
+                function.symbol,
+                &location,
+                path,
+                scope,
+            )?,
+        ));
+        if function.has_return {
+            links.push((
+                RETURN_PROGRAM,
+                attach_uprobe(
+                    ebpf,
+                    RETURN_PROGRAM,
+                    function.symbol,
+                    &location,
+                    path,
+                    scope,
+                )?,
+            ));
+        }
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Ok((links, false)),
+        Err(err) => {
+            for (program, link) in links.drain(..) {
+                detach_link(ebpf, program, link);
+            }
+            if matches!(location, UProbeAttachLocation::Symbol(_)) {
+                return Err(err);
+            }
+            log::warn!(
+                "{}: attaching at the entry instead",
+                crate::error_chain(&err)
+            );
+            let (links, _) = attach_function(
+                ebpf,
+                function,
+                UProbeAttachLocation::Symbol(function.symbol),
+                path,
+                scope,
+            )?;
+            Ok((links, true))
+        }
+    }
+}
+
+fn detach_link(ebpf: &mut Ebpf, program: &'static str, link: UProbeLinkId) {
+    if let Some(Ok(uprobe)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
+        if let Err(err) = uprobe.detach(link) {
+            log::debug!("detaching {program}: {err}");
+        }
+    }
+}
+
+/// Attaches the loaded uprobe `program` to `location` (in `symbol`) in the object at `path`.
 fn attach_uprobe(
     ebpf: &mut Ebpf,
     program: &'static str,
     symbol: &'static str,
+    location: &UProbeAttachLocation<'static>,
     path: &Path,
     scope: UProbeScope,
 ) -> Result<UProbeLinkId, ProbeError> {
@@ -564,11 +798,17 @@ fn attach_uprobe(
             name: program,
             source,
         })?;
+    let (point, offset) = match location {
+        UProbeAttachLocation::Symbol(s) => (UProbeAttachLocation::Symbol(s), 0),
+        UProbeAttachLocation::SymbolOffset(s, o) => (UProbeAttachLocation::SymbolOffset(s, *o), *o),
+        UProbeAttachLocation::AbsoluteOffset(o) => (UProbeAttachLocation::AbsoluteOffset(*o), *o),
+    };
     uprobe
-        .attach(symbol, path, scope)
+        .attach(point, path, scope)
         .map_err(|source| ProbeError::Uprobe {
             symbol,
-            library: path.to_path_buf(),
+            offset,
+            library: path.into(),
             source,
         })
 }
