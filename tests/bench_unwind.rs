@@ -50,7 +50,14 @@ fn per_event_ns(program: &str, mode: Mode) -> (f64, u64) {
     session.trace_pid(pid).expect("attach");
     if mode == Mode::FramePointers {
         // No table for this process: every frame is walked with frame pointers.
-        session.probes.unwind().unregister(pid);
+        let ticket = session.probes.unwind().unregister(pid);
+        assert!(
+            session
+                .probes
+                .unwind()
+                .wait(ticket, std::time::Duration::from_secs(30)),
+            "the tables of pid {pid} dropped"
+        );
     }
     let runs_before = stats(&session, "malloc_enter");
     child

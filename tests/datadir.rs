@@ -174,15 +174,24 @@ fn restore_and_retention_survive_an_odd_data_directory() {
 
     // The valid history (the old file's snapshot, then today's) is restored, oldest first, before
     // the agent's own snapshots.
-    let history = agent.get_json("/api/memory/history?count=10000");
-    let times: Vec<u64> = history
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter_map(|s| s["timestamp"].as_u64())
-        .collect();
     let mut expected = vec![OLD_SNAPSHOT_MS];
     expected.extend(&valid);
+    // The agent's own first snapshot comes after the restored ones (once its analysis side has
+    // finished with it).
+    let times: Vec<u64> = wait_for(
+        Duration::from_secs(20),
+        "the agent's first snapshot after the restored ones",
+        || agent.stderr_tail(30),
+        || {
+            let history = agent.get_json("/api/memory/history?count=10000");
+            let times: Vec<u64> = history
+                .as_array()?
+                .iter()
+                .filter_map(|s| s["timestamp"].as_u64())
+                .collect();
+            (times.len() > expected.len()).then_some(times)
+        },
+    );
     assert!(
         times.len() > expected.len() && times[..expected.len()] == expected[..],
         "history: {times:?}\nexpected first: {expected:?}"

@@ -207,7 +207,7 @@ impl Default for ProbesConfig {
             stack_entries: 8192,
             capture_stacks: true,
             wakeup_bytes: 256 << 10,
-            unwind_table_mb: 64,
+            unwind_table_mb: 8,
             unwind_depth: memtrace_common::UNWIND_MAX_FRAMES as u32,
             unwind_processes: 256,
             entry_probes: false,

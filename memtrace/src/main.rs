@@ -212,6 +212,8 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The HTTP side yields the CPU to event intake and analysis (their own threads).
+        .on_thread_start(|| memtrace::os::set_thread_nice(memtrace::agent::HTTP_NICE))
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -15,7 +15,8 @@ use crate::{
     accounting::{Accounting, Procfs},
     events::{self, Batch, PipelineStats},
     probes::{
-        allocator_of, host_libc, AllocatorTarget, AttachReport, ProbeError, ProbeOptions, Probes,
+        allocator_of, host_libc, AllocatorTarget, AttachReport, Prepared, ProbeError, ProbeOptions,
+        Probes,
     },
 };
 
@@ -29,6 +30,9 @@ pub struct Session {
     only: Vec<u32>,
     /// The modules version each traced process's unwind tables were registered from.
     unwound: HashMap<u32, u64>,
+    /// How long registering a process's unwind tables may wait for them to be in place (`None`:
+    /// not at all, the agent's intake never waits).
+    unwind_wait: Option<Duration>,
 }
 
 impl Session {
@@ -43,12 +47,20 @@ impl Session {
             batch: Vec::with_capacity(4096),
             only: Vec::new(),
             unwound: HashMap::new(),
+            unwind_wait: Some(Duration::from_secs(30)),
         })
     }
 
     /// Applies only the events of these processes from now on (cheaper when the host is busy).
     pub fn only(&mut self, pids: &[u32]) {
         self.only = pids.to_vec();
+    }
+
+    /// How long tracing a process waits for its unwind tables (built on their own thread) before
+    /// going on: `memtrace trace` and tests wait, so that the first stacks are complete; the agent
+    /// does not (`None`), so that event intake never stalls on a large program's tables.
+    pub fn set_unwind_wait(&mut self, wait: Option<Duration>) {
+        self.unwind_wait = wait;
     }
 
     /// Records allocations of at least `min_size` bytes, keeping the last `max` (0: none).
@@ -76,11 +88,22 @@ impl Session {
         pid: u32,
         target: &AllocatorTarget,
     ) -> Result<AttachReport, ProbeError> {
+        let prepared = Prepared::read(target.clone(), self.probes.entry_probes());
+        self.trace_prepared(pid, &prepared)
+    }
+
+    /// [`Session::trace_target`] with the target's files already read ([`Prepared::read`], on
+    /// another thread): only `/proc` reads and attach system calls here.
+    pub fn trace_prepared(
+        &mut self,
+        pid: u32,
+        prepared: &Prepared,
+    ) -> Result<AttachReport, ProbeError> {
         if pid == std::process::id() {
             return Err(ProbeError::SelfTrace(pid));
         }
         self.accounting.state(pid);
-        let report = self.probes.attach_allocator(target)?;
+        let report = self.probes.attach_prepared(prepared)?;
         self.accounting.set_traced(pid, true);
         self.register_unwind(pid);
         Ok(report)
@@ -99,9 +122,17 @@ impl Session {
             self.unwound.insert(pid, version);
             return;
         }
-        match self.probes.unwind().register(pid, &state.modules) {
-            Ok(done) => log::debug!("unwind tables of pid {pid}: {done:?}"),
-            Err(err) => log::warn!("unwind tables of pid {pid}: {err}"),
+        let ticket = self
+            .probes
+            .unwind()
+            .register(pid, std::sync::Arc::clone(&state.modules));
+        if let Some(wait) = self.unwind_wait {
+            if !self.probes.unwind().wait(ticket, wait) {
+                log::warn!(
+                    "the unwind tables of pid {pid} are not ready after {wait:?}: its stacks use \
+                     frame pointers until they are"
+                );
+            }
         }
         self.unwound.insert(pid, version);
     }

@@ -236,7 +236,16 @@ impl Backend for Agent {
     }
 
     fn trace_start(&self, pid: u32) -> Result<TraceStarted, BackendError> {
-        self.ask_intake(|reply| IntakeCommand::TraceStart { pid, reply })
+        // The allocator's files are read here, on the HTTP side's blocking pool, not by the intake.
+        let prepared = Box::new(crate::probes::prepare(
+            pid,
+            self.shared.config.probes.entry_probes,
+        ));
+        self.ask_intake(|reply| IntakeCommand::TraceStart {
+            pid,
+            prepared,
+            reply,
+        })
     }
 
     fn trace_stop(&self, pid: u32) -> Result<TraceStopped, BackendError> {

@@ -433,8 +433,29 @@ impl Core {
             let requests = self.analyze_if_due(now);
             self.shared.health.core_busy(None);
             if let Some(requests) = requests {
+                // Only what the intake can take: not traced yet, and room under the cap.
+                let intake = self.shared.intake.load();
+                let room = self
+                    .shared
+                    .config
+                    .drilldown
+                    .max_processes
+                    .saturating_sub(intake.drilldowns.len());
+                let requests: Vec<DrillRequest> = requests
+                    .into_iter()
+                    .filter(|r| !intake.is_traced(r.pid))
+                    .take(room)
+                    .collect();
                 for request in requests {
-                    if to_intake.send(IntakeCommand::Drilldown(request)).is_err() {
+                    // The allocator's files are read here, not by the intake.
+                    let prepared = Box::new(crate::probes::prepare(
+                        request.pid,
+                        self.shared.config.probes.entry_probes,
+                    ));
+                    if to_intake
+                        .send(IntakeCommand::Drilldown(request, prepared))
+                        .is_err()
+                    {
                         break;
                     }
                 }

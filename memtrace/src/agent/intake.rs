@@ -26,10 +26,13 @@ use crate::{
     config::Config,
     events::{PipelineStats, DRAIN_INTERVAL},
     os::clock,
-    probes::{allocator_of, KernelCounters, ProbeError, ProgramIds},
+    probes::{self, KernelCounters, Prepared, ProbeError, ProgramIds},
     session::Session,
     snapshot::{HostSnapshot, ProcessSnapshot},
 };
+
+/// A turn of the intake loop longer than this is logged (with what took the time).
+const SLOW_TURN: Duration = Duration::from_millis(250);
 
 /// What the intake hands the core at each snapshot interval.
 #[derive(Debug)]
@@ -85,16 +88,19 @@ impl From<ProbeError> for TraceError {
 
 /// Requests to the intake.
 pub enum IntakeCommand {
+    /// Start tracing `pid`; its allocator's files were read by the sender ([`probes::prepare`]).
     TraceStart {
         pid: u32,
+        prepared: Box<Result<Prepared, ProbeError>>,
         reply: mpsc::SyncSender<Result<TraceStarted, TraceError>>,
     },
     TraceStop {
         pid: u32,
         reply: mpsc::SyncSender<Result<TraceStopped, TraceError>>,
     },
-    /// From the analysis: trace a growing process for `drilldown.window` (if the cap allows).
-    Drilldown(DrillRequest),
+    /// From the analysis: trace a growing process for `drilldown.window` (if the cap allows),
+    /// with its allocator's files read by the sender.
+    Drilldown(DrillRequest, Box<Result<Prepared, ProbeError>>),
 }
 
 /// One process whose heap the intake traces.
@@ -137,6 +143,8 @@ impl Intake {
     /// `agent.pids`). The first snapshot is due at once.
     pub fn start(config: Arc<Config>, now: Now) -> Result<Self, AgentError> {
         let mut session = Session::start(&config.probes)?;
+        // Unwind tables are built on their own thread: event intake never waits for them.
+        session.set_unwind_wait(None);
         let tracking = &config.tracking;
         session.record_operations(
             tracking.min_allocation_size,
@@ -170,8 +178,9 @@ impl Intake {
             snapshots_dropped: Arc::default(),
         };
         for &pid in &config.agent.pids {
+            let prepared = probes::prepare(pid, config.probes.entry_probes);
             intake
-                .trace(pid, TraceReason::Configured, None, now)
+                .trace(pid, prepared, TraceReason::Configured, None, now)
                 .map_err(|source| AgentError::Trace { pid, source })?;
         }
         Ok(intake)
@@ -209,6 +218,7 @@ impl Intake {
     fn trace(
         &mut self,
         pid: u32,
+        prepared: Result<Prepared, ProbeError>,
         reason: TraceReason,
         drilldown: Option<DrillState>,
         now: Now,
@@ -218,8 +228,9 @@ impl Intake {
                 "every process's heap is traced already (agent.mallocAll); pid {pid} is included"
             )));
         }
-        let target = allocator_of(pid)?;
-        let report = self.session.trace_target(pid, &target)?;
+        let prepared = prepared?;
+        let target = &prepared.target;
+        let report = self.session.trace_prepared(pid, &prepared)?;
         let state = self.session.accounting.state(pid);
         let (start_time, comm) = (state.start_time, state.comm.clone());
         self.traces_started += 1;
@@ -270,8 +281,12 @@ impl Intake {
     /// Carries out a command.
     pub fn execute(&mut self, command: IntakeCommand, now: Now, shared: &Shared) {
         match command {
-            IntakeCommand::TraceStart { pid, reply } => {
-                let result = self.trace(pid, TraceReason::Requested, None, now);
+            IntakeCommand::TraceStart {
+                pid,
+                prepared,
+                reply,
+            } => {
+                let result = self.trace(pid, *prepared, TraceReason::Requested, None, now);
                 let _ = reply.send(result);
             }
             IntakeCommand::TraceStop { pid, reply } => {
@@ -288,16 +303,22 @@ impl Intake {
                 };
                 let _ = reply.send(result);
             }
-            IntakeCommand::Drilldown(request) => {
-                if let Err(reason) = self.start_drilldown(request.clone(), now) {
-                    log::info!("drill-down into pid {} not started: {reason}", request.pid);
+            IntakeCommand::Drilldown(request, prepared) => {
+                let pid = request.pid;
+                if let Err(reason) = self.start_drilldown(request, *prepared, now) {
+                    log::info!("drill-down into pid {pid} not started: {reason}");
                 }
             }
         }
         self.publish(shared);
     }
 
-    fn start_drilldown(&mut self, request: DrillRequest, now: Now) -> Result<(), String> {
+    fn start_drilldown(
+        &mut self,
+        request: DrillRequest,
+        prepared: Result<Prepared, ProbeError>,
+        now: Now,
+    ) -> Result<(), String> {
         let config = Arc::clone(&self.config);
         let options = &config.drilldown;
         if !options.enabled || self.traced.contains_key(&request.pid) {
@@ -321,8 +342,14 @@ impl Intake {
             reason: request.reason.clone(),
             alert_id: request.alert_id.clone(),
         };
-        self.trace(request.pid, TraceReason::Drilldown, Some(state), now)
-            .map_err(|e| e.to_string())?;
+        self.trace(
+            request.pid,
+            prepared,
+            TraceReason::Drilldown,
+            Some(state),
+            now,
+        )
+        .map_err(|e| e.to_string())?;
         self.drilldowns_total += 1;
         log::info!(
             "drill-down: tracing the heap of pid {} ({}) for {} s: {}",
@@ -505,13 +532,29 @@ impl Intake {
             let until_snapshot = self.next_snapshot_ms.saturating_sub(now.mono_ms);
             self.session
                 .wait(DRAIN_INTERVAL.min(Duration::from_millis(until_snapshot)));
-            self.poll();
+            let turn = std::time::Instant::now();
+            let events = self.poll();
+            let polled = turn.elapsed();
             let now = Now::current();
+            let mut commands_run = 0;
             while let Ok(command) = commands.try_recv() {
                 self.execute(command, now, shared);
+                commands_run += 1;
             }
+            let commanded = turn.elapsed();
             for message in self.step(now, shared) {
                 self.send(shared, to_core, message);
+            }
+            // The ring buffer holds about a second of events at high rates: a turn this long
+            // risks losing some. Say what took the time.
+            if turn.elapsed() > SLOW_TURN {
+                log::warn!(
+                    "event intake: one turn took {:?} ({events} events applied in {polled:?}, \
+                     {commands_run} commands in {:?}, snapshot and drill-downs in {:?})",
+                    turn.elapsed(),
+                    commanded.saturating_sub(polled),
+                    turn.elapsed().saturating_sub(commanded)
+                );
             }
             if stop.load(Ordering::Relaxed) {
                 break;

@@ -318,8 +318,15 @@ impl Pipeline {
         }
         if let Some(requests) = self.core.analyze_if_due(now) {
             for request in requests {
-                self.intake
-                    .execute(IntakeCommand::Drilldown(request), now, &self.shared);
+                let prepared = Box::new(crate::probes::prepare(
+                    request.pid,
+                    self.shared.config.probes.entry_probes,
+                ));
+                self.intake.execute(
+                    IntakeCommand::Drilldown(request, prepared),
+                    now,
+                    &self.shared,
+                );
             }
         }
     }
@@ -340,6 +347,14 @@ impl Agent {
 
 /// Messages waiting for the core at most (snapshots dropped beyond, and counted).
 const CORE_QUEUE: usize = 64;
+
+/// Nice values of the agent's threads: event intake above everything else of the agent, the
+/// analysis above the HTTP side ([`HTTP_NICE`], set on the async runtime's threads), so that
+/// readers never slow collection down, even competing for the CPU.
+const INTAKE_NICE: i32 = -5;
+const CORE_NICE: i32 = 5;
+/// Nice value of the HTTP side's threads (the async runtime's workers and blocking pool).
+pub const HTTP_NICE: i32 = 10;
 
 /// Runs the agent until SIGINT or SIGTERM; `serve` runs the HTTP side alongside and stops when
 /// its receiver turns true.
@@ -367,6 +382,9 @@ where
         std::thread::Builder::new()
             .name("memtrace-intake".into())
             .spawn(move || {
+                // Event intake first: under CPU contention (a traced process allocating flat out,
+                // heavy API clients) it must keep draining the ring buffer.
+                crate::os::set_thread_nice(INTAKE_NICE);
                 let mut guard = ThreadGuard {
                     shared: Arc::clone(&shared),
                     which: "intake",
@@ -383,6 +401,7 @@ where
         std::thread::Builder::new()
             .name("memtrace-core".into())
             .spawn(move || {
+                crate::os::set_thread_nice(CORE_NICE);
                 let mut guard = ThreadGuard {
                     shared,
                     which: "core",

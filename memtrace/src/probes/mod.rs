@@ -18,9 +18,8 @@ use self::{
     placement::{Placement, Signature},
 };
 use crate::{
-    accounting::modules::Modules,
     os::procfs,
-    unwind::{Registration, TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats},
+    unwind::{TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats, UnwindWorker},
 };
 
 pub mod budget;
@@ -169,6 +168,8 @@ pub enum ProbeError {
     Stats(#[source] io::Error),
     #[error("mapping the unwind row array into memory")]
     MapRows(#[source] io::Error),
+    #[error("starting the unwind table thread")]
+    UnwindWorker(#[source] io::Error),
     #[error("reading map {name}")]
     Map {
         name: &'static str,
@@ -237,8 +238,8 @@ pub struct Probes {
     links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
     /// Keeps the kernel's BPF statistics on while held (closing it turns them off).
     stats: Option<std::os::fd::OwnedFd>,
-    unwind: TableManager,
-    rows: RowsMmap,
+    /// The unwind tables, managed on a thread of their own.
+    unwind: UnwindWorker,
     /// Entry probes stay on the entry (`ProbeOptions::entry_probes`).
     entry_probes: bool,
 }
@@ -315,13 +316,16 @@ impl Probes {
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
         let rows = RowsMmap::new(&ebpf, limits.rows)?;
+        let manager = TableManager::new(limits);
         load_uprobe(&mut ebpf, NEW_PROGRAM)?;
+        let maps = KernelUnwindMaps::new(&ebpf, rows)?;
+        let unwind =
+            UnwindWorker::start(manager, Box::new(maps)).map_err(ProbeError::UnwindWorker)?;
         Ok(Self {
             ebpf,
             links: HashMap::new(),
             stats: None,
-            unwind: TableManager::new(limits),
-            rows,
+            unwind,
             entry_probes: options.entry_probes,
         })
     }
@@ -332,6 +336,14 @@ impl Probes {
         &mut self,
         target: &AllocatorTarget,
     ) -> Result<AttachReport, ProbeError> {
+        let prepared = Prepared::read(target.clone(), self.entry_probes);
+        self.attach_prepared(&prepared)
+    }
+
+    /// Attaches what [`Prepared::read`] prepared: only the attach system calls, no file read (so
+    /// the thread that drains the ring buffer can do it without stalling).
+    pub fn attach_prepared(&mut self, prepared: &Prepared) -> Result<AttachReport, ProbeError> {
+        let target = &prepared.target;
         if target.pid == Some(std::process::id()) {
             return Err(ProbeError::SelfTrace(std::process::id()));
         }
@@ -342,9 +354,8 @@ impl Probes {
         self.detach_allocator(target.pid);
         let mut report = AttachReport::default();
         let mut links = Vec::new();
-        let entry_probes = self.entry_probes;
         let result = (|| {
-            let code = Code::read(&target.path, entry_probes);
+            let code = &prepared.code;
             for function in &ALLOCATOR {
                 let (location, placement, _) = code.locate(function);
                 match attach_function(&mut self.ebpf, function, location, &target.path, scope) {
@@ -364,8 +375,7 @@ impl Probes {
                 }
                 report.attached.push(function.symbol);
             }
-            if let Some(cxx) = &target.cxx {
-                let code = Code::read(cxx, entry_probes);
+            if let (Some(cxx), Some(code)) = (&target.cxx, &prepared.cxx) {
                 for function in &CXX_NEW {
                     let (location, placement, tail) = code.locate(function);
                     // `new[]` only jumps to `new`: the probe of `new` sees the same call, with
@@ -501,40 +511,23 @@ impl Probes {
     }
 
     /// The unwind tables: register a process when it is attached and when it maps new code.
-    pub fn unwind(&mut self) -> Unwind<'_> {
-        Unwind {
-            maps: KernelUnwindMaps {
-                ebpf: &mut self.ebpf,
-                rows: &mut self.rows,
-            },
-            manager: &mut self.unwind,
-        }
+    pub fn unwind(&self) -> &UnwindWorker {
+        &self.unwind
+    }
+
+    /// Whether probes stay on their functions' entries (`probes.entryProbes`).
+    pub fn entry_probes(&self) -> bool {
+        self.entry_probes
     }
 
     /// Figures of the unwind tables (for the agent's memory figures and metrics).
     pub fn unwind_stats(&self) -> UnwindStats {
-        self.unwind.stats()
+        self.unwind().stats()
     }
 
     /// A second handle on one of the object's maps: the same kernel map, its own descriptor.
     fn shared_map(&self, name: &'static str) -> Result<MapData, ProbeError> {
-        let map = self.ebpf.map(name).ok_or(ProbeError::Missing(name))?;
-        let data = match map {
-            Map::PerCpuArray(data) | Map::HashMap(data) => data,
-            _ => return Err(ProbeError::Missing(name)),
-        };
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|err| ProbeError::Map {
-                name,
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error: err,
-                }),
-            })?;
-        MapData::from_fd(fd).map_err(|source| ProbeError::Map { name, source })
+        shared_map(&self.ebpf, name)
     }
 
     /// The ids of the loaded programs, by name (for their run-time statistics).
@@ -615,6 +608,42 @@ impl ProgramIds {
 }
 
 /// The functions of one object, with their code when placement looks at it.
+/// Finds the allocator of `pid` and reads its code ([`allocator_of`], [`Prepared::read`]): the
+/// part of starting to trace a process that reads files, for a thread that may take its time.
+pub fn prepare(pid: u32, entry_probes: bool) -> Result<Prepared, ProbeError> {
+    Ok(Prepared::read(allocator_of(pid)?, entry_probes))
+}
+
+/// An allocator target with the code of its functions read and decoded: everything attaching needs
+/// that reads the object files (the traced process's files, possibly large), done before attaching
+/// and on any thread.
+pub struct Prepared {
+    pub target: AllocatorTarget,
+    code: Code,
+    cxx: Option<Code>,
+}
+
+impl Prepared {
+    /// Reads the allocator's object (and libstdc++) to place the probes; `entry_probes` keeps
+    /// every probe on its function's entry (`probes.entryProbes`).
+    pub fn read(target: AllocatorTarget, entry_probes: bool) -> Self {
+        let code = Code::read(&target.path, entry_probes);
+        let cxx = target
+            .cxx
+            .as_deref()
+            .map(|cxx| Code::read(cxx, entry_probes));
+        Self { target, code, cxx }
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Code {
     elf: Option<ElfCode>,
     object: String,
@@ -813,6 +842,27 @@ fn attach_uprobe(
         })
 }
 
+/// A second handle on one of the object's maps: the same kernel map, its own descriptor.
+fn shared_map(ebpf: &Ebpf, name: &'static str) -> Result<MapData, ProbeError> {
+    let map = ebpf.map(name).ok_or(ProbeError::Missing(name))?;
+    let data = match map {
+        Map::PerCpuArray(data) | Map::HashMap(data) | Map::Array(data) => data,
+        _ => return Err(ProbeError::Missing(name)),
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|err| ProbeError::Map {
+            name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: err,
+            }),
+        })?;
+    MapData::from_fd(fd).map_err(|source| ProbeError::Map { name, source })
+}
+
 /// The program `name` of the object, as its type (`UProbe`, `TracePoint`).
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
 where
@@ -870,28 +920,6 @@ impl crate::attribution::StackSource for KernelStacks {
         let stack = self.0.get(&id, 0).ok()?;
         let len = (stack.len as usize).min(stack.pcs.len());
         Some(stack.pcs[..len].to_vec())
-    }
-}
-
-/// The unwind tables of the loaded object, borrowed from the probes.
-pub struct Unwind<'a> {
-    maps: KernelUnwindMaps<'a>,
-    manager: &'a mut TableManager,
-}
-
-impl Unwind<'_> {
-    /// Loads the tables of the code `pid` maps (building those not loaded yet) and its mapping
-    /// table. Call when the process is attached and when it maps new code (`modules` refreshed).
-    pub fn register(&mut self, pid: u32, modules: &Modules) -> Result<Registration, UnwindError> {
-        self.manager.register(&mut self.maps, pid, modules)
-    }
-
-    pub fn unregister(&mut self, pid: u32) {
-        self.manager.unregister(&mut self.maps, pid);
-    }
-
-    pub fn stats(&self) -> UnwindStats {
-        self.manager.stats()
     }
 }
 
@@ -954,32 +982,48 @@ impl Drop for RowsMmap {
     }
 }
 
-struct KernelUnwindMaps<'a> {
-    ebpf: &'a mut Ebpf,
-    rows: &'a mut RowsMmap,
+/// The kernel's unwind maps, with handles of their own (so that the worker thread owns them).
+struct KernelUnwindMaps {
+    rows: RowsMmap,
+    tables: Array<MapData, UnwindTable>,
+    procs: Array<MapData, ProcMappings>,
+    slots: aya::maps::HashMap<MapData, u32, u32>,
+    generation: Array<MapData, u32>,
 }
 
 fn unwind_map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> UnwindError {
     move |source| UnwindError::Map { name, source }
 }
 
-impl KernelUnwindMaps<'_> {
+impl KernelUnwindMaps {
+    fn new(ebpf: &Ebpf, rows: RowsMmap) -> Result<Self, ProbeError> {
+        let typed = |name: &'static str, source| ProbeError::Map { name, source };
+        Ok(Self {
+            rows,
+            tables: Array::try_from(Map::Array(shared_map(ebpf, "UNWIND_TABLES")?))
+                .map_err(|e| typed("UNWIND_TABLES", e))?,
+            procs: Array::try_from(Map::Array(shared_map(ebpf, "UNWIND_PROCS")?))
+                .map_err(|e| typed("UNWIND_PROCS", e))?,
+            slots: aya::maps::HashMap::try_from(Map::HashMap(shared_map(
+                ebpf,
+                "UNWIND_PROC_SLOTS",
+            )?))
+            .map_err(|e| typed("UNWIND_PROC_SLOTS", e))?,
+            generation: Array::try_from(Map::Array(shared_map(ebpf, "UNWIND_GENERATION")?))
+                .map_err(|e| typed("UNWIND_GENERATION", e))?,
+        })
+    }
+
     /// Invalidates the kernel's cache of rows (after a table or a process's mappings changed).
     fn next_generation(&mut self) -> Result<(), UnwindError> {
         self.rows.generation = self.rows.generation.wrapping_add(1);
-        let map = self
-            .ebpf
-            .map_mut("UNWIND_GENERATION")
-            .ok_or(UnwindError::NotMapped)?;
-        let mut array =
-            Array::<_, u32>::try_from(map).map_err(unwind_map_error("UNWIND_GENERATION"))?;
-        array
+        self.generation
             .set(0, self.rows.generation, 0)
             .map_err(unwind_map_error("UNWIND_GENERATION"))
     }
 }
 
-impl UnwindMaps for KernelUnwindMaps<'_> {
+impl UnwindMaps for KernelUnwindMaps {
     fn write_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), UnwindError> {
         let end = first as usize + rows.len();
         if end > self.rows.rows as usize {
@@ -998,13 +1042,7 @@ impl UnwindMaps for KernelUnwindMaps<'_> {
     }
 
     fn set_table(&mut self, id: u32, table: UnwindTable) -> Result<(), UnwindError> {
-        let map = self
-            .ebpf
-            .map_mut("UNWIND_TABLES")
-            .ok_or(UnwindError::NotMapped)?;
-        let mut array =
-            Array::<_, UnwindTable>::try_from(map).map_err(unwind_map_error("UNWIND_TABLES"))?;
-        array
+        self.tables
             .set(id, table, 0)
             .map_err(unwind_map_error("UNWIND_TABLES"))?;
         self.next_generation()
@@ -1016,42 +1054,21 @@ impl UnwindMaps for KernelUnwindMaps<'_> {
         slot: u32,
         mappings: &ProcMappings,
     ) -> Result<(), UnwindError> {
-        {
-            let map = self
-                .ebpf
-                .map_mut("UNWIND_PROCS")
-                .ok_or(UnwindError::NotMapped)?;
-            let mut array = Array::<_, ProcMappings>::try_from(map)
-                .map_err(unwind_map_error("UNWIND_PROCS"))?;
-            array
-                .set(slot, mappings, 0)
-                .map_err(unwind_map_error("UNWIND_PROCS"))?;
-        }
-        let map = self
-            .ebpf
-            .map_mut("UNWIND_PROC_SLOTS")
-            .ok_or(UnwindError::NotMapped)?;
-        let mut slots = aya::maps::HashMap::<_, u32, u32>::try_from(map)
-            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
-        slots
+        self.procs
+            .set(slot, mappings, 0)
+            .map_err(unwind_map_error("UNWIND_PROCS"))?;
+        self.slots
             .insert(pid, slot, 0)
             .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
         self.next_generation()
     }
 
     fn remove_process(&mut self, pid: u32) {
-        if let Some(map) = self.ebpf.map_mut("UNWIND_PROC_SLOTS") {
-            if let Ok(mut slots) = aya::maps::HashMap::<_, u32, u32>::try_from(map) {
-                // Absent already (the kernel drops it at exit and exec) is fine.
-                let _ = slots.remove(&pid);
-            }
-        }
+        // Absent already (the kernel drops it at exit and exec) is fine.
+        let _ = self.slots.remove(&pid);
     }
 
     fn has_process(&self, pid: u32) -> bool {
-        self.ebpf
-            .map("UNWIND_PROC_SLOTS")
-            .and_then(|map| aya::maps::HashMap::<_, u32, u32>::try_from(map).ok())
-            .is_some_and(|slots| slots.get(&pid, 0).is_ok())
+        self.slots.get(&pid, 0).is_ok()
     }
 }

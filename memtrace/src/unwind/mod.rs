@@ -4,7 +4,9 @@
 
 pub mod manager;
 pub mod table;
+pub mod worker;
 
-pub use self::manager::{
-    Registration, TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats,
+pub use self::{
+    manager::{Registration, TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats},
+    worker::UnwindWorker,
 };
