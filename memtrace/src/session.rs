@@ -66,6 +66,18 @@ impl Session {
         Ok(report)
     }
 
+    /// Like [`Session::trace_target`], for a child that has not yet run its program (it waits
+    /// for the probes before it execs): its heap is traced from its start.
+    pub fn trace_launched(
+        &mut self,
+        pid: u32,
+        target: &AllocatorTarget,
+    ) -> Result<AttachReport, ProbeError> {
+        let report = self.trace_target(pid, target)?;
+        self.accounting.set_traced_from_start(pid);
+        Ok(report)
+    }
+
     pub fn untrace_pid(&mut self, pid: u32) {
         self.probes.detach_allocator(Some(pid));
         self.accounting.set_traced(pid, false);

@@ -58,7 +58,7 @@
 mod limits;
 mod pattern;
 mod series;
-mod stats;
+pub(crate) mod stats;
 #[cfg(test)]
 mod synth;
 
@@ -66,8 +66,8 @@ use std::path::PathBuf;
 
 pub use limits::{mem_total, process_limit};
 pub use pattern::{
-    detect_pattern, forecast_minutes_to_limit, Pattern, PatternConfig, PatternType, Sample,
-    Severity, MB, MIN_POINTS,
+    detect_pattern, forecast_minutes_to_limit, growth_severity, spike_severity, Pattern,
+    PatternConfig, PatternType, Sample, Severity, SpikeKind, MB, MIN_POINTS,
 };
 pub use series::{
     analyze_process, analyze_snapshots, extract_series, read_snapshots_jsonl, render_text,

@@ -131,6 +131,9 @@ impl MockBackend {
                 doubling_minutes: None,
                 spike_score: None,
                 spike_bytes: None,
+                spike_kind: None,
+                spike_at: None,
+                spike_base_bytes: None,
                 forecast_minutes_to_limit: Some(120.0),
                 limit_bytes: Some(1 << 30),
             },
@@ -184,8 +187,13 @@ fn mock_snapshot() -> HostSnapshot {
         mapped_anon_bytes: 32 << 20,
         mapped_file_bytes: 8 << 20,
         brk_bytes: 4 << 20,
+        external_basis: None,
         external_bytes: None,
         external_ratio: None,
+        external_growth_bytes: None,
+        start_time_ms: None,
+        container: String::new(),
+        limit_bytes: None,
         libraries: vec![
             LibrarySnapshot {
                 library: "/usr/lib/libcrypto.so.3".to_string(),

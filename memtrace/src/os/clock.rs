@@ -25,6 +25,31 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
+fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(
+        u64::try_from(ts.tv_sec)
+            .ok()?
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(ts.tv_nsec).ok()?),
+    )
+}
+
+/// When the machine booted, in milliseconds since the Unix epoch: the wall clock minus the time
+/// since boot (`CLOCK_BOOTTIME`, the clock of process start times in `/proc/PID/stat`).
+pub fn boot_time_ms() -> Option<u64> {
+    let real = clock_ns(libc::CLOCK_REALTIME)?;
+    let boot = clock_ns(libc::CLOCK_BOOTTIME)?;
+    real.checked_sub(boot).map(|ns| ns / 1_000_000)
+}
+
 /// The kernel's monotonic clock in whole seconds (the clock of allocation birth times).
 pub fn monotonic_seconds() -> u64 {
     monotonic_ns() / 1_000_000_000
@@ -41,5 +66,8 @@ mod tests {
         assert!(b >= a);
         assert!(now_ms() > 1_600_000_000_000);
         assert_eq!(monotonic_seconds(), monotonic_ns() / 1_000_000_000);
+        // The machine booted in the past, after 2001.
+        let boot = boot_time_ms().expect("boot time");
+        assert!(boot > 1_000_000_000_000 && boot < now_ms());
     }
 }
