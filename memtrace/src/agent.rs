@@ -348,11 +348,7 @@ impl Agent {
         }
         state.last_pids = alive;
         for process in &snapshot.processes {
-            let growth = state
-                .patterns
-                .get(&process.pid)
-                .map(|p| p.pattern.growth_rate);
-            alert_events.extend(state.engine.check_thresholds(process, growth, now));
+            alert_events.extend(state.engine.check_thresholds(process, now));
         }
         let operations = state.accounting.take_new_operations();
         let consumers = consumers_document(&state.reports);
@@ -438,7 +434,7 @@ impl Agent {
         drop(state);
         self.dispatch(alert_events);
         for pattern in detected {
-            self.publish(AgentEvent::PatternDetected(pattern));
+            self.publish(AgentEvent::PatternDetected(Box::new(pattern)));
         }
         if self.options.drilldown.enabled {
             for (pid, comm, reason, alert_id) in drill {

@@ -477,8 +477,11 @@ mod tests {
     };
 
     fn alert_event() -> AlertEvent {
-        let mut engine =
-            AlertEngine::with_seed(&ThresholdsConfig::default(), &AlertingConfig::default(), 3);
+        let mut engine = AlertEngine::with_seed(
+            &ThresholdsConfig::default().with_for(0),
+            &AlertingConfig::default().immediate(),
+            3,
+        );
         let p = ProcessSnapshot {
             pid: 4321,
             comm: "node".into(),
@@ -486,7 +489,7 @@ mod tests {
             ..Default::default()
         };
         engine
-            .check_thresholds(&p, None, 1_700_000_000_000)
+            .check_thresholds(&p, 1_700_000_000_000)
             .into_iter()
             .next()
             .unwrap()

@@ -613,7 +613,7 @@ fn check_step(x: &[f64], y: &[f64], first_after: usize, transition: Option<usize
     let mid = (x[last_before] + x[first_after]) / 2.0;
     let jump = after.at(mid) - before.at(mid);
     let base = before.at(x[last_before]);
-    if !(jump > 0.0) || jump < SPIKE_MIN_FRACTION * base.abs() {
+    if jump.is_nan() || jump <= 0.0 || jump < SPIKE_MIN_FRACTION * base.abs() {
         return None;
     }
     // Sudden: the rise over the step interval(s), less what the slopes account for.
@@ -1073,7 +1073,7 @@ pub fn growth_severity(
     limit_bytes: Option<u64>,
     reference_rate: f64,
 ) -> Severity {
-    if !(rate_mb_per_min > 0.0) {
+    if rate_mb_per_min.is_nan() || rate_mb_per_min <= 0.0 {
         return Severity::Low;
     }
     let fast = rate_mb_per_min >= reference_rate;

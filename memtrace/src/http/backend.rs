@@ -46,9 +46,10 @@ pub enum StreamEvent {
     /// An alert was resolved, by hand or automatically (the alert's JSON).
     #[serde(rename = "alert:resolved")]
     AlertResolved(Value),
-    /// The analysis found a confident pattern for a process.
+    /// The analysis found a confident pattern for a process (boxed: a pattern is much larger than
+    /// the other events).
     #[serde(rename = "pattern:detected")]
-    PatternDetected(ProcessPattern),
+    PatternDetected(Box<ProcessPattern>),
 }
 
 /// The agent as the HTTP side sees it. JSON values are returned where their types live in modules
