@@ -211,8 +211,9 @@ impl Agent {
                 Err(err) => log::warn!("restoring snapshots: {}", chain(&err)),
             }
         }
-        let dispatcher = Dispatcher::new(
+        let dispatcher = Dispatcher::with_external_url(
             &config.alerting,
+            Some(config.external_url()),
             store
                 .clone()
                 .map(|s| s as Arc<dyn crate::alerts::AlertSink>),

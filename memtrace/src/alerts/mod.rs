@@ -9,6 +9,7 @@ pub mod budget;
 pub mod channels;
 mod engine;
 mod history;
+pub mod payload;
 pub mod rules;
 
 use serde::{Deserialize, Serialize};
