@@ -7,9 +7,9 @@ use std::{
 };
 
 use memtrace::{
-    attribution::{AttributionConfig, Attributor, Consumer, ConsumerReport},
+    attribution::{AttributionInput, Attributor, Consumer, ConsumerReport},
+    config::TrackingConfig,
     os::clock::monotonic_seconds,
-    probes::KernelStacks,
     session::Session,
 };
 use memtrace_integration::session;
@@ -61,9 +61,9 @@ impl Drop for Workload {
 
 fn report(session: &mut Session, pid: u32) -> ConsumerReport {
     session.poll();
-    let config = AttributionConfig {
-        leak_age_seconds: 0,
-        ..AttributionConfig::default()
+    let config = TrackingConfig {
+        leak_age: 0,
+        ..TrackingConfig::default()
     };
     let mut attributor = Attributor::new(config);
     let state = session
@@ -72,8 +72,9 @@ fn report(session: &mut Session, pid: u32) -> ConsumerReport {
         .or_else(|| session.accounting.exited_state(pid))
         .expect("state")
         .clone();
-    let mut stacks = KernelStacks(session.probes.stacks().expect("stack map"));
-    attributor.report(&state, &mut stacks, monotonic_seconds())
+    let mut stacks = session.probes.stacks().expect("stack map");
+    let now_s = monotonic_seconds();
+    attributor.report(&AttributionInput::of(&state, now_s), &mut stacks, now_s)
 }
 
 fn consumer<'a>(report: &'a ConsumerReport, library: &str, kind: &str) -> Vec<&'a Consumer> {

@@ -1,29 +1,27 @@
 //! Automatic drill-down: a process that grows while its heap is not traced gets a leak (or growth)
-//! alert; the agent then traces its heap for a bounded window and puts the consumers it found into
-//! the alert's context, and detaches.
+//! alert; the agent then traces its heap for a bounded window, puts the consumers it found into
+//! the alert's context, and detaches. Driven through the agent's own `Pipeline::tick`.
 
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use memtrace::{
-    agent::{Agent, AgentOptions, DrilldownOptions},
+    agent::{Now, Pipeline},
     config::Config,
-    events::{self, PipelineStats},
-    probes::ProbeOptions,
 };
-use memtrace_integration::{session, workload};
+use memtrace_integration::{can_trace, workload};
 
 #[test]
 fn growing_process_is_drilled_into() {
-    // Make sure this machine can load the object (fails under CI=true when it cannot).
-    if session().is_none() {
+    if !can_trace() {
         return;
     }
     let mut config = Config::default();
+    config.monitor.snapshot_interval = 1;
+    config.monitor.analysis_interval = 1;
     config.pattern_detection.window_size = 12;
     config.pattern_detection.min_data_points = 5;
     // Only pattern alerts: no threshold alerts from whatever else runs on the host.
@@ -35,28 +33,11 @@ fn growing_process_is_drilled_into() {
     // The grower grows for 25 s from its start: no start-up grace, growth alerts at once.
     config.alerting.pattern_for = 0;
     config.alerting.grace_period = 0;
-    let options = AgentOptions {
-        pids: Vec::new(),
-        malloc_all: false,
-        top: 0,
-        probes: ProbeOptions::default(),
-        history: 100,
-        drilldown: DrilldownOptions {
-            enabled: true,
-            window: Duration::from_secs(3),
-            max_processes: 2,
-        },
-        persist: false,
-        bpf_stats: false,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (agent, _, mut ring) = runtime
-        .block_on(Agent::start(config, options))
-        .expect("agent starts");
-    let stats = PipelineStats::default();
+    config.agent.persist = false;
+    config.agent.history = 100;
+    config.drilldown.window = 3;
+    config.drilldown.max_processes = 2;
+    let mut pipeline = Pipeline::start(config).expect("agent starts");
 
     let mut child = Command::new(workload("grower"))
         .stdin(Stdio::piped())
@@ -71,38 +52,33 @@ fn growing_process_is_drilled_into() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut drilled = false;
-    let found = loop {
-        let mut batch = Vec::new();
-        events::drain(&mut ring, &mut batch, &stats);
-        agent.apply(&batch);
-        agent.snapshot().expect("snapshot");
-        agent.analyze().expect("analysis");
-        drilled |= agent.state().expect("state").drilldowns.contains_key(&pid);
-        agent.finish_drilldowns().expect("drill-downs");
-        let state = agent.state().expect("state");
-        let alert = state
-            .engine
-            .active()
-            .into_iter()
+    let alert = loop {
+        pipeline.tick(Now::current());
+        drilled |= pipeline.shared.intake.load().drilldown(pid).is_some();
+        let core = pipeline.shared.core.load();
+        let alert = core
+            .alerts
+            .active
+            .iter()
             .find(|a| a.context.pid == pid)
             .cloned();
         let done = alert
             .as_ref()
-            .and_then(|a| a.context.top_consumers.clone())
-            .is_some()
-            && !state.drilldowns.contains_key(&pid);
-        drop(state);
+            .is_some_and(|a| a.context.top_consumers.is_some())
+            && pipeline.shared.intake.load().drilldown(pid).is_none();
         if done {
-            break alert;
+            break alert.expect("alert");
         }
         assert!(
             Instant::now() < deadline,
-            "no drill-down result for pid {pid} in time (drilled: {drilled})"
+            "no drill-down result for pid {pid} in time (drilled: {drilled}); alerts: {:#?}; \
+             reports: {:?}; intake: {:?}",
+            core.alerts.active,
+            core.reports.keys().collect::<Vec<_>>(),
+            pipeline.shared.intake.load()
         );
-        // Snapshots are taken at this cadence (the agent's interval in this test).
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
     };
-    let alert = found.expect("alert");
     assert!(drilled, "the heap of pid {pid} was traced for a window");
     let consumers = alert
         .context
@@ -114,14 +90,16 @@ fn growing_process_is_drilled_into() {
     assert!(top["allocatedMemory"].as_u64().unwrap_or(0) >= 1 << 20);
     assert_eq!(alert.context.library.as_deref(), Some("grower"));
     // Detached after the window.
-    let state = agent.state().expect("state");
     assert!(
-        !state.accounting.process(pid).is_some_and(|p| p.heap_traced),
+        !pipeline
+            .intake
+            .session()
+            .accounting
+            .process(pid)
+            .is_some_and(|p| p.heap_traced),
         "heap tracing ended with the window"
     );
-    drop(state);
+    assert!(!pipeline.shared.intake.load().is_traced(pid));
     let _ = child.stdin.as_mut().map(|s| s.write_all(b"\n"));
     let _ = child.wait();
-    drop(agent);
-    let _ = Arc::<()>::default;
 }

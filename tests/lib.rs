@@ -20,25 +20,49 @@ pub fn workload(name: &str) -> PathBuf {
     PathBuf::from(env!("OUT_DIR")).join(name)
 }
 
-/// Starts a session with the real eBPF object. Without the privileges to load it, the test says
-/// so and is skipped, except under `CI=true`, where it fails.
+/// Starts a session with the real eBPF object. Without the privileges to load it, the test is
+/// skipped (see [`skip`]), except under `CI=true`, where it fails.
 pub fn session() -> Option<Session> {
     match Session::start(&ProbeOptions::default()) {
         Ok(session) => Some(session),
         Err(err) => {
-            let mut chain = format!("{err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                chain.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("cannot load the eBPF object under CI=true: {chain}");
-            }
-            eprintln!(
-                "\n!!! SKIPPED: cannot load the eBPF object ({chain}). Run as root to trace. !!!\n"
-            );
+            skip(&format!(
+                "cannot load the eBPF object ({}); run as root to trace",
+                memtrace::error_chain(&err)
+            ));
             None
+        }
+    }
+}
+
+/// Environment variable naming the file where skipped tests are recorded (`cargo xtask test`
+/// sets it and counts them in its closing line).
+pub const SKIP_LOG: &str = "MEMTRACE_SKIP_LOG";
+
+/// Records that the running test cannot run here and returns: loudly on standard error, and as a
+/// line `test name: reason` in the file named by [`SKIP_LOG`], so that `cargo xtask test` reports
+/// it as skipped, not passed. Under `CI=true` nothing may be skipped: this panics.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    if under_ci() {
+        panic!("{test} cannot run under CI=true: {reason}");
+    }
+    eprintln!("\n!!! SKIPPED {test}: {reason} !!!\n");
+    if let Some(path) = std::env::var_os(SKIP_LOG) {
+        let line = format!("{test}: {}\n", reason.replace('\n', " "));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(err) = written {
+            eprintln!(
+                "cannot record the skip in {}: {err}",
+                path.to_string_lossy()
+            );
         }
     }
 }
@@ -141,11 +165,24 @@ pub fn memtrace_binary() -> PathBuf {
     binary
 }
 
-/// Whether this machine lets us load the eBPF object (checked once per test binary). Without
-/// the privileges the tests are skipped loudly, except under `CI=true`, where they fail.
+/// Whether this machine lets us load the eBPF object (checked once per test binary). When it
+/// cannot, every test that asks is skipped (see [`skip`]), except under `CI=true`, where it fails.
 pub fn can_trace() -> bool {
-    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CAN.get_or_init(|| session().is_some())
+    static CAN: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = CAN.get_or_init(|| {
+        Session::start(&ProbeOptions::default())
+            .map(drop)
+            .map_err(|err| memtrace::error_chain(&err))
+    });
+    match result {
+        Ok(()) => true,
+        Err(reason) => {
+            skip(&format!(
+                "cannot load the eBPF object ({reason}); run as root to trace"
+            ));
+            false
+        }
+    }
 }
 
 /// Whether we run under CI (`CI=true`), where nothing may be skipped.
@@ -169,14 +206,10 @@ pub fn peer_program(name: &str, candidates: &[&str], what_for: &str) -> Option<P
             })
         });
     if found.is_none() {
-        let message = format!(
+        skip(&format!(
             "{name} is needed {what_for} but is not installed (looked in {candidates:?} and PATH); \
              `cargo xtask test` installs it with apt-get"
-        );
-        if under_ci() {
-            panic!("{message}");
-        }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+        ));
     }
     found
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use memtrace::config::ProbesConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,33 +60,45 @@ pub struct ReportArgs {
     /// Write to this file instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Seconds to wait for the agent's answer.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
 }
 
+/// Sizes of the eBPF side (the `[probes]` section; a flag overrides the file).
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
-    pub ring_buffer_mb: u32,
-    /// Allocator calls that can be in flight at once (in-flight map entries).
-    #[arg(long, default_value_t = 16384)]
-    pub inflight_entries: u32,
-    /// Distinct user stacks kept in the kernel's stack map.
-    #[arg(long, default_value_t = 8192)]
-    pub stack_entries: u32,
-    /// Do not capture user stacks (cheaper; no call-site attribution).
+    /// Ring buffer size in MiB, a power of two (probes.ringBufferMB, default 8).
+    #[arg(long, value_parser = parse_ring_mib)]
+    pub ring_buffer_mb: Option<u32>,
+    /// Allocator calls that can be in flight at once (probes.inflightEntries, default 16384).
+    #[arg(long)]
+    pub inflight_entries: Option<u32>,
+    /// Distinct user stacks kept in the kernel's stack map (probes.stackEntries, default 8192).
+    #[arg(long)]
+    pub stack_entries: Option<u32>,
+    /// Do not capture user stacks: cheaper, no call-site attribution (probes.captureStacks = false).
     #[arg(long)]
     pub no_stacks: bool,
 }
 
 impl ProbeArgs {
-    pub fn options(&self) -> memtrace::probes::ProbeOptions {
-        memtrace::probes::ProbeOptions {
-            ring_buffer_bytes: self.ring_buffer_mb << 20,
-            inflight_entries: self.inflight_entries,
-            stack_entries: self.stack_entries,
-            capture_stacks: !self.no_stacks,
-            ..Default::default()
+    /// These flags over `base`.
+    pub fn over(&self, base: &ProbesConfig) -> ProbesConfig {
+        let mut probes = base.clone();
+        if let Some(v) = self.ring_buffer_mb {
+            probes.ring_buffer_mb = v;
         }
+        if let Some(v) = self.inflight_entries {
+            probes.inflight_entries = v;
+        }
+        if let Some(v) = self.stack_entries {
+            probes.stack_entries = v;
+        }
+        if self.no_stacks {
+            probes.capture_stacks = false;
+        }
+        probes
     }
 }
 
@@ -101,13 +114,17 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     Ok(mib)
 }
 
+/// `memtrace agent`. Every setting here also exists in the configuration file (named in each
+/// help line); a flag overrides the file.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Trace the malloc family of this process (repeatable). Other processes pay nothing.
+    /// Trace the malloc family of this process (repeatable; agent.pids). Other processes pay
+    /// nothing.
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
-    /// Trace the malloc family of every process on the host. Every malloc and free then costs a
-    /// uprobe hit (about 0.5 µs): allocation-heavy programs slow down many times.
+    /// Trace the malloc family of every process on the host (agent.mallocAll). Every malloc and
+    /// free then costs a uprobe hit (see docs/benchmarks.md): allocation-heavy programs slow down
+    /// many times.
     #[arg(long)]
     pub malloc_all: bool,
     /// Configuration file (TOML); see memtrace.example.toml.
@@ -128,27 +145,28 @@ pub struct AgentArgs {
     /// API token (monitor.token; also MEMTRACE_TOKEN or monitor.tokenFile).
     #[arg(long, env = "MEMTRACE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Do not write the data directory.
+    /// Do not write the data directory (agent.persist = false).
     #[arg(long)]
     pub no_persist: bool,
-    /// Snapshots kept in memory.
-    #[arg(long, default_value_t = 240)]
-    pub history: usize,
-    /// Do not trace growing processes' heaps automatically.
+    /// Snapshots kept in memory (agent.history, default 240).
+    #[arg(long)]
+    pub history: Option<usize>,
+    /// Do not trace growing processes' heaps automatically (drilldown.enabled = false).
     #[arg(long)]
     pub no_drilldown: bool,
-    /// Seconds a drill-down traces a growing process's heap.
-    #[arg(long, default_value_t = 60)]
-    pub drilldown_window: u64,
-    /// Turn on the kernel's BPF run-time statistics (memtrace_bpf_program_run_time_seconds_total).
+    /// Seconds a drill-down traces a growing process's heap (drilldown.window, default 60).
+    #[arg(long)]
+    pub drilldown_window: Option<u64>,
+    /// Turn on the kernel's BPF run-time statistics (agent.bpfStats;
+    /// memtrace_bpf_program_run_time_seconds_total).
     #[arg(long)]
     pub bpf_stats: bool,
-    /// Processes drilled into at once.
-    #[arg(long, default_value_t = 2)]
-    pub drilldown_max: usize,
-    /// Processes shown in the periodic summary.
-    #[arg(long, default_value_t = 10)]
-    pub top: usize,
+    /// Processes drilled into at once (drilldown.maxProcesses, default 2).
+    #[arg(long)]
+    pub drilldown_max: Option<usize>,
+    /// Processes listed in the per-snapshot table at debug level (agent.top, default 10).
+    #[arg(long)]
+    pub top: Option<usize>,
     #[command(flatten)]
     pub probes: ProbeArgs,
 }

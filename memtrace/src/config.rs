@@ -67,6 +67,9 @@ impl ConfigError {
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Config {
     pub monitor: MonitorConfig,
+    pub agent: AgentConfig,
+    pub probes: ProbesConfig,
+    pub drilldown: DrilldownConfig,
     pub thresholds: ThresholdsConfig,
     pub pattern_detection: PatternDetectionConfig,
     pub alerting: AlertingConfig,
@@ -128,6 +131,110 @@ impl MonitorConfig {
         Duration::from_secs(self.analysis_interval)
     }
 }
+
+/// `[agent]`: what the agent traces at start, what it keeps in memory and writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Processes whose malloc family is traced from the start (`--pid`).
+    pub pids: Vec<u32>,
+    /// Trace the malloc family of every process on the host (`--malloc-all`): every malloc and free
+    /// then costs a uprobe hit.
+    pub malloc_all: bool,
+    /// Snapshots kept in memory (the data directory keeps them all, within retention).
+    pub history: usize,
+    /// Processes listed in the periodic log summary at debug level (`--top`).
+    pub top: usize,
+    /// Write snapshots, alerts and consumers to the data directory (`--no-persist` turns it off).
+    pub persist: bool,
+    /// Keep the kernel's BPF run-time statistics on while running (`--bpf-stats`).
+    pub bpf_stats: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            pids: Vec::new(),
+            malloc_all: false,
+            history: 240,
+            top: 10,
+            persist: true,
+            bpf_stats: false,
+        }
+    }
+}
+
+/// Most snapshots `agent.history` may keep in memory.
+pub const HISTORY_MAX: usize = 100_000;
+/// Most snapshots one analysis may look at (`patternDetection.windowSize`).
+pub const WINDOW_MAX: u32 = 2_000;
+
+/// `[probes]`: sizes and switches of the eBPF side, fixed at load time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// Ring buffer size in MiB (a power of two, 1 to 1024).
+    #[serde(rename = "ringBufferMB")]
+    pub ring_buffer_mb: u32,
+    /// Allocator calls in flight at once (entries of the in-flight map).
+    pub inflight_entries: u32,
+    /// Distinct user stacks kept (entries of the stack map).
+    pub stack_entries: u32,
+    /// Capture a user stack with each traced allocation and mapping (call-site attribution).
+    pub capture_stacks: bool,
+    /// Bytes waiting in the ring buffer before the reader is woken (it also drains every 20 ms).
+    #[serde(skip)]
+    pub wakeup_bytes: u64,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_mb: 8,
+            inflight_entries: 16384,
+            stack_entries: 8192,
+            capture_stacks: true,
+            wakeup_bytes: 256 << 10,
+        }
+    }
+}
+
+impl ProbesConfig {
+    /// The ring buffer size in bytes.
+    pub fn ring_buffer_bytes(&self) -> u32 {
+        self.ring_buffer_mb.saturating_mul(1 << 20)
+    }
+}
+
+/// `[drilldown]`: tracing the heap of a process that starts to grow, for a bounded window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DrilldownConfig {
+    pub enabled: bool,
+    /// Seconds a drill-down traces a process's heap.
+    pub window: u64,
+    /// Processes drilled into at once.
+    pub max_processes: usize,
+}
+
+impl Default for DrilldownConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: 60,
+            max_processes: 2,
+        }
+    }
+}
+
+impl DrilldownConfig {
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window)
+    }
+}
+
+/// Most seconds `drilldown.window` may be (a day).
+pub const DRILLDOWN_WINDOW_MAX: u64 = 86_400;
 
 /// `[thresholds]`: per-process alert thresholds. Sizes in MiB (the origin's "MB" is 1024 * 1024 bytes).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -352,6 +459,8 @@ pub struct TrackingConfig {
     /// Allocation wrappers (exact function names) skipped when attributing memory to a caller,
     /// besides libc and C++ `operator new`.
     pub wrappers: Vec<String>,
+    /// Groups of old live allocations listed in the leak view.
+    pub leak_top: usize,
 }
 
 impl Default for TrackingConfig {
@@ -366,6 +475,7 @@ impl Default for TrackingConfig {
             max_consumer_size: 100 * MIB,
             leak_age: 30,
             wrappers: Vec::new(),
+            leak_top: 20,
         }
     }
 }
@@ -425,17 +535,46 @@ pub struct ConfigOverrides {
     pub data_dir: Option<PathBuf>,
     pub webhook_url: Option<String>,
     pub token: Option<String>,
+    /// Added to `agent.pids`.
+    pub pids: Vec<u32>,
+    pub malloc_all: Option<bool>,
+    pub history: Option<usize>,
+    pub top: Option<usize>,
+    pub persist: Option<bool>,
+    pub bpf_stats: Option<bool>,
+    pub ring_buffer_mb: Option<u32>,
+    pub inflight_entries: Option<u32>,
+    pub stack_entries: Option<u32>,
+    pub capture_stacks: Option<bool>,
+    pub drilldown_enabled: Option<bool>,
+    pub drilldown_window: Option<u64>,
+    pub drilldown_max: Option<usize>,
 }
 
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, &ConfigOverrides::default())
+    }
+
+    /// Reads and parses a configuration file, applies command-line overrides, and validates the
+    /// result (so that a flag can make a file's values consistent: `--snapshot-interval 1` with
+    /// `analysisInterval = 2`).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        overrides: &ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: Some(path.to_path_buf()),
+            source,
+        })?;
+        config.apply(overrides)?;
+        Ok(config)
     }
 
     /// The URL under which the agent's API is reached: `alerting.externalUrl`, else `http://` and
@@ -481,6 +620,43 @@ impl Config {
         if let Some(v) = &overrides.token {
             next.monitor.token = Some(v.clone());
         }
+        for &pid in &overrides.pids {
+            if !next.agent.pids.contains(&pid) {
+                next.agent.pids.push(pid);
+            }
+        }
+        let set = |slot: &mut _, value: Option<_>| {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        };
+        set(&mut next.agent.malloc_all, overrides.malloc_all);
+        set(&mut next.agent.persist, overrides.persist);
+        set(&mut next.agent.bpf_stats, overrides.bpf_stats);
+        set(&mut next.probes.capture_stacks, overrides.capture_stacks);
+        set(&mut next.drilldown.enabled, overrides.drilldown_enabled);
+        let set = |slot: &mut usize, value: Option<usize>| {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        };
+        set(&mut next.agent.history, overrides.history);
+        set(&mut next.agent.top, overrides.top);
+        set(&mut next.drilldown.max_processes, overrides.drilldown_max);
+        let set = |slot: &mut u32, value: Option<u32>| {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        };
+        set(&mut next.probes.ring_buffer_mb, overrides.ring_buffer_mb);
+        set(
+            &mut next.probes.inflight_entries,
+            overrides.inflight_entries,
+        );
+        set(&mut next.probes.stack_entries, overrides.stack_entries);
+        if let Some(v) = overrides.drilldown_window {
+            next.drilldown.window = v;
+        }
         next.validate()?;
         *self = next;
         Ok(())
@@ -507,6 +683,51 @@ impl Config {
             ));
         }
 
+        if m.analysis_interval < m.snapshot_interval {
+            return Err(ConfigError::invalid(
+                "monitor.analysisInterval",
+                format!(
+                    "must be at least monitor.snapshotInterval ({} s): an analysis needs new snapshots",
+                    m.snapshot_interval
+                ),
+            ));
+        }
+
+        let g = &self.agent;
+        at_least("agent.history", g.history as u64, 2)?;
+        at_most("agent.history", g.history as u64, HISTORY_MAX as u64)?;
+        if let Some(&pid) = g.pids.iter().find(|&&pid| pid == 0) {
+            return Err(ConfigError::invalid(
+                "agent.pids",
+                format!("{pid} is not a process id"),
+            ));
+        }
+
+        let pr = &self.probes;
+        if pr.ring_buffer_mb == 0
+            || !pr.ring_buffer_mb.is_power_of_two()
+            || pr.ring_buffer_mb > 1024
+        {
+            return Err(ConfigError::invalid(
+                "probes.ringBufferMB",
+                "must be a power of two from 1 to 1024 (MiB)",
+            ));
+        }
+        at_least("probes.inflightEntries", u64::from(pr.inflight_entries), 1)?;
+        at_most(
+            "probes.inflightEntries",
+            u64::from(pr.inflight_entries),
+            1 << 22,
+        )?;
+        at_least("probes.stackEntries", u64::from(pr.stack_entries), 1)?;
+        at_most("probes.stackEntries", u64::from(pr.stack_entries), 1 << 20)?;
+
+        let d = &self.drilldown;
+        at_least("drilldown.window", d.window, 1)?;
+        at_most("drilldown.window", d.window, DRILLDOWN_WINDOW_MAX)?;
+        at_least("drilldown.maxProcesses", d.max_processes as u64, 1)?;
+        at_most("drilldown.maxProcesses", d.max_processes as u64, 64)?;
+
         let t = &self.thresholds;
         positive("thresholds.externalMB", t.external_mb)?;
         positive("thresholds.externalRatio", t.external_ratio)?;
@@ -516,6 +737,20 @@ impl Config {
 
         let p = &self.pattern_detection;
         at_least("patternDetection.windowSize", u64::from(p.window_size), 2)?;
+        at_most(
+            "patternDetection.windowSize",
+            u64::from(p.window_size),
+            u64::from(WINDOW_MAX),
+        )?;
+        if p.window_size as usize > self.agent.history {
+            return Err(ConfigError::invalid(
+                "patternDetection.windowSize",
+                format!(
+                    "must not exceed agent.history ({}): the window is taken from the snapshots kept in memory",
+                    self.agent.history
+                ),
+            ));
+        }
         at_least(
             "patternDetection.minDataPoints",
             u64::from(p.min_data_points),
@@ -594,6 +829,7 @@ impl Config {
         at_least("tracking.suspiciousSize", k.suspicious_size, 1)?;
         at_least("tracking.maxConsumerSize", k.max_consumer_size, 1)?;
         at_least("tracking.leakAge", k.leak_age, 1)?;
+        at_least("tracking.leakTop", k.leak_top as u64, 1)?;
 
         let r = &self.retention;
         at_least("retention.snapshotsDays", u64::from(r.snapshots_days), 1)?;
@@ -605,6 +841,19 @@ impl Config {
             1,
         )?;
         Ok(())
+    }
+
+    /// The pattern detector's settings: `[patternDetection]`, with severity measured against
+    /// `thresholds.growthRateMB`.
+    pub fn pattern(&self) -> crate::analysis::PatternConfig {
+        let p = &self.pattern_detection;
+        crate::analysis::PatternConfig {
+            window_size: p.window_size as usize,
+            min_data_points: p.min_data_points as usize,
+            confidence_threshold: p.confidence_threshold,
+            growth_rate_mb: self.thresholds.growth_rate_mb,
+            ..crate::analysis::PatternConfig::default()
+        }
     }
 
     /// The API token: `monitor.token`, else the `MEMTRACE_TOKEN` environment variable, else the
@@ -639,6 +888,13 @@ impl Config {
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::invalid(key, format!("must be >= {min}")));
+    }
+    Ok(())
+}
+
+fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::invalid(key, format!("must be <= {max}")));
     }
     Ok(())
 }
@@ -935,8 +1191,19 @@ mod tests {
             data_dir: Some("/data".into()),
             webhook_url: Some("http://127.0.0.1:9/x".into()),
             token: Some("t".into()),
+            pids: vec![42],
+            history: Some(500),
+            drilldown_window: Some(5),
+            ring_buffer_mb: Some(16),
+            capture_stacks: Some(false),
+            ..Default::default()
         })
         .unwrap();
+        assert_eq!(c.agent.pids, [42]);
+        assert_eq!(c.agent.history, 500);
+        assert_eq!(c.drilldown.window, 5);
+        assert_eq!(c.probes.ring_buffer_bytes(), 16 << 20);
+        assert!(!c.probes.capture_stacks);
         assert_eq!(c.monitor.snapshot_interval, 10);
         assert_eq!(c.monitor.listen.port(), 1234);
         assert_eq!(c.monitor.data_dir, PathBuf::from("/data"));

@@ -23,10 +23,10 @@ fn main() -> anyhow::Result<()> {
                 pid: args.pid,
                 command: args.command,
                 duration: args.duration.map(Duration::from_secs_f64),
-                options: args.probes.options(),
-                attribution: memtrace::attribution::AttributionConfig {
-                    leak_age_seconds: args.leak_age,
-                    stack_trace_depth: args.stack_depth,
+                options: args.probes.over(&Default::default()),
+                attribution: memtrace::config::TrackingConfig {
+                    leak_age: args.leak_age,
+                    stack_trace_depth: u32::try_from(args.stack_depth).unwrap_or(u32::MAX),
                     wrappers: args.wrappers,
                     ..Default::default()
                 },
@@ -46,14 +46,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => Config::default(),
             };
-            let pd = &config.pattern_detection;
-            let pattern = memtrace::analysis::PatternConfig {
-                window_size: pd.window_size as usize,
-                min_data_points: pd.min_data_points as usize,
-                confidence_threshold: pd.confidence_threshold,
-                growth_rate_mb: config.thresholds.growth_rate_mb,
-                ..Default::default()
-            };
+            let pattern = config.pattern();
             let (snapshots, skipped) = memtrace::analysis::read_snapshots_jsonl(&args.input)
                 .context("memtrace analyze")?;
             if skipped > 0 {
@@ -70,29 +63,47 @@ fn main() -> anyhow::Result<()> {
             };
             write_out(None, text.as_bytes())
         }
-        Command::Report(args) => {
-            let mut url = format!(
-                "{}/api/memory/report?format={}",
-                args.url.trim_end_matches('/'),
-                args.format
-            );
-            if let Some(pid) = args.pid {
-                url.push_str(&format!("&pid={pid}"));
-            }
-            let mut request = ureq::get(&url);
-            if let Some(token) = &args.token {
-                request = request.header("Authorization", &format!("Bearer {token}"));
-            }
-            let mut response = request
-                .call()
-                .with_context(|| format!("asking the agent at {url}"))?;
-            let body = response
-                .body_mut()
-                .read_to_vec()
-                .context("reading the report")?;
-            write_out(args.output.as_deref(), &body)
-        }
+        Command::Report(args) => report(&args),
     }
+}
+
+/// `memtrace report`: asks the running agent, and says what it answered when it refuses.
+fn report(args: &cli::ReportArgs) -> anyhow::Result<()> {
+    let mut url = format!(
+        "{}/api/memory/report?format={}",
+        args.url.trim_end_matches('/'),
+        args.format
+    );
+    if let Some(pid) = args.pid {
+        url.push_str(&format!("&pid={pid}"));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(args.timeout.max(1))))
+        .build()
+        .into();
+    let mut request = agent.get(&url);
+    if let Some(token) = &args.token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request
+        .call()
+        .with_context(|| format!("asking the agent at {url}"))?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .context("reading the report")?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        anyhow::bail!("the agent at {url} answered {status}: {message}");
+    }
+    write_out(args.output.as_deref(), &body)
 }
 
 fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
@@ -107,34 +118,35 @@ fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()>
 }
 
 fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => {
-            Config::load(path).with_context(|| format!("configuration {}", path.display()))?
-        }
-        None => Config::default(),
-    };
-    config
-        .apply(&ConfigOverrides {
-            snapshot_interval: args.snapshot_interval,
-            listen: args.listen,
-            data_dir: args.data_dir.clone(),
-            webhook_url: args.webhook_url.clone(),
-            token: args.token.clone(),
-        })
-        .context("command line options")?;
-    let options = memtrace::agent::AgentOptions {
-        pids: args.pids,
-        malloc_all: args.malloc_all,
-        top: args.top,
-        probes: args.probes.options(),
+    let flag = |set: bool, value: bool| set.then_some(value);
+    let overrides = ConfigOverrides {
+        snapshot_interval: args.snapshot_interval,
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        webhook_url: args.webhook_url.clone(),
+        token: args.token.clone(),
+        pids: args.pids.clone(),
+        malloc_all: flag(args.malloc_all, true),
         history: args.history,
-        drilldown: memtrace::agent::DrilldownOptions {
-            enabled: !args.no_drilldown,
-            window: Duration::from_secs(args.drilldown_window.max(1)),
-            max_processes: args.drilldown_max,
-        },
-        persist: !args.no_persist,
-        bpf_stats: args.bpf_stats,
+        top: args.top,
+        persist: flag(args.no_persist, false),
+        bpf_stats: flag(args.bpf_stats, true),
+        ring_buffer_mb: args.probes.ring_buffer_mb,
+        inflight_entries: args.probes.inflight_entries,
+        stack_entries: args.probes.stack_entries,
+        capture_stacks: flag(args.probes.no_stacks, false),
+        drilldown_enabled: flag(args.no_drilldown, false),
+        drilldown_window: args.drilldown_window,
+        drilldown_max: args.drilldown_max,
+    };
+    let config = match &args.config {
+        Some(path) => Config::load_with(path, &overrides)
+            .with_context(|| format!("configuration {} with the command line", path.display()))?,
+        None => {
+            let mut config = Config::default();
+            config.apply(&overrides).context("command line options")?;
+            config
+        }
     };
     let token = config.resolve_token().context("reading the API token")?;
     let listen = config.monitor.listen;
@@ -154,13 +166,13 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
-        memtrace::agent::run(config, options, move |agent, mut stop| async move {
+        memtrace::agent::run(config, move |agent, mut stop| async move {
             let shutdown = async move {
-                let _ = stop.changed().await;
+                let _ = stop.wait_for(|stopped| *stopped).await;
             };
             if let Err(err) = memtrace::http::serve_listener(listener, token, agent, shutdown).await
             {
-                log::error!("HTTP server: {}", memtrace::agent::chain(&err));
+                log::error!("HTTP server: {}", memtrace::error_chain(&err));
             }
         })
         .await

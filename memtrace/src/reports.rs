@@ -24,17 +24,9 @@ fn folded(comm: &str, site: &SiteLive) -> String {
     let mut parts = vec![comm.replace(';', ":")];
     parts.extend(site.frames.iter().rev().map(|f| f.name().replace(';', ":")));
     if site.kind != SiteClass::Malloc {
-        parts.push(format!("[{}]", class_name(site.kind)));
+        parts.push(format!("[{}]", site.kind.as_str()));
     }
     parts.join(";")
-}
-
-fn class_name(class: SiteClass) -> &'static str {
-    match class {
-        SiteClass::Malloc => "malloc",
-        SiteClass::Mmap => "mmap",
-        SiteClass::Brk => "brk",
-    }
 }
 
 /// Folded stacks (`frames count`) of live bytes over the given processes.
@@ -269,133 +261,162 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// The readable report: what grew, patterns, alerts, top consumers with stacks.
-pub fn text(report: &serde_json::Value) -> String {
-    let mut out = String::new();
-    let generated = report["generatedAt"].as_u64().unwrap_or(0);
-    let date = crate::store::UtcDate::from_unix_ms(generated);
-    let seconds = (generated / 1000) % 86_400;
-    let _ = writeln!(
-        out,
-        "memtrace report, {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+/// `YYYY-MM-DD HH:MM:SS UTC` of milliseconds since the Unix epoch.
+fn utc(ms: u64) -> String {
+    let date = crate::store::UtcDate::from_unix_ms(ms);
+    let seconds = (ms / 1000) % 86_400;
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
         date.year(),
         date.month(),
         date.day(),
         seconds / 3600,
         seconds / 60 % 60,
         seconds % 60
-    );
+    )
+}
+
+/// A name another program chose (a command name, a library path) made safe for a terminal:
+/// control characters are shown escaped (`\x1b`), so a name cannot clear the screen or forge lines.
+pub fn printable(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Stable patterns listed in the text report after every concerning one.
+const STABLE_LISTED: usize = 10;
+
+/// The readable report: the history it covers, what grew, patterns (concerning ones first, all of
+/// them), alerts, top consumers with stacks.
+pub fn text(report: &crate::api::Report) -> String {
+    use crate::analysis::PatternType;
+    let mut out = String::new();
+    let _ = writeln!(out, "memtrace report, {}", utc(report.generated_at));
+    let h = &report.history;
+    match (h.from, h.to) {
+        (Some(from), Some(to)) => {
+            let _ = writeln!(
+                out,
+                "history: {} snapshots from {} to {} ({:.1} min)",
+                h.snapshots,
+                utc(from),
+                utc(to),
+                to.saturating_sub(from) as f64 / 60_000.0
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "history: no snapshot yet");
+        }
+    }
     let _ = writeln!(
         out,
         "host: {} available of {}; {} processes, {} with traced heaps; {} active alerts\n",
-        mib(report["host"]["memAvailableBytes"].as_u64().unwrap_or(0)),
-        mib(report["host"]["memTotalBytes"].as_u64().unwrap_or(0)),
-        report["summary"]["processes"],
-        report["summary"]["tracedProcesses"],
-        report["summary"]["activeAlerts"],
+        mib(report.host.mem_available_bytes),
+        mib(report.host.mem_total_bytes),
+        report.summary.processes,
+        report.summary.traced_processes,
+        report.summary.active_alerts,
     );
     let _ = writeln!(
         out,
-        "what grew (over {} min of history):",
-        report["growth"]["minutes"]
+        "what grew (over the last {} min of history):",
+        report.growth.minutes
     );
-    for p in report["growth"]["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .take(10)
-    {
-        let delta = p["deltaRssBytes"].as_i64().unwrap_or(0);
+    for p in report.growth.processes.iter().take(10) {
         let _ = writeln!(
             out,
             "  {:>7} {:<16} rss {:>+10.1} MiB ({:+.2} MB/min) now {}",
-            p["pid"],
-            p["comm"].as_str().unwrap_or(""),
-            delta as f64 / (1024.0 * 1024.0),
-            p["rssGrowthMbPerMinute"].as_f64().unwrap_or(0.0),
-            mib(p["endRssBytes"].as_u64().unwrap_or(0)),
+            p.pid,
+            printable(&p.comm),
+            p.delta_rss_bytes as f64 / (1024.0 * 1024.0),
+            p.rss_growth_mb_per_minute,
+            mib(p.end_rss_bytes),
         );
     }
-    let _ = writeln!(out, "\npatterns:");
-    let patterns = report["patterns"].as_array().cloned().unwrap_or_default();
-    if patterns.is_empty() {
+    let _ = writeln!(out, "\npatterns (concerning first):");
+    if report.patterns.is_empty() {
         let _ = writeln!(out, "  (not enough history yet)");
     }
-    for p in patterns.iter().take(15) {
-        let pattern = &p["pattern"];
+    let concerning = |p: &crate::api::ProcessPattern| {
+        p.pattern.confident && p.pattern.kind != PatternType::Stable
+    };
+    let mut stable_left = 0;
+    let mut stable_listed = 0;
+    for p in &report.patterns {
+        if !concerning(p) {
+            if stable_listed == STABLE_LISTED {
+                stable_left += 1;
+                continue;
+            }
+            stable_listed += 1;
+        }
+        let pattern = &p.pattern;
         let _ = writeln!(
             out,
             "  {:>7} {:<16} {:<11} {:>5.1}% {:>+8.2} MB/min over {:.1} min [{}] {}",
-            p["pid"],
-            p["comm"].as_str().unwrap_or(""),
-            pattern["type"].as_str().unwrap_or(""),
-            pattern["confidence"].as_f64().unwrap_or(0.0),
-            pattern["growthRate"].as_f64().unwrap_or(0.0),
-            pattern["duration"].as_f64().unwrap_or(0.0),
-            pattern["severity"].as_str().unwrap_or(""),
-            pattern["recommendation"].as_str().unwrap_or(""),
+            p.pid,
+            printable(&p.comm),
+            pattern.kind.as_str(),
+            pattern.confidence,
+            pattern.growth_rate,
+            pattern.duration,
+            pattern.severity.as_str(),
+            pattern.recommendation,
+        );
+    }
+    if stable_left > 0 {
+        let _ = writeln!(
+            out,
+            "  ({stable_left} more processes without a concerning pattern)"
         );
     }
     let _ = writeln!(out, "\nactive alerts:");
-    let active = report["alerts"]["active"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if active.is_empty() {
+    if report.alerts.active.is_empty() {
         let _ = writeln!(out, "  none");
     }
-    for a in &active {
+    for a in &report.alerts.active {
         let _ = writeln!(
             out,
             "  [{}] {} {}: {}",
-            a["severity"].as_str().unwrap_or(""),
-            a["type"].as_str().unwrap_or(""),
-            a["id"].as_str().unwrap_or(""),
-            a["message"].as_str().unwrap_or("")
+            a.severity.as_str(),
+            a.kind.as_str(),
+            a.id,
+            printable(&a.message)
         );
     }
     let _ = writeln!(out, "\ntop consumers (traced processes):");
-    for process in report["consumers"]["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let _ = writeln!(
-            out,
-            "  pid {} ({}):",
-            process["pid"],
-            process["comm"].as_str().unwrap_or("")
-        );
-        for lib in process["libraries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(5)
-        {
+    if report.consumers.processes.is_empty() {
+        let _ = writeln!(out, "  none (no process is traced)");
+    }
+    for process in &report.consumers.processes {
+        let _ = writeln!(out, "  pid {} ({}):", process.pid, printable(&process.comm));
+        for lib in process.libraries.iter().take(5) {
             let _ = writeln!(
                 out,
                 "    {:>12} live  {}",
-                mib(lib["liveBytes"].as_u64().unwrap_or(0)),
-                lib["library"].as_str().unwrap_or("")
+                mib(lib.live_bytes),
+                printable(&lib.library)
             );
         }
-        for c in process["consumers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(5)
-        {
+        for c in process.consumers.iter().take(5) {
             let _ = writeln!(
                 out,
                 "    {:>12} in {} allocations: {} {} in {}",
-                mib(c["allocatedMemory"].as_u64().unwrap_or(0)),
-                c["activeAllocations"],
-                c["type"].as_str().unwrap_or(""),
-                c["name"].as_str().unwrap_or(""),
-                c["category"].as_str().unwrap_or(""),
+                mib(c.allocated_memory),
+                c.active_allocations,
+                c.kind.as_str(),
+                printable(&c.name),
+                printable(&c.category),
             );
-            for frame in c["stackTrace"].as_array().into_iter().flatten().take(4) {
-                let _ = writeln!(out, "          {}", frame.as_str().unwrap_or(""));
+            for frame in c.stack_trace.iter().take(4) {
+                let _ = writeln!(out, "          {}", printable(frame));
             }
         }
     }
@@ -460,6 +481,12 @@ mod tests {
             flamegraph([&ConsumerReport::default()], "x"),
             Err(ReportError::Empty)
         ));
+    }
+
+    #[test]
+    fn names_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok name"), "ok name");
+        assert_eq!(printable("\u{1b}[2Jx\nfake"), "\\u{1b}[2Jx\\nfake");
     }
 
     #[test]

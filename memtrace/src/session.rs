@@ -13,7 +13,9 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     accounting::{Accounting, Procfs},
     events::{self, Batch, PipelineStats},
-    probes::{allocator_of, AllocatorTarget, AttachReport, ProbeError, ProbeOptions, Probes},
+    probes::{
+        allocator_of, host_libc, AllocatorTarget, AttachReport, ProbeError, ProbeOptions, Probes,
+    },
 };
 
 pub struct Session {
@@ -43,6 +45,19 @@ impl Session {
     /// Applies only the events of these processes from now on (cheaper when the host is busy).
     pub fn only(&mut self, pids: &[u32]) {
         self.only = pids.to_vec();
+    }
+
+    /// Records allocations of at least `min_size` bytes, keeping the last `max` (0: none).
+    pub fn record_operations(&mut self, min_size: u64, max: usize) {
+        let accounting = std::mem::replace(&mut self.accounting, Accounting::new(Box::new(Procfs)));
+        self.accounting = accounting.with_operations(min_size, max);
+    }
+
+    /// Traces the malloc family of every process on the host (the host's libc).
+    pub fn trace_all(&mut self) -> Result<AttachReport, ProbeError> {
+        let report = self.probes.attach_allocator(&host_libc()?)?;
+        self.accounting.set_trace_all(true);
+        Ok(report)
     }
 
     /// Starts tracing the malloc family of `pid`, scoped to that process. Its state is seeded from

@@ -9,7 +9,8 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::{AttributionConfig, Attributor, ConsumerReport},
+    attribution::{AttributionInput, Attributor, ConsumerReport},
+    config::TrackingConfig,
     os::{
         clock::monotonic_seconds,
         launch::{GatedChild, LaunchError},
@@ -36,7 +37,8 @@ pub struct TraceArgs {
     /// Stop after this long (default: until the process exits, or Ctrl-C).
     pub duration: Option<Duration>,
     pub options: ProbeOptions,
-    pub attribution: AttributionConfig,
+    /// Attribution settings (`[tracking]`: stack depth, wrappers, leak age).
+    pub attribution: TrackingConfig,
 }
 
 /// What `trace` prints (`--json` prints this as JSON).
@@ -161,8 +163,11 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         .or_else(|| session.accounting.exited_state(pid));
     let attribution = match state {
         Some(state) => {
-            let mut stacks = crate::probes::KernelStacks(session.probes.stacks()?);
-            attributor.report(state, &mut stacks, monotonic_seconds())
+            let now_s = monotonic_seconds();
+            let input =
+                AttributionInput::of(state, now_s.saturating_sub(args.attribution.leak_age));
+            let mut stacks = session.probes.stacks()?;
+            attributor.report(&input, &mut stacks, now_s)
         }
         None => ConsumerReport::default(),
     };
@@ -305,10 +310,7 @@ pub fn render_attribution(out: &mut String, a: &ConsumerReport, top: usize) {
             c.total_calls,
             c.average_size,
             c.peak_memory,
-            serde_json::to_value(c.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            c.kind.as_str(),
             c.name,
             c.category
         );

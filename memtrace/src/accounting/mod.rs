@@ -6,7 +6,10 @@ pub mod heap;
 pub mod mappings;
 pub mod modules;
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
 
 use memtrace_common::{Event, FLAG_ALLOCATOR_INTERNAL, MAP_ANONYMOUS};
 use rustc_hash::FxHashMap as HashMap;
@@ -39,6 +42,17 @@ pub enum SiteClass {
     Malloc,
     Mmap,
     Brk,
+}
+
+impl SiteClass {
+    /// The name used in JSON and consumer ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Mmap => "mmap",
+            Self::Brk => "brk",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -186,7 +200,7 @@ pub struct ProcessState {
     pub cgroup: CgroupInfo,
     pub status: Status,
     /// Mapped objects, to symbolize this process's stacks (also after it exits).
-    pub modules: Modules,
+    pub modules: Arc<Modules>,
     /// An executable file mapping appeared since `modules` was read.
     pub modules_dirty: bool,
     /// Whether what the kernel shows of the process (`/proc`) has been read. Processes seen only
@@ -299,6 +313,8 @@ pub struct Accounting {
     pub stats: AccountingStats,
     /// What turns kernel figures into snapshot fields (boot time, clock ticks, `MemTotal`).
     clocks: SnapshotContext,
+    /// Exits and execs of traced processes since the last `take_lifecycle`.
+    lifecycle: Vec<(u32, Lifecycle)>,
 }
 
 /// Host facts a snapshot needs besides the process's own figures.
@@ -310,6 +326,15 @@ struct SnapshotContext {
     ticks_per_second: u64,
     /// `MemTotal`, the limit of processes without a cgroup limit (read at each host snapshot).
     mem_total: Option<u64>,
+}
+
+/// What happened to a traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Its thread group exited.
+    Exited,
+    /// It replaced its program with `execve`.
+    Exec,
 }
 
 const EXITED_KEPT: usize = 16;
@@ -335,6 +360,7 @@ impl Accounting {
                 ticks_per_second: procfs::clock_ticks_per_second(),
                 mem_total: None,
             },
+            lifecycle: Vec::new(),
         }
     }
 
@@ -364,6 +390,11 @@ impl Accounting {
     pub fn with_max_sites(mut self, max_sites: usize) -> Self {
         self.max_sites = max_sites;
         self
+    }
+
+    /// Exits and execs of traced processes seen since the previous call, in event order.
+    pub fn take_lifecycle(&mut self) -> Vec<(u32, Lifecycle)> {
+        std::mem::take(&mut self.lifecycle)
     }
 
     /// Marks a process's heap as traced (its malloc-family probes were just attached to the running
@@ -440,7 +471,7 @@ impl Accounting {
             return;
         };
         if let Some(state) = self.procs.get_mut(&pid) {
-            state.modules = Modules::from_maps(pid, &maps);
+            state.modules = Arc::new(Modules::from_maps(pid, &maps));
             state.modules_dirty = false;
         }
     }
@@ -510,6 +541,9 @@ impl Accounting {
         let pid = ev.tgid;
         match kind {
             Kind::Exit => {
+                if self.traced.contains(&pid) {
+                    self.lifecycle.push((pid, Lifecycle::Exited));
+                }
                 if let Some(mut state) = self.procs.remove(&pid) {
                     self.stats.processes_exited += 1;
                     let snapshot = snapshot_of(&mut state, None, &self.clocks);
@@ -531,6 +565,9 @@ impl Accounting {
                     return;
                 }
                 self.procs.remove(&pid);
+                if self.traced.contains(&pid) {
+                    self.lifecycle.push((pid, Lifecycle::Exec));
+                }
                 // A traced process is read at once (its libraries are needed to name its stacks);
                 // others when a snapshot first needs them. The new program's heap starts empty
                 // under the probes: it is traced from its start.
@@ -749,7 +786,7 @@ fn blank_state(pid: u32, page: u64, max_sites: usize, heap_traced: bool) -> Proc
         attach_baseline: None,
         cgroup: CgroupInfo::default(),
         status: Status::default(),
-        modules: Modules::default(),
+        modules: Arc::default(),
         modules_dirty: false,
         seeded: false,
         seeded_ns: 0,
@@ -776,7 +813,7 @@ fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
     }
     let maps = source.maps(pid).unwrap_or_default();
     if !maps.is_empty() {
-        state.modules = Modules::from_maps(pid, &maps);
+        state.modules = Arc::new(Modules::from_maps(pid, &maps));
         state.modules_dirty = false;
     }
     for line in maps {

@@ -550,6 +550,13 @@ impl AlertEngine {
         Some(active.alert.clone())
     }
 
+    /// The id of the active alert for (pid, condition of `trigger`), if there is one.
+    pub fn active_id(&self, pid: u32, trigger: Trigger) -> Option<&str> {
+        self.active
+            .get(&(pid, condition_of(trigger)))
+            .map(|a| a.alert.id.as_str())
+    }
+
     /// Active alerts, newest first.
     pub fn active(&self) -> Vec<&Alert> {
         let mut v: Vec<&Alert> = self.active.values().map(|a| &a.alert).collect();

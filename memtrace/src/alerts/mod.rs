@@ -44,12 +44,35 @@ pub enum AlertType {
     Spike,
 }
 
+impl AlertType {
+    /// The name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Threshold => "threshold",
+            Self::Pattern => "pattern",
+            Self::Leak => "leak",
+            Self::Spike => "spike",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
     Warning,
     Critical,
+}
+
+impl Severity {
+    /// The name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
 }
 
 /// The condition an alert stands for. At most one alert per (pid, trigger) is active at a time,

@@ -17,7 +17,10 @@
 //!   `analysis::spike_severity`): `low` is `info`, `medium` and `high` are `warning`, `critical` is
 //!   `critical`.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{
     engine::StepMemory, AlertCandidate, AlertEngine, AlertEvent, AlertType, Severity, Trigger,
@@ -92,7 +95,7 @@ pub fn apply_patterns(
     engine: &mut AlertEngine,
     patterns: &[ProcessPattern],
     latest: &HashMap<u32, &ProcessSnapshot>,
-    reports: &HashMap<u32, ConsumerReport>,
+    reports: &BTreeMap<u32, Arc<ConsumerReport>>,
     self_pid: u32,
     now_ms: u64,
 ) -> PatternOutcome {
@@ -127,7 +130,7 @@ fn apply_growth(
     engine: &mut AlertEngine,
     pattern: &ProcessPattern,
     process: Option<&ProcessSnapshot>,
-    reports: &HashMap<u32, ConsumerReport>,
+    reports: &BTreeMap<u32, Arc<ConsumerReport>>,
     now_ms: u64,
     out: &mut PatternOutcome,
 ) {
@@ -154,8 +157,7 @@ fn apply_growth(
     candidate.recommendations = vec![p.recommendation.clone()];
     candidate.pattern = serde_json::to_value(p).ok();
     if let Some(report) = reports.get(&pid) {
-        candidate.top_consumers =
-            serde_json::to_value(report.consumers.iter().take(5).collect::<Vec<_>>()).ok();
+        candidate.top_consumers = serde_json::to_value(report.top_consumers(5)).ok();
         candidate.library = report.libraries.first().map(|l| l.library.clone());
     }
     let reason = format!("{} growth at {:.2} MB/min", p.kind, p.growth_rate);
@@ -175,14 +177,15 @@ fn apply_growth(
             }
         }
         None => {
-            // Pending (or refreshed, or held back): tracing the heap now has the consumers
-            // ready when the alert is created.
+            // Pending (or held back): tracing the heap now has the consumers ready when the
+            // alert is created. Active already (a drill-down may have had no room when it was
+            // raised): a drill-down started now still reports into it.
             if drill && matches!(p.kind, PatternType::Leak | PatternType::Linear) {
                 out.drill.push(DrillRequest {
                     pid,
                     comm: process.comm.clone(),
                     reason,
-                    alert_id: None,
+                    alert_id: engine.active_id(pid, trigger).map(str::to_string),
                 });
             }
         }
@@ -330,7 +333,7 @@ mod tests {
             let p = process(7, rss(s), T0 - age_s * SEC);
             let pattern = process_pattern(7, pattern_at(s, rss));
             let latest = HashMap::from([(7, &p)]);
-            let out = apply_patterns(e, &[pattern], &latest, &HashMap::new(), 1, T0 + s * SEC);
+            let out = apply_patterns(e, &[pattern], &latest, &BTreeMap::new(), 1, T0 + s * SEC);
             for event in out.events {
                 if let AlertEvent::Created(a) = event {
                     created.push((s, a));
@@ -431,7 +434,7 @@ mod tests {
                 &mut e,
                 &[pattern],
                 &latest,
-                &HashMap::new(),
+                &BTreeMap::new(),
                 1,
                 T0 + s * SEC,
             );

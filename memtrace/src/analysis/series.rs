@@ -2,6 +2,7 @@
 //! and the text rendering.
 
 use std::{
+    borrow::Borrow,
     cmp::Ordering,
     collections::BTreeMap,
     fmt::Write as _,
@@ -103,8 +104,8 @@ pub struct ProcessPattern {
 }
 
 /// Splits snapshots (in any order) into per-process series, by pid, in time order.
-pub fn extract_series(snapshots: &[HostSnapshot]) -> Vec<ProcessSeries> {
-    let mut ordered: Vec<&HostSnapshot> = snapshots.iter().collect();
+pub fn extract_series<S: Borrow<HostSnapshot>>(snapshots: &[S]) -> Vec<ProcessSeries> {
+    let mut ordered: Vec<&HostSnapshot> = snapshots.iter().map(Borrow::borrow).collect();
     ordered.sort_by_key(|s| s.timestamp);
     let mut by_pid: BTreeMap<u32, ProcessSeries> = BTreeMap::new();
     for snapshot in ordered {
@@ -223,8 +224,8 @@ pub fn analyze_process(series: &ProcessSeries, config: &PatternConfig) -> Option
 }
 
 /// Patterns of every process with enough samples, most concerning first.
-pub fn analyze_snapshots(
-    snapshots: &[HostSnapshot],
+pub fn analyze_snapshots<S: Borrow<HostSnapshot>>(
+    snapshots: &[S],
     config: &PatternConfig,
 ) -> Vec<ProcessPattern> {
     let mut patterns: Vec<ProcessPattern> = extract_series(snapshots)
@@ -539,7 +540,7 @@ mod tests {
     fn too_few_snapshots_give_nothing() {
         let snaps = snapshots();
         assert!(analyze_snapshots(&snaps[..3], &PatternConfig::default()).is_empty());
-        assert!(analyze_snapshots(&[], &PatternConfig::default()).is_empty());
+        assert!(analyze_snapshots::<HostSnapshot>(&[], &PatternConfig::default()).is_empty());
     }
 
     fn temp_file(name: &str, content: &[u8]) -> std::path::PathBuf {

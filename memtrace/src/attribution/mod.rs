@@ -10,13 +10,14 @@
 
 pub mod symbols;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
 use self::symbols::{Blazesym, Frame, Symbolizer};
 use crate::{
-    accounting::{ProcessState, SiteClass, SiteKey},
+    accounting::{modules::Modules, ProcessState, SiteClass, SiteKey, SiteStats},
+    config::TrackingConfig,
     snapshot::LibrarySnapshot,
 };
 
@@ -29,35 +30,6 @@ pub trait StackSource {
 impl StackSource for HashMap<i64, Vec<u64>> {
     fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
         self.get(&stack_id).cloned()
-    }
-}
-
-/// Settings of attribution (the origin's `tracking` section plus the rules).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct AttributionConfig {
-    pub max_consumers: usize,
-    pub stack_trace_depth: usize,
-    pub suspicious_size: u64,
-    pub max_consumer_size: u64,
-    /// Live allocations older than this many seconds are shown in the leak view.
-    pub leak_age_seconds: u64,
-    pub leak_top: usize,
-    /// Extra allocation wrappers whose frames are skipped (exact function names).
-    pub wrappers: Vec<String>,
-}
-
-impl Default for AttributionConfig {
-    fn default() -> Self {
-        Self {
-            max_consumers: 1000,
-            stack_trace_depth: 10,
-            suspicious_size: 10 << 20,
-            max_consumer_size: 100 << 20,
-            leak_age_seconds: 30,
-            leak_top: 20,
-            wrappers: Vec::new(),
-        }
     }
 }
 
@@ -184,6 +156,18 @@ pub struct ConsumerReport {
     pub sites: Vec<SiteLive>,
 }
 
+impl ConsumerReport {
+    /// The `n` largest consumers that asked for memory themselves: the allocator's own mappings
+    /// (`metadata.allocatorInternal`) back heap blocks and are left out.
+    pub fn top_consumers(&self, n: usize) -> Vec<&Consumer> {
+        self.consumers
+            .iter()
+            .filter(|c| !c.metadata.allocator_internal)
+            .take(n)
+            .collect()
+    }
+}
+
 /// Live memory of one call site with its whole stack, innermost frame first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteLive {
@@ -191,6 +175,72 @@ pub struct SiteLive {
     pub frames: Vec<Frame>,
     pub live_bytes: u64,
     pub live_count: u64,
+}
+
+/// What attribution needs of one process: a copy of its call sites and a summary of its old live
+/// allocations, taken from the accounting at one instant. Symbolizing it takes file I/O and may be
+/// slow; working on a copy keeps that away from event intake.
+#[derive(Clone, Debug, Default)]
+pub struct AttributionInput {
+    pub pid: u32,
+    /// Start time of the process (clock ticks after boot): with the pid, identifies it.
+    pub start_time: u64,
+    pub comm: String,
+    pub heap_traced: bool,
+    /// Call sites that ever allocated, with their figures.
+    pub sites: Vec<(u32, SiteStats)>,
+    pub overflowed_sites: u64,
+    /// The mapped objects the stacks are symbolized against.
+    pub modules: Arc<Modules>,
+    /// Live heap allocations born before the leak cutoff, per site.
+    pub old_allocations: Vec<OldAllocations>,
+}
+
+/// Live heap allocations of one site born before the leak cutoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OldAllocations {
+    pub site: u32,
+    pub bytes: u64,
+    pub count: u64,
+    /// Birth of the oldest, kernel monotonic seconds.
+    pub oldest_born_s: u32,
+}
+
+impl AttributionInput {
+    /// A copy of what attribution needs of `state`; allocations born before `leak_cutoff_s`
+    /// (kernel monotonic seconds) are summed per site for the leak view.
+    pub fn of(state: &ProcessState, leak_cutoff_s: u64) -> Self {
+        let mut old: HashMap<u32, OldAllocations> = HashMap::new();
+        let cutoff = u32::try_from(leak_cutoff_s).unwrap_or(u32::MAX);
+        for (_, alloc) in state.heap.older_than(cutoff) {
+            let entry = old.entry(alloc.site).or_insert(OldAllocations {
+                site: alloc.site,
+                bytes: 0,
+                count: 0,
+                oldest_born_s: alloc.born_s,
+            });
+            entry.bytes += alloc.size;
+            entry.count += 1;
+            entry.oldest_born_s = entry.oldest_born_s.min(alloc.born_s);
+        }
+        let mut old_allocations: Vec<OldAllocations> = old.into_values().collect();
+        old_allocations.sort_by_key(|o| o.site);
+        Self {
+            pid: state.pid,
+            start_time: state.start_time,
+            comm: state.comm.clone(),
+            heap_traced: state.heap_traced,
+            sites: state
+                .sites
+                .iter()
+                .filter(|(_, s)| s.total_calls > 0 || s.live_bytes > 0)
+                .map(|(id, s)| (id, *s))
+                .collect(),
+            overflowed_sites: state.sites.overflowed,
+            modules: Arc::clone(&state.modules),
+            old_allocations,
+        }
+    }
 }
 
 /// Where a site was attributed.
@@ -208,7 +258,7 @@ struct Attributed {
 #[derive(Default)]
 pub struct Attributor {
     pub symbolizer: Symbolizer,
-    pub config: AttributionConfig,
+    pub config: TrackingConfig,
     /// Attribution of each site, by (pid, process start time, site key).
     sites: HashMap<(u32, u64, SiteKey), Attributed>,
     /// Highest live bytes seen per consumer, by (pid, start time, consumer id).
@@ -217,7 +267,7 @@ pub struct Attributor {
 }
 
 impl Attributor {
-    pub fn new(config: AttributionConfig) -> Self {
+    pub fn new(config: TrackingConfig) -> Self {
         Self {
             config,
             ..Self::default()
@@ -227,7 +277,7 @@ impl Attributor {
     fn attribute_site(
         &mut self,
         inner: &Blazesym,
-        state: &ProcessState,
+        state: &AttributionInput,
         key: SiteKey,
         stacks: &mut dyn StackSource,
     ) -> Attributed {
@@ -257,7 +307,7 @@ impl Attributor {
                 addrs.extend(frames.into_iter().skip(skip).filter(|&a| a != 0));
             }
         }
-        let depth = self.config.stack_trace_depth.max(1);
+        let depth = (self.config.stack_trace_depth as usize).max(1);
         let frames: Vec<Frame> = addrs
             .iter()
             .take(depth + 8)
@@ -276,7 +326,7 @@ impl Attributor {
                 "[unknown]"
             };
             Attributed {
-                consumer_id: format!("{}:{unknown}:{unknown}", class_name(key.class)),
+                consumer_id: format!("{}:{unknown}:{unknown}", key.class.as_str()),
                 name: unknown.into(),
                 library: unknown.into(),
                 skipped: 0,
@@ -287,12 +337,7 @@ impl Attributor {
             let index = attributed_frame(&frames, &self.config.wrappers);
             let frame = &frames[index];
             Attributed {
-                consumer_id: format!(
-                    "{}:{}:{}",
-                    class_name(key.class),
-                    frame.module,
-                    frame.name()
-                ),
+                consumer_id: format!("{}:{}:{}", key.class.as_str(), frame.module, frame.name()),
                 name: frame.name(),
                 library: frame.module.clone(),
                 skipped: index,
@@ -313,7 +358,7 @@ impl Attributor {
     /// monotonic clock in seconds (the clock of allocation timestamps).
     pub fn report(
         &mut self,
-        state: &ProcessState,
+        state: &AttributionInput,
         stacks: &mut dyn StackSource,
         now_s: u64,
     ) -> ConsumerReport {
@@ -322,10 +367,7 @@ impl Attributor {
         let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
         let inner = Blazesym::new();
         let mut sites = Vec::new();
-        for (site_id, stats) in state.sites.iter() {
-            if stats.total_calls == 0 && stats.live_bytes == 0 {
-                continue;
-            }
+        for &(site_id, ref stats) in &state.sites {
             let attributed = self.attribute_site(&inner, state, stats.key, stacks);
             if stats.live_bytes > 0 {
                 sites.push(SiteLive {
@@ -424,7 +466,7 @@ impl Attributor {
                 .then(a.library.cmp(&b.library))
         });
 
-        let max = self.config.max_consumers.max(1);
+        let max = (self.config.max_consumers as usize).max(1);
         let (evicted_consumers, evicted_bytes) = if consumers.len() > max {
             let evicted = consumers.split_off(max);
             (
@@ -436,13 +478,9 @@ impl Attributor {
         };
 
         // Leak view: live heap allocations older than the leak age, by consumer.
-        let cutoff = now_s.saturating_sub(self.config.leak_age_seconds);
         let mut leaks: HashMap<String, LeakGroup> = HashMap::new();
-        for (_, alloc) in state
-            .heap
-            .older_than(cutoff.min(u64::from(u32::MAX)) as u32)
-        {
-            let Some((id, name, library, stack)) = site_consumer.get(&alloc.site) else {
+        for old in &state.old_allocations {
+            let Some((id, name, library, stack)) = site_consumer.get(&old.site) else {
                 continue;
             };
             let group = leaks.entry(id.clone()).or_insert_with(|| LeakGroup {
@@ -454,11 +492,11 @@ impl Attributor {
                 oldest_age_seconds: 0,
                 stack_trace: stack.clone(),
             });
-            group.bytes += alloc.size;
-            group.count += 1;
+            group.bytes += old.bytes;
+            group.count += old.count;
             group.oldest_age_seconds = group
                 .oldest_age_seconds
-                .max(now_s.saturating_sub(u64::from(alloc.born_s)));
+                .max(now_s.saturating_sub(u64::from(old.oldest_born_s)));
         }
         let mut leaks: Vec<LeakGroup> = leaks.into_values().collect();
         leaks.sort_by(|a, b| {
@@ -475,7 +513,7 @@ impl Attributor {
             consumers,
             evicted_consumers,
             evicted_bytes,
-            overflowed_sites: state.sites.overflowed,
+            overflowed_sites: state.overflowed_sites,
             leaks,
             sites,
         }
@@ -485,14 +523,6 @@ impl Attributor {
     pub fn forget(&mut self, pid: u32) {
         self.sites.retain(|(p, _, _), _| *p != pid);
         self.peaks.retain(|(p, _, _), _| *p != pid);
-    }
-}
-
-fn class_name(class: SiteClass) -> &'static str {
-    match class {
-        SiteClass::Malloc => "malloc",
-        SiteClass::Mmap => "mmap",
-        SiteClass::Brk => "brk",
     }
 }
 

@@ -1,19 +1,21 @@
-//! What the HTTP side needs from the agent: the [`Backend`] trait, its errors, the events it streams
-//! and the figures it hands to `/metrics`.
+//! What the HTTP side needs from the agent: the [`Backend`] trait, its errors, and the figures it
+//! hands to `/metrics`. Answers are the typed structs of [`crate::api`].
 //!
-//! The methods are synchronous and return owned data; handlers that may take long (analysis,
-//! export, reports, tracing changes, metrics) call them on the blocking thread pool.
+//! Reads answer from the agent's published views at once; commands (analyze, resolve, trace) are
+//! carried out by the agent's threads, and handlers call them on the blocking thread pool.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::{
     analysis::{PatternType, ProcessPattern},
+    api::{
+        Alert, Alerts, Consumers, Export, Growth, Health, HostSnapshot, ProcessDetail, ProcessRow,
+        Report, Status, StreamEvent, TraceStarted, TraceStopped,
+    },
     events::Kind,
-    snapshot::{HostSnapshot, ProcessSnapshot},
+    snapshot::ProcessSnapshot,
 };
 
 /// Why the backend could not do what a request asked. Each variant maps to one HTTP status.
@@ -22,10 +24,10 @@ pub enum BackendError {
     /// 404: no such process, alert, ...
     #[error("{0}")]
     NotFound(String),
-    /// 400: the request cannot be carried out as asked (e.g. tracing a kernel thread).
+    /// 400: the request cannot be carried out as asked (e.g. resolving an alert twice).
     #[error("{0}")]
     BadRequest(String),
-    /// 503: the agent cannot answer now (e.g. not monitoring yet, no data).
+    /// 503: the agent cannot answer now (e.g. its collection stopped, or it is too busy).
     #[error("{0}")]
     Unavailable(String),
     /// 500: something failed inside the agent.
@@ -33,57 +35,34 @@ pub enum BackendError {
     Internal(String),
 }
 
-/// One message of the live stream (`/api/memory/ws`), serialized as `{"type": ..., "data": ...}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "data")]
-pub enum StreamEvent {
-    /// A host snapshot was taken.
-    #[serde(rename = "snapshot")]
-    Snapshot(Arc<HostSnapshot>),
-    /// An alert was raised (the alert's JSON).
-    #[serde(rename = "alert:created")]
-    AlertCreated(Value),
-    /// An alert was resolved, by hand or automatically (the alert's JSON).
-    #[serde(rename = "alert:resolved")]
-    AlertResolved(Value),
-    /// The analysis found a confident pattern for a process (boxed: a pattern is much larger than
-    /// the other events).
-    #[serde(rename = "pattern:detected")]
-    PatternDetected(Box<ProcessPattern>),
-}
-
-/// The agent as the HTTP side sees it. JSON values are returned where their types live in modules
-/// the HTTP side does not depend on (alerts, consumers, reports); their shapes are in `docs/api.md`.
+/// The agent as the HTTP side sees it.
 pub trait Backend: Send + Sync + 'static {
-    /// `{ isMonitoring, startedAt, uptimeSeconds, lastSnapshot: HostSnapshot | null, activeAlerts,
-    /// tracedPids: [..], mallocAll, eventsReceived, eventsLost }`.
-    fn status(&self) -> Value;
+    /// `/health`: healthy, warning (an alert is active) or degraded (with the reason).
+    fn health(&self) -> Health;
+    fn status(&self) -> Status;
     /// The last `count` host snapshots, oldest first.
-    fn history(&self, count: usize) -> Vec<HostSnapshot>;
-    /// Per-process growth over the last `minutes`: start and end RSS and heap, delta bytes, MB/min.
-    fn growth(&self, minutes: u32) -> Value;
+    fn history(&self, count: usize) -> Vec<Arc<HostSnapshot>>;
+    /// Per-process growth over the last `minutes`.
+    fn growth(&self, minutes: u32) -> Growth;
     /// Runs the pattern analysis now over the snapshots held in memory.
-    fn analyze(&self) -> Vec<ProcessPattern>;
-    /// `{ active: [Alert], recent: [Alert] }`.
-    fn alerts(&self) -> Value;
+    fn analyze(&self) -> Result<Vec<ProcessPattern>, BackendError>;
+    fn alerts(&self) -> Alerts;
     /// Resolves an active alert by hand; returns the resolved alert.
-    fn resolve_alert(&self, id: &str) -> Result<Value, BackendError>;
+    fn resolve_alert(&self, id: &str) -> Result<Alert, BackendError>;
     /// Top memory consumers (libraries and call sites), of one process or of all.
-    fn consumers(&self, pid: Option<u32>) -> Value;
-    /// The processes of the latest snapshot.
-    fn processes(&self) -> Vec<ProcessSnapshot>;
-    /// One process: `{ snapshot, pattern, consumers, libraries }`, `None` when unknown.
-    fn process(&self, pid: u32) -> Option<Value>;
-    /// Starts tracing the malloc family of a process (a drill-down).
-    fn trace_start(&self, pid: u32) -> Result<Value, BackendError>;
+    fn consumers(&self, pid: Option<u32>) -> Consumers;
+    /// The processes of the latest snapshot, with their patterns.
+    fn processes(&self) -> Vec<ProcessRow>;
+    /// One process, `None` when unknown.
+    fn process(&self, pid: u32) -> Option<ProcessDetail>;
+    /// Starts tracing the malloc family of a process.
+    fn trace_start(&self, pid: u32) -> Result<TraceStarted, BackendError>;
     /// Stops tracing the malloc family of a process.
-    fn trace_stop(&self, pid: u32) -> Result<Value, BackendError>;
-    /// Everything held in memory (snapshots, alerts, patterns, consumers) for download.
-    fn export(&self) -> Value;
-    /// The report as JSON.
-    fn report_json(&self) -> Value;
-    /// The report as plain text.
-    fn report_text(&self) -> String;
+    fn trace_stop(&self, pid: u32) -> Result<TraceStopped, BackendError>;
+    /// Everything held in memory, for download.
+    fn export(&self) -> Export;
+    /// The report (JSON; the text report renders the same).
+    fn report(&self) -> Report;
     /// A flame graph (SVG) of live allocations by stack, of one process or of all traced ones.
     fn flamegraph_svg(&self, pid: Option<u32>) -> Result<String, BackendError>;
     /// Live allocations of a process as a gzipped pprof profile.

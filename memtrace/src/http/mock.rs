@@ -1,20 +1,28 @@
-//! A [`Backend`] with canned data, for tests of the HTTP side (and of clients such as the
-//! dashboard) without the eBPF agent. Its JSON has the shapes documented in `docs/api.md`.
+//! A [`Backend`] with canned data, for tests of the routes (parameters, tokens, headers, the
+//! WebSocket) without the eBPF agent. Its answers are the same typed structs the agent returns, so
+//! their shapes cannot drift from the agent's.
 
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::backend::{
-    AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
-    ProcessMetrics, StreamEvent,
+    AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric, ProcessMetrics,
 };
 use crate::{
+    accounting::SiteClass,
+    alerts::{AlertContext, AlertType, ResolvedBy, Severity as AlertSeverity, Trigger},
     analysis::{Metric, Pattern, PatternType, ProcessPattern, Severity},
+    api::{
+        Alert, Alerts, Consumers, DrilldownSettings, Export, Growth, GrowthRow, Health,
+        HealthMemory, HealthStatus, ProcessDetail, ProcessRow, Report, ReportHistory, ReportHost,
+        ReportSummary, Status, StreamEvent, TraceStarted, TraceStopped,
+    },
+    attribution::{Consumer, ConsumerMetadata, ConsumerReport},
+    config::Config,
     events::Kind,
     snapshot::{HostSnapshot, LibrarySnapshot, ProcessSnapshot},
 };
@@ -83,27 +91,33 @@ impl MockBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn alert(&self, resolved: bool) -> Value {
+    fn alert(&self, resolved: bool) -> Alert {
         let node = self.snapshot.processes.first().cloned().unwrap_or_default();
-        json!({
-            "id": MOCK_ALERT_ID,
-            "timestamp": MOCK_TIMESTAMP,
-            "type": "threshold",
-            "severity": "warning",
-            "message": "pid 100 (node): External memory (95.2MB) exceeds threshold (80MB)",
-            "metrics": node,
-            "context": {
-                "trigger": "external_memory_threshold",
-                "threshold": 80.0,
-                "recommendations": ["Check for native module memory leaks"],
-                "pid": 100,
-                "comm": "node",
+        Alert {
+            id: MOCK_ALERT_ID.to_string(),
+            timestamp: MOCK_TIMESTAMP,
+            kind: AlertType::Threshold,
+            severity: AlertSeverity::Warning,
+            message: "pid 100 (node): External memory (95.2MB) exceeds threshold (80MB)".into(),
+            metrics: serde_json::to_value(node).unwrap_or_default(),
+            context: AlertContext {
+                trigger: Trigger::ExternalMemoryThreshold,
+                threshold: Some(80.0),
+                recommendations: vec!["Check for native module memory leaks".into()],
+                pid: 100,
+                comm: "node".into(),
+                container: String::new(),
+                library: None,
+                top_consumers: None,
+                pattern: None,
             },
-            "resolved": resolved,
-        })
+            resolved,
+            resolved_at: resolved.then_some(MOCK_TIMESTAMP + 1000),
+            resolved_by: resolved.then_some(ResolvedBy::Manual),
+        }
     }
 
-    fn active_alerts(&self) -> Vec<Value> {
+    fn active_alerts(&self) -> Vec<Alert> {
         if self.state().resolved.contains(MOCK_ALERT_ID) {
             Vec::new()
         } else {
@@ -141,30 +155,100 @@ impl MockBackend {
         }
     }
 
-    fn consumer_list(&self, pid: Option<u32>) -> Vec<Value> {
-        self.snapshot
+    fn report_of(&self, p: &ProcessSnapshot) -> ConsumerReport {
+        ConsumerReport {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            libraries: p.libraries.clone(),
+            consumers: p
+                .libraries
+                .iter()
+                .map(|l| Consumer {
+                    id: format!("malloc:{}:main", l.library),
+                    name: "main".into(),
+                    kind: SiteClass::Malloc,
+                    category: l.library.clone(),
+                    allocated_memory: l.live_bytes,
+                    peak_memory: l.peak_bytes,
+                    total_calls: l.calls,
+                    active_allocations: 3,
+                    average_size: l.live_bytes / 3,
+                    stack_trace: vec!["main (node+0x1234)".into()],
+                    metadata: ConsumerMetadata {
+                        operation: "main".into(),
+                        sites: 1,
+                        suspicious: false,
+                        over_limit: false,
+                        skipped_frames: 1,
+                        allocator_internal: false,
+                    },
+                })
+                .collect(),
+            ..ConsumerReport::default()
+        }
+    }
+
+    fn consumers_of(&self, pid: Option<u32>) -> Consumers {
+        let processes: Vec<ConsumerReport> = self
+            .snapshot
             .processes
             .iter()
-            .filter(|p| pid.is_none_or(|pid| p.pid == pid))
-            .flat_map(|p| {
-                p.libraries.iter().map(move |l| {
-                    json!({
-                        "id": format!("{}:{}", p.pid, l.library),
-                        "name": l.library,
-                        "type": "library",
-                        "category": "Libraries",
-                        "pid": p.pid,
-                        "comm": p.comm,
-                        "allocatedMemory": l.live_bytes,
-                        "peakMemory": l.peak_bytes,
-                        "totalCalls": l.calls,
-                        "activeAllocations": 3,
-                        "stackTrace": ["malloc (libc.so.6)", "main (node)"],
-                        "metadata": { "averageSize": l.live_bytes / 3 },
-                    })
+            .filter(|p| p.heap_traced && pid.is_none_or(|pid| p.pid == pid))
+            .map(|p| self.report_of(p))
+            .collect();
+        let consumers = processes
+            .iter()
+            .flat_map(|r| {
+                r.consumers.iter().map(|c| crate::api::ProcessConsumer {
+                    pid: r.pid,
+                    comm: r.comm.clone(),
+                    consumer: c.clone(),
                 })
             })
-            .collect()
+            .collect();
+        Consumers {
+            timestamp: MOCK_TIMESTAMP,
+            processes,
+            consumers,
+        }
+    }
+
+    fn growth_of(&self, minutes: u32) -> Growth {
+        let processes = self
+            .snapshot
+            .processes
+            .iter()
+            .map(|p| {
+                let heap = p.heap_traced.then_some(p.heap_live_bytes);
+                GrowthRow {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    start_rss_bytes: p.rss_bytes - (1 << 20),
+                    end_rss_bytes: p.rss_bytes,
+                    delta_rss_bytes: 1 << 20,
+                    start_heap_bytes: heap.map(|h| h - (1 << 20)),
+                    end_heap_bytes: heap,
+                    delta_heap_bytes: heap.map(|_| 1 << 20),
+                    rss_growth_mb_per_minute: 1.0 / f64::from(minutes),
+                    heap_growth_mb_per_minute: heap.map(|_| 1.0 / f64::from(minutes)),
+                    minutes: f64::from(minutes),
+                }
+            })
+            .collect();
+        Growth {
+            minutes,
+            from: Some(MOCK_TIMESTAMP - u64::from(minutes) * 60_000),
+            to: Some(MOCK_TIMESTAMP),
+            processes,
+        }
+    }
+
+    fn alerts_now(&self) -> Alerts {
+        let resolved = self.state().resolved.contains(MOCK_ALERT_ID);
+        Alerts {
+            active: self.active_alerts(),
+            recent: vec![self.alert(resolved)],
+        }
     }
 }
 
@@ -239,76 +323,74 @@ fn mock_snapshot() -> HostSnapshot {
 }
 
 impl Backend for MockBackend {
-    fn status(&self) -> Value {
-        let active = self.active_alerts().len();
-        let traced: Vec<u32> = self.state().traced.iter().copied().collect();
-        json!({
-            "isMonitoring": true,
-            "startedAt": MOCK_TIMESTAMP - 60_000,
-            "uptimeSeconds": 60,
-            "lastSnapshot": self.snapshot,
-            "activeAlerts": active,
-            "tracedPids": traced,
-            "mallocAll": false,
-            "eventsReceived": 12345,
-            "eventsLost": 0,
-        })
+    fn health(&self) -> Health {
+        let alerts = self.active_alerts().len();
+        Health {
+            status: if alerts > 0 {
+                HealthStatus::Warning
+            } else {
+                HealthStatus::Healthy
+            },
+            reason: None,
+            memory: HealthMemory {
+                alerts,
+                monitoring: true,
+            },
+        }
     }
 
-    fn history(&self, count: usize) -> Vec<HostSnapshot> {
+    fn status(&self) -> Status {
+        let traced: Vec<u32> = self.state().traced.iter().copied().collect();
+        let active_alerts = self.active_alerts().len();
+        Status {
+            is_monitoring: true,
+            started_at: MOCK_TIMESTAMP - 60_000,
+            uptime_seconds: 60,
+            last_snapshot: Some(Arc::new(self.snapshot.clone())),
+            active_alerts,
+            traced_pids: traced,
+            traced: Vec::new(),
+            malloc_all: false,
+            drilldowns: Vec::new(),
+            drilldown_options: DrilldownSettings {
+                enabled: true,
+                window_seconds: 60,
+                max_processes: 2,
+            },
+            events_received: 12345,
+            events_lost: 0,
+            snapshots_dropped: 0,
+            snapshot_interval: 30,
+            analysis_interval: 120,
+            pid: 1,
+        }
+    }
+
+    fn history(&self, count: usize) -> Vec<Arc<HostSnapshot>> {
         (0..count.min(3) as u64)
             .rev()
-            .map(|age| HostSnapshot {
-                timestamp: MOCK_TIMESTAMP - age * 30_000,
-                ..self.snapshot.clone()
+            .map(|age| {
+                Arc::new(HostSnapshot {
+                    timestamp: MOCK_TIMESTAMP - age * 30_000,
+                    ..self.snapshot.clone()
+                })
             })
             .collect()
     }
 
-    fn growth(&self, minutes: u32) -> Value {
-        let processes: Vec<Value> = self
-            .snapshot
-            .processes
-            .iter()
-            .map(|p| {
-                let heap = p.heap_traced.then_some(p.heap_live_bytes);
-                json!({
-                    "pid": p.pid,
-                    "comm": p.comm,
-                    "startRssBytes": p.rss_bytes - (1 << 20),
-                    "endRssBytes": p.rss_bytes,
-                    "deltaRssBytes": 1 << 20,
-                    "startHeapBytes": heap.map(|h| h - (1 << 20)),
-                    "endHeapBytes": heap,
-                    "deltaHeapBytes": heap.map(|_| 1 << 20),
-                    "rssGrowthMbPerMinute": 1.0 / f64::from(minutes),
-                    "heapGrowthMbPerMinute": heap.map(|_| 1.0 / f64::from(minutes)),
-                })
-            })
-            .collect();
-        json!({
-            "minutes": minutes,
-            "from": MOCK_TIMESTAMP - u64::from(minutes) * 60_000,
-            "to": MOCK_TIMESTAMP,
-            "processes": processes,
-        })
+    fn growth(&self, minutes: u32) -> Growth {
+        self.growth_of(minutes)
     }
 
-    fn analyze(&self) -> Vec<ProcessPattern> {
-        vec![Self::pattern()]
+    fn analyze(&self) -> Result<Vec<ProcessPattern>, BackendError> {
+        Ok(vec![Self::pattern()])
     }
 
-    fn alerts(&self) -> Value {
-        let resolved = self.state().resolved.contains(MOCK_ALERT_ID);
-        let recent = if resolved {
-            vec![self.alert(true)]
-        } else {
-            Vec::new()
-        };
-        json!({ "active": self.active_alerts(), "recent": recent })
+    fn alerts(&self) -> Alerts {
+        self.alerts_now()
     }
 
-    fn resolve_alert(&self, id: &str) -> Result<Value, BackendError> {
+    fn resolve_alert(&self, id: &str) -> Result<Alert, BackendError> {
         if id != MOCK_ALERT_ID {
             return Err(BackendError::NotFound(format!("no alert with id {id}")));
         }
@@ -322,70 +404,102 @@ impl Backend for MockBackend {
         Ok(alert)
     }
 
-    fn consumers(&self, pid: Option<u32>) -> Value {
-        json!({ "consumers": self.consumer_list(pid) })
+    fn consumers(&self, pid: Option<u32>) -> Consumers {
+        self.consumers_of(pid)
     }
 
-    fn processes(&self) -> Vec<ProcessSnapshot> {
-        self.snapshot.processes.clone()
+    fn processes(&self) -> Vec<ProcessRow> {
+        self.snapshot
+            .processes
+            .iter()
+            .map(|p| ProcessRow {
+                snapshot: p.clone(),
+                pattern: (p.pid == 100).then(|| Self::pattern().pattern),
+            })
+            .collect()
     }
 
-    fn process(&self, pid: u32) -> Option<Value> {
+    fn process(&self, pid: u32) -> Option<ProcessDetail> {
         let snapshot = self.snapshot.processes.iter().find(|p| p.pid == pid)?;
-        let pattern = (pid == 100).then(Self::pattern);
-        Some(json!({
-            "snapshot": snapshot,
-            "pattern": pattern,
-            "consumers": self.consumer_list(Some(pid)),
-            "libraries": snapshot.libraries,
-        }))
+        let traced = self.state().traced.contains(&pid);
+        let report = snapshot.heap_traced.then(|| self.report_of(snapshot));
+        Some(ProcessDetail {
+            snapshot: snapshot.clone(),
+            exited: false,
+            pattern: (pid == 100).then(Self::pattern),
+            consumers: report.as_ref().map(|r| r.consumers.clone()),
+            libraries: snapshot.libraries.clone(),
+            leaks: report.map(|r| r.leaks),
+            traced,
+            drilldown: None,
+            container: String::new(),
+        })
     }
 
-    fn trace_start(&self, pid: u32) -> Result<Value, BackendError> {
+    fn trace_start(&self, pid: u32) -> Result<TraceStarted, BackendError> {
         if !self.snapshot.processes.iter().any(|p| p.pid == pid) {
-            return Err(BackendError::NotFound(format!("no process with pid {pid}")));
-        }
-        if !self.state().traced.insert(pid) {
-            return Err(BackendError::BadRequest(format!(
-                "pid {pid} is already traced"
+            return Err(BackendError::NotFound(format!(
+                "process {pid} does not exist"
             )));
         }
-        Ok(json!({ "pid": pid, "traced": true }))
+        self.state().traced.insert(pid);
+        Ok(TraceStarted {
+            pid,
+            traced: true,
+            library: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+            attached: vec!["malloc".into(), "free".into()],
+            missing: Vec::new(),
+        })
     }
 
-    fn trace_stop(&self, pid: u32) -> Result<Value, BackendError> {
+    fn trace_stop(&self, pid: u32) -> Result<TraceStopped, BackendError> {
         if !self.state().traced.remove(&pid) {
             return Err(BackendError::NotFound(format!("pid {pid} is not traced")));
         }
-        Ok(json!({ "pid": pid, "traced": false }))
-    }
-
-    fn export(&self) -> Value {
-        json!({
-            "exportedAt": MOCK_TIMESTAMP,
-            "snapshots": self.history(3),
-            "alerts": self.alerts(),
-            "patterns": self.analyze(),
-            "consumers": self.consumer_list(None),
+        Ok(TraceStopped {
+            pid,
+            traced: false,
+            was_traced: true,
         })
     }
 
-    fn report_json(&self) -> Value {
-        json!({
-            "generatedAt": MOCK_TIMESTAMP,
-            "summary": {
-                "processes": self.snapshot.processes.len(),
-                "tracedProcesses": self.state().traced.len(),
-                "activeAlerts": self.active_alerts().len(),
+    fn export(&self) -> Export {
+        Export {
+            exported_at: MOCK_TIMESTAMP,
+            config: Config::default(),
+            snapshots: self.history(3),
+            alerts: self.alerts_now(),
+            patterns: vec![Self::pattern()],
+            consumers: self.consumers_of(None),
+            operations: Vec::new(),
+        }
+    }
+
+    fn report(&self) -> Report {
+        let traced = self.state().traced.len();
+        Report {
+            generated_at: MOCK_TIMESTAMP,
+            history: ReportHistory {
+                from: Some(MOCK_TIMESTAMP - 60_000),
+                to: Some(MOCK_TIMESTAMP),
+                snapshots: 3,
             },
-            "patterns": self.analyze(),
-            "topProcesses": self.snapshot.processes,
-            "alerts": self.alerts(),
-        })
-    }
-
-    fn report_text(&self) -> String {
-        "memtrace report\n\npid 100 (node): leak, 3.2 MB/min, confidence 85%\n".to_string()
+            host: ReportHost {
+                mem_total_bytes: self.snapshot.mem_total_bytes,
+                mem_available_bytes: self.snapshot.mem_available_bytes,
+            },
+            summary: ReportSummary {
+                processes: self.snapshot.processes.len(),
+                traced_processes: traced,
+                active_alerts: self.active_alerts().len(),
+                snapshots: 3,
+            },
+            growth: self.growth_of(60),
+            patterns: vec![Self::pattern()],
+            alerts: self.alerts_now(),
+            consumers: self.consumers_of(None),
+            top_processes: self.snapshot.processes.clone(),
+        }
     }
 
     fn flamegraph_svg(&self, pid: Option<u32>) -> Result<String, BackendError> {
@@ -466,9 +580,4 @@ impl Backend for MockBackend {
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
         self.events.subscribe()
     }
-}
-
-/// The mock as the router takes it.
-pub fn mock_backend() -> Arc<MockBackend> {
-    Arc::new(MockBackend::new())
 }

@@ -12,7 +12,8 @@ mod assets;
 mod auth;
 mod backend;
 mod metrics;
-pub mod mock;
+#[cfg(test)]
+mod mock;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -36,10 +37,11 @@ pub use self::{
     assets::ASSETS,
     backend::{
         AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
-        ProcessMetrics, StreamEvent, DEFAULT_METRICS_TOP_K,
+        ProcessMetrics, DEFAULT_METRICS_TOP_K,
     },
     metrics::{render as render_metrics, MetricsError},
 };
+pub use crate::api::StreamEvent;
 
 /// How the router guards its routes.
 #[derive(Clone, Default)]

@@ -14,9 +14,9 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde_json::{json, Value};
 
 use super::{assets, auth, metrics, ws, ApiError, AppState, Backend};
+use crate::api;
 
 /// Default and bounds of `?count=` of `/history`.
 const HISTORY_DEFAULT: usize = 50;
@@ -128,20 +128,8 @@ where
         })
 }
 
-async fn health(State(state): State<AppState>) -> Json<Value> {
-    let status = state.backend.status();
-    let alerts = status
-        .get("activeAlerts")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let monitoring = status
-        .get("isMonitoring")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Json(json!({
-        "status": if alerts > 0 { "warning" } else { "healthy" },
-        "memory": { "alerts": alerts, "monitoring": monitoring },
-    }))
+async fn health(State(state): State<AppState>) -> Json<api::Health> {
+    Json(state.backend.health())
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -160,7 +148,7 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiErro
         .into_response())
 }
 
-async fn status(State(state): State<AppState>) -> Json<Value> {
+async fn status(State(state): State<AppState>) -> Json<api::Status> {
     Json(state.backend.status())
 }
 
@@ -171,7 +159,10 @@ async fn history(State(state): State<AppState>, query: Params) -> Result<Respons
     Ok(Json(state.backend.history(count)).into_response())
 }
 
-async fn growth(State(state): State<AppState>, query: Params) -> Result<Json<Value>, ApiError> {
+async fn growth(
+    State(state): State<AppState>,
+    query: Params,
+) -> Result<Json<api::Growth>, ApiError> {
     let params = params(query)?;
     let minutes = int_param(&params, "minutes", Some(GROWTH_DEFAULT), 1, GROWTH_MAX)?
         .unwrap_or(GROWTH_DEFAULT);
@@ -179,17 +170,17 @@ async fn growth(State(state): State<AppState>, query: Params) -> Result<Json<Val
 }
 
 async fn analyze(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(blocking(&state, |b| b.analyze()).await?).into_response())
+    Ok(Json(blocking(&state, |b| b.analyze()).await??).into_response())
 }
 
-async fn alerts(State(state): State<AppState>) -> Json<Value> {
+async fn alerts(State(state): State<AppState>) -> Json<api::Alerts> {
     Json(state.backend.alerts())
 }
 
 async fn resolve_alert(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::Alert>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let valid = !id.is_empty()
         && id.len() <= 128
@@ -206,7 +197,10 @@ async fn resolve_alert(
     ))
 }
 
-async fn consumers(State(state): State<AppState>, query: Params) -> Result<Json<Value>, ApiError> {
+async fn consumers(
+    State(state): State<AppState>,
+    query: Params,
+) -> Result<Json<api::Consumers>, ApiError> {
     let pid = pid_param(&params(query)?)?;
     Ok(Json(state.backend.consumers(pid)))
 }
@@ -218,11 +212,10 @@ async fn processes(State(state): State<AppState>) -> Response {
 async fn process(
     State(state): State<AppState>,
     pid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::ProcessDetail>, ApiError> {
     let pid = parse_pid(pid)?;
-    state
-        .backend
-        .process(pid)
+    blocking(&state, move |b| b.process(pid))
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no process with pid {pid}")))
 }
@@ -230,7 +223,7 @@ async fn process(
 async fn trace_start(
     State(state): State<AppState>,
     pid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::TraceStarted>, ApiError> {
     let pid = parse_pid(pid)?;
     Ok(Json(blocking(&state, move |b| b.trace_start(pid)).await??))
 }
@@ -238,7 +231,7 @@ async fn trace_start(
 async fn trace_stop(
     State(state): State<AppState>,
     pid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::TraceStopped>, ApiError> {
     let pid = parse_pid(pid)?;
     Ok(Json(blocking(&state, move |b| b.trace_stop(pid)).await??))
 }
@@ -282,11 +275,9 @@ async fn report(State(state): State<AppState>, query: Params) -> Result<Response
     };
     let pid = pid_param(&params)?;
     match format {
-        ReportFormat::Json => {
-            Ok(Json(blocking(&state, |b| b.report_json()).await?).into_response())
-        }
+        ReportFormat::Json => Ok(Json(blocking(&state, |b| b.report()).await?).into_response()),
         ReportFormat::Text => {
-            let text = blocking(&state, |b| b.report_text()).await?;
+            let text = blocking(&state, |b| crate::reports::text(&b.report())).await?;
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }
         ReportFormat::Flamegraph => {

@@ -750,9 +750,9 @@ async fn websocket_streams_events_then_closes_on_shutdown() {
     assert_eq!(message["data"]["timestamp"], MOCK_TIMESTAMP);
     assert_eq!(message["data"]["processes"][0]["comm"], "node");
 
-    backend.publish(StreamEvent::AlertCreated(
-        serde_json::json!({ "id": "alert_1" }),
-    ));
+    let mut alert = super::Backend::alerts(backend.as_ref()).active[0].clone();
+    alert.id = "alert_1".into();
+    backend.publish(StreamEvent::AlertCreated(alert.clone()));
     let message = next_text(&mut client).await;
     assert_eq!(message["type"], "alert:created");
     assert_eq!(message["data"]["id"], "alert_1");
@@ -766,7 +766,9 @@ async fn websocket_streams_events_then_closes_on_shutdown() {
     // More events than the channel holds, faster than the stream task can run (this test's
     // runtime has one thread): the client is told how many it missed, then gets the rest.
     for i in 0..40 {
-        backend.publish(StreamEvent::AlertResolved(serde_json::json!({ "id": i })));
+        let mut resolved = alert.clone();
+        resolved.id = format!("alert_{i}");
+        backend.publish(StreamEvent::AlertResolved(resolved));
     }
     let lagged = next_text(&mut client).await;
     assert_eq!(lagged["type"], "lagged", "{lagged}");
@@ -774,7 +776,7 @@ async fn websocket_streams_events_then_closes_on_shutdown() {
     for i in 24..40 {
         let message = next_text(&mut client).await;
         assert_eq!(message["type"], "alert:resolved");
-        assert_eq!(message["data"]["id"], i);
+        assert_eq!(message["data"]["id"], format!("alert_{i}"));
     }
 
     // Server shutdown closes the stream with "going away".

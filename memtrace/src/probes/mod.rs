@@ -6,11 +6,12 @@ use std::{
     ffi::CString,
     io,
     num::NonZeroU32,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeLinkId, UProbeScope},
         ProgramError, TracePoint, UProbe,
@@ -127,31 +128,8 @@ pub enum ProbeError {
     },
 }
 
-/// Sizes and switches fixed at load time.
-#[derive(Clone, Debug)]
-pub struct ProbeOptions {
-    /// Ring buffer size in bytes (a power of two multiple of the page size).
-    pub ring_buffer_bytes: u32,
-    /// Allocator calls in flight at once (entries of the in-flight map).
-    pub inflight_entries: u32,
-    /// Distinct user stacks kept (entries of the stack map).
-    pub stack_entries: u32,
-    pub capture_stacks: bool,
-    /// Bytes waiting in the ring buffer before the reader is woken (it also drains on a timer).
-    pub wakeup_bytes: u64,
-}
-
-impl Default for ProbeOptions {
-    fn default() -> Self {
-        Self {
-            ring_buffer_bytes: 8 << 20,
-            inflight_entries: 16384,
-            stack_entries: 8192,
-            capture_stacks: true,
-            wakeup_bytes: 256 << 10,
-        }
-    }
-}
+/// Sizes and switches fixed at load time: the `[probes]` section of the configuration.
+pub type ProbeOptions = crate::config::ProbesConfig;
 
 /// Unmounts tracefs on drop when memtrace mounted it.
 struct TracefsMount {
@@ -249,10 +227,10 @@ impl Probes {
                 "WAKEUP_BYTES",
                 &options
                     .wakeup_bytes
-                    .min(u64::from(options.ring_buffer_bytes) / 4),
+                    .min(u64::from(options.ring_buffer_bytes()) / 4),
                 true,
             )
-            .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes())
             .map_max_entries("INFLIGHT", options.inflight_entries)
             .map_max_entries("STACKS", options.stack_entries)
             .load(crate::EBPF)
@@ -418,17 +396,81 @@ impl Probes {
 
     /// Kernel-side counters summed over CPUs, indexed by `memtrace_common::COUNTER_*`.
     pub fn counters(&self) -> Result<[u64; COUNTERS_LEN as usize], ProbeError> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or(ProbeError::Missing("COUNTERS"))?;
-        let array = PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeError::Map {
-            name: "COUNTERS",
-            source,
-        })?;
+        self.kernel_counters()?.read()
+    }
+
+    /// A handle on the kernel-side counters that another thread can read.
+    pub fn kernel_counters(&self) -> Result<KernelCounters, ProbeError> {
+        let array = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(self.shared_map("COUNTERS")?))
+            .map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
+        Ok(KernelCounters(array))
+    }
+
+    /// The stack map, to resolve the stack ids that events carry (a handle of its own, so that
+    /// another thread can symbolize while this one collects).
+    pub fn stacks(&self) -> Result<KernelStacks, ProbeError> {
+        let map = StackTraceMap::try_from(Map::StackTraceMap(self.shared_map("STACKS")?)).map_err(
+            |source| ProbeError::Map {
+                name: "STACKS",
+                source,
+            },
+        )?;
+        Ok(KernelStacks(map))
+    }
+
+    /// A second handle on one of the object's maps: the same kernel map, its own descriptor.
+    fn shared_map(&self, name: &'static str) -> Result<MapData, ProbeError> {
+        let map = self.ebpf.map(name).ok_or(ProbeError::Missing(name))?;
+        let data = match map {
+            Map::PerCpuArray(data) | Map::StackTraceMap(data) => data,
+            _ => return Err(ProbeError::Missing(name)),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| ProbeError::Map {
+                name,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: err,
+                }),
+            })?;
+        MapData::from_fd(fd).map_err(|source| ProbeError::Map { name, source })
+    }
+
+    /// The ids of the loaded programs, by name (for their run-time statistics).
+    pub fn program_ids(&self) -> ProgramIds {
+        ProgramIds(
+            self.ebpf
+                .programs()
+                .filter_map(|(name, program)| Some((name.to_string(), program.info().ok()?.id())))
+                .collect(),
+        )
+    }
+
+    /// Turns on the kernel's BPF run-time statistics for as long as this value lives.
+    pub fn enable_stats(&mut self) -> Result<(), ProbeError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|err| ProbeError::Stats(io::Error::other(err.to_string())))?;
+        self.stats = Some(fd);
+        Ok(())
+    }
+}
+
+/// The kernel-side counters (`COUNTERS`), readable from any thread.
+pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+impl KernelCounters {
+    /// The counters summed over CPUs, indexed by `memtrace_common::COUNTER_*`.
+    pub fn read(&self) -> Result<[u64; COUNTERS_LEN as usize], ProbeError> {
         let mut out = [0u64; COUNTERS_LEN as usize];
         for (index, slot) in out.iter_mut().enumerate() {
-            let values = array
+            let values = self
+                .0
                 .get(&(index as u32), 0)
                 .map_err(|source| ProbeError::Map {
                     name: "COUNTERS",
@@ -438,17 +480,42 @@ impl Probes {
         }
         Ok(out)
     }
+}
 
-    /// The stack map, to resolve the stack ids that events carry.
-    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .map("STACKS")
-            .ok_or(ProbeError::Missing("STACKS"))?;
-        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: "STACKS",
-            source,
-        })
+/// The loaded programs' ids by name.
+#[derive(Clone, Debug, Default)]
+pub struct ProgramIds(Vec<(String, u32)>);
+
+impl ProgramIds {
+    /// Run time (ns) and run count of each program, from `/proc/self/fdinfo` (non-zero only while
+    /// BPF statistics are enabled: `agent.bpfStats` or `kernel.bpf_stats_enabled=1`). Programs that
+    /// never ran are left out.
+    pub fn stats(&self) -> Vec<(String, u64, u64)> {
+        let mut by_id: HashMap<u32, (u64, u64)> = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") {
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                let field = |key: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                if let (Some(id), Some(time), Some(count)) =
+                    (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+                {
+                    by_id.insert(id as u32, (time, count));
+                }
+            }
+        }
+        self.0
+            .iter()
+            .filter_map(|(name, id)| {
+                let (time, count) = by_id.get(id).copied()?;
+                (count > 0).then(|| (name.clone(), time, count))
+            })
+            .collect()
     }
 }
 
@@ -513,53 +580,12 @@ pub const COUNTER_NAMES: [&str; 6] = [
 ];
 
 /// The kernel's stack map as a source of stacks for attribution.
-pub struct KernelStacks<'a>(pub StackTraceMap<&'a MapData>);
+pub struct KernelStacks(StackTraceMap<MapData>);
 
-impl crate::attribution::StackSource for KernelStacks<'_> {
+impl crate::attribution::StackSource for KernelStacks {
     fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
         let id = u32::try_from(stack_id).ok()?;
         let stack = self.0.get(&id, 0).ok()?;
         Some(stack.frames().iter().map(|frame| frame.ip).collect())
-    }
-}
-
-impl Probes {
-    /// Run time (ns) and run count of each program, from `/proc/self/fdinfo` (non-zero only while
-    /// BPF statistics are enabled: `--bpf-stats` or `kernel.bpf_stats_enabled=1`).
-    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
-        let mut by_id: HashMap<u32, (u64, u64)> = HashMap::new();
-        if let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") {
-            for entry in entries.flatten() {
-                let Ok(text) = std::fs::read_to_string(entry.path()) else {
-                    continue;
-                };
-                let field = |key: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(key))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                };
-                if let (Some(id), Some(time), Some(count)) =
-                    (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
-                {
-                    by_id.insert(id as u32, (time, count));
-                }
-            }
-        }
-        self.ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let id = program.info().ok()?.id();
-                let (time, count) = by_id.get(&id).copied().unwrap_or((0, 0));
-                Some((name.to_string(), time, count))
-            })
-            .collect()
-    }
-
-    /// Turns on the kernel's BPF run-time statistics for as long as this value lives.
-    pub fn enable_stats(&mut self) -> Result<(), ProbeError> {
-        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .map_err(|err| ProbeError::Stats(io::Error::other(err.to_string())))?;
-        self.stats = Some(fd);
-        Ok(())
     }
 }

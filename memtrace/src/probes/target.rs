@@ -28,6 +28,25 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
         }
         other => ProbeError::Unreadable { pid, source: other },
     })?;
+    choose_allocator(pid, &maps, defines_symbol)
+}
+
+/// Allocator libraries looked for before libc, in this order.
+const ALLOCATORS: [&str; 5] = [
+    "libjemalloc",
+    "libtcmalloc",
+    "libmimalloc",
+    "libhoard",
+    "libsnmalloc",
+];
+
+/// [`allocator_of`] over the process's mappings, with `defines(path, symbol)` telling whether an
+/// object defines a symbol.
+pub fn choose_allocator(
+    pid: u32,
+    maps: &[procfs::MapLine],
+    defines: impl Fn(&Path, &str) -> bool,
+) -> Result<AllocatorTarget, ProbeError> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let in_root = |path: &str| root.join(path.trim_start_matches('/'));
     let name_of = |path: &str| {
@@ -37,13 +56,13 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
             .unwrap_or("")
             .to_string()
     };
-    let mut libs: Vec<String> = Vec::new();
+    let mut libs: Vec<&str> = Vec::new();
     for line in maps
         .iter()
         .filter(|l| l.is_file() && l.path.starts_with('/'))
     {
-        if !libs.contains(&line.path) {
-            libs.push(line.path.clone());
+        if !libs.contains(&line.path.as_str()) {
+            libs.push(&line.path);
         }
     }
     let cxx = libs
@@ -51,30 +70,24 @@ pub fn allocator_of(pid: u32) -> Result<AllocatorTarget, ProbeError> {
         .find(|p| name_of(p).starts_with("libstdc++.so"))
         .map(|p| in_root(p));
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    if defines_symbol(&exe, "malloc") {
+    if defines(&exe, "malloc") {
         return Ok(AllocatorTarget {
             pid: Some(pid),
             path: exe,
             cxx,
         });
     }
-    const ALLOCATORS: [&str; 5] = [
-        "libjemalloc",
-        "libtcmalloc",
-        "libmimalloc",
-        "libhoard",
-        "libsnmalloc",
-    ];
-    let candidates = libs
+    let is_libc = |p: &&&str| {
+        let name = name_of(p);
+        name.starts_with("libc.so") || (name.starts_with("libc-") && name.ends_with(".so"))
+    };
+    let candidates = ALLOCATORS
         .iter()
-        .filter(|p| ALLOCATORS.iter().any(|a| name_of(p).starts_with(a)))
-        .chain(libs.iter().filter(|p| {
-            let name = name_of(p);
-            name.starts_with("libc.so") || (name.starts_with("libc-") && name.ends_with(".so"))
-        }));
+        .flat_map(|a| libs.iter().filter(move |p| name_of(p).starts_with(a)))
+        .chain(libs.iter().filter(is_libc));
     for path in candidates {
         let path = in_root(path);
-        if defines_symbol(&path, "malloc") {
+        if defines(&path, "malloc") {
             return Ok(AllocatorTarget {
                 pid: Some(pid),
                 path,
@@ -142,4 +155,96 @@ pub fn host_libc() -> Result<AllocatorTarget, ProbeError> {
     .find(|p| p.exists())
     .or_else(|| target.cxx.as_deref().map(strip));
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::procfs::MapLine;
+
+    fn map(path: &str) -> MapLine {
+        MapLine {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            inode: 7,
+            path: path.into(),
+        }
+    }
+
+    fn maps(paths: &[&str]) -> Vec<MapLine> {
+        let mut lines: Vec<MapLine> = paths.iter().map(|p| map(p)).collect();
+        // Anonymous mappings and pseudo-paths are never candidates.
+        lines.push(MapLine {
+            inode: 0,
+            path: String::new(),
+            ..map("")
+        });
+        lines.push(MapLine {
+            inode: 0,
+            ..map("[heap]")
+        });
+        lines
+    }
+
+    /// `defines` that says yes for objects whose path ends with one of `with`.
+    fn defining(with: &'static [&'static str]) -> impl Fn(&Path, &str) -> bool {
+        move |path, symbol| {
+            symbol == "malloc" && with.iter().any(|w| path.to_string_lossy().ends_with(w))
+        }
+    }
+
+    #[test]
+    fn libc_by_default_seen_through_the_process_root() {
+        let m = maps(&["/usr/bin/app", "/usr/lib/x86_64-linux-gnu/libc.so.6"]);
+        let target = choose_allocator(42, &m, defining(&["libc.so.6"])).unwrap();
+        assert_eq!(
+            target.path,
+            PathBuf::from("/proc/42/root/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        assert_eq!(target.pid, Some(42));
+        assert_eq!(target.cxx, None);
+    }
+
+    #[test]
+    fn an_allocator_library_wins_over_libc_and_libstdcxx_is_found() {
+        let m = maps(&[
+            "/usr/bin/app",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30",
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+        ]);
+        let target = choose_allocator(7, &m, defining(&["libc.so.6", "libjemalloc.so.2"])).unwrap();
+        assert!(target.path.ends_with("libjemalloc.so.2"), "{target:?}");
+        assert_eq!(
+            target.cxx,
+            Some(PathBuf::from(
+                "/proc/7/root/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30"
+            ))
+        );
+    }
+
+    #[test]
+    fn an_executable_with_its_own_malloc_is_the_target() {
+        let m = maps(&["/opt/static-app", "/usr/lib/x86_64-linux-gnu/libc.so.6"]);
+        let target = choose_allocator(9, &m, defining(&["exe", "libc.so.6"])).unwrap();
+        assert_eq!(target.path, PathBuf::from("/proc/9/exe"));
+    }
+
+    #[test]
+    fn a_library_named_like_an_allocator_without_malloc_is_skipped() {
+        let m = maps(&[
+            "/usr/lib/libtcmalloc_debug_helpers.so",
+            "/usr/lib/x86_64-linux-gnu/libc-2.31.so",
+        ]);
+        let target = choose_allocator(3, &m, defining(&["libc-2.31.so"])).unwrap();
+        assert!(target.path.ends_with("libc-2.31.so"));
+    }
+
+    #[test]
+    fn no_allocator_is_an_error_naming_the_pid() {
+        let m = maps(&["/usr/bin/app"]);
+        let err = choose_allocator(5, &m, defining(&[])).unwrap_err();
+        assert!(matches!(err, ProbeError::NoAllocator { pid: 5 }), "{err}");
+    }
 }

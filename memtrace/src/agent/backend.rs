@@ -1,0 +1,377 @@
+//! The running agent as the HTTP side sees it: `impl Backend for Agent`. Reads answer from the
+//! published views; commands go to the thread that owns what they change and wait for its answer
+//! (on the HTTP side's blocking pool, with a time limit).
+
+use std::{
+    collections::HashMap,
+    sync::{mpsc, Arc},
+    time::Duration,
+};
+
+use tokio::sync::broadcast;
+
+use super::{
+    core::CoreMessage,
+    intake::{IntakeCommand, TraceError},
+    Agent,
+};
+use crate::{
+    alerts::{AlertError, AlertType, Severity},
+    analysis::ProcessPattern,
+    api::{
+        Alert, Alerts, Consumers, DrilldownSettings, Export, Growth, Health, HealthMemory,
+        HealthStatus, HostSnapshot, ProcessDetail, ProcessRow, Report, ReportHistory, ReportHost,
+        ReportSummary, Status, StreamEvent, TraceStarted, TraceStopped,
+    },
+    events::Kind,
+    http::{
+        AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
+        ProcessMetrics,
+    },
+    os::{cgroup, clock},
+    reports,
+    snapshot::ProcessSnapshot,
+};
+
+/// How long a command may wait for the thread that carries it out.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl From<TraceError> for BackendError {
+    fn from(err: TraceError) -> Self {
+        match err {
+            TraceError::NoProcess(_) | TraceError::NotTraced(_) => Self::NotFound(err.to_string()),
+            TraceError::Refused(_) => Self::BadRequest(err.to_string()),
+            TraceError::Unavailable => Self::Unavailable(err.to_string()),
+            TraceError::Failed(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+fn not_traced(pid: u32) -> BackendError {
+    BackendError::NotFound(format!(
+        "pid {pid} is not traced: start tracing it first (POST /api/memory/trace/{pid})"
+    ))
+}
+
+impl Agent {
+    /// Sends a command to the intake and waits for its answer.
+    fn ask_intake<T>(
+        &self,
+        make: impl FnOnce(mpsc::SyncSender<Result<T, TraceError>>) -> IntakeCommand,
+    ) -> Result<T, BackendError> {
+        if !self.shared.health.intake_running() {
+            return Err(TraceError::Unavailable.into());
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.intake
+            .send(make(reply))
+            .map_err(|_| BackendError::from(TraceError::Unavailable))?;
+        match answer.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(BackendError::Unavailable(
+                "the agent did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Sends a message to the core and waits for its answer.
+    fn ask_core<T>(
+        &self,
+        make: impl FnOnce(mpsc::SyncSender<T>) -> CoreMessage,
+    ) -> Result<T, BackendError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        match self.core.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(BackendError::Unavailable(
+                    "the agent is busy (its queue is full): try again".into(),
+                ))
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(BackendError::Unavailable("the agent's core stopped".into()))
+            }
+        }
+        answer
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| BackendError::Unavailable("the agent did not answer in time".into()))
+    }
+}
+
+impl Backend for Agent {
+    fn health(&self) -> Health {
+        let alerts = self.shared.core.load().alerts.active.len();
+        let degraded = self.shared.health.degraded();
+        let status = match (&degraded, alerts) {
+            (Some(_), _) => HealthStatus::Degraded,
+            (None, 0) => HealthStatus::Healthy,
+            (None, _) => HealthStatus::Warning,
+        };
+        Health {
+            status,
+            reason: degraded,
+            memory: HealthMemory {
+                alerts,
+                monitoring: self.shared.health.intake_running(),
+            },
+        }
+    }
+
+    fn status(&self) -> Status {
+        let shared = &self.shared;
+        let intake = shared.intake.load();
+        let core = shared.core.load();
+        let config = &shared.config;
+        Status {
+            is_monitoring: shared.health.intake_running(),
+            started_at: shared.started_at,
+            uptime_seconds: shared.uptime().as_secs(),
+            last_snapshot: core.last_snapshot().cloned(),
+            active_alerts: core.alerts.active.len(),
+            traced_pids: intake.traced.iter().map(|t| t.pid).collect(),
+            traced: intake.traced.clone(),
+            malloc_all: config.agent.malloc_all,
+            drilldowns: intake.drilldowns.clone(),
+            drilldown_options: DrilldownSettings {
+                enabled: config.drilldown.enabled,
+                window_seconds: config.drilldown.window,
+                max_processes: config.drilldown.max_processes,
+            },
+            events_received: shared
+                .stats
+                .received
+                .load(std::sync::atomic::Ordering::Relaxed),
+            events_lost: shared.kernel_counters()[memtrace_common::COUNTER_RINGBUF_DROPS as usize],
+            snapshots_dropped: intake.snapshots_dropped,
+            snapshot_interval: config.monitor.snapshot_interval,
+            analysis_interval: config.monitor.analysis_interval,
+            pid: std::process::id(),
+        }
+    }
+
+    fn history(&self, count: usize) -> Vec<Arc<HostSnapshot>> {
+        let core = self.shared.core.load();
+        let skip = core.history.len().saturating_sub(count);
+        core.history[skip..].to_vec()
+    }
+
+    fn growth(&self, minutes: u32) -> Growth {
+        self.shared.core.load().growth(minutes)
+    }
+
+    fn analyze(&self) -> Result<Vec<ProcessPattern>, BackendError> {
+        self.ask_core(|reply| CoreMessage::Analyze { reply })
+    }
+
+    fn alerts(&self) -> Alerts {
+        self.shared.core.load().alerts.clone()
+    }
+
+    fn resolve_alert(&self, id: &str) -> Result<Alert, BackendError> {
+        let id = id.to_string();
+        self.ask_core(|reply| CoreMessage::Resolve { id, reply })?
+            .map_err(|err| match err {
+                AlertError::NotFound(_) => BackendError::NotFound(err.to_string()),
+                AlertError::AlreadyResolved(_) => BackendError::BadRequest(err.to_string()),
+            })
+    }
+
+    fn consumers(&self, pid: Option<u32>) -> Consumers {
+        self.shared.core.load().consumers(pid)
+    }
+
+    fn processes(&self) -> Vec<ProcessRow> {
+        let core = self.shared.core.load();
+        core.last_snapshot()
+            .map(|s| {
+                s.processes
+                    .iter()
+                    .map(|p| ProcessRow {
+                        snapshot: p.clone(),
+                        pattern: core.patterns.get(&p.pid).map(|pp| pp.pattern.clone()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn process(&self, pid: u32) -> Option<ProcessDetail> {
+        let core = self.shared.core.load();
+        let intake = self.shared.intake.load();
+        let live = core
+            .last_snapshot()
+            .and_then(|s| s.processes.iter().find(|p| p.pid == pid))
+            .cloned();
+        let exited = live.is_none();
+        let snapshot = live.or_else(|| core.exited.iter().rev().find(|p| p.pid == pid).cloned())?;
+        let report = core.reports.get(&pid);
+        Some(ProcessDetail {
+            libraries: report.map(|r| r.libraries.clone()).unwrap_or_default(),
+            consumers: report.map(|r| r.consumers.clone()),
+            leaks: report.map(|r| r.leaks.clone()),
+            pattern: core.patterns.get(&pid).cloned(),
+            traced: !exited && (intake.is_traced(pid) || self.shared.config.agent.malloc_all),
+            drilldown: intake.drilldown(pid).cloned(),
+            container: if exited {
+                String::new()
+            } else {
+                cgroup::container_of(pid)
+            },
+            exited,
+            snapshot,
+        })
+    }
+
+    fn trace_start(&self, pid: u32) -> Result<TraceStarted, BackendError> {
+        self.ask_intake(|reply| IntakeCommand::TraceStart { pid, reply })
+    }
+
+    fn trace_stop(&self, pid: u32) -> Result<TraceStopped, BackendError> {
+        self.ask_intake(|reply| IntakeCommand::TraceStop { pid, reply })
+    }
+
+    fn export(&self) -> Export {
+        let core = self.shared.core.load();
+        Export {
+            exported_at: clock::now_ms(),
+            config: (*self.shared.config).clone(),
+            snapshots: core.history.clone(),
+            alerts: core.alerts.clone(),
+            patterns: core.patterns_by_concern(),
+            consumers: core.consumers(None),
+            operations: (*core.operations).clone(),
+        }
+    }
+
+    fn report(&self) -> Report {
+        let core = self.shared.core.load();
+        let last = core.last_snapshot();
+        let consumers = core.consumers(None);
+        Report {
+            generated_at: clock::now_ms(),
+            history: ReportHistory {
+                from: core.history.first().map(|s| s.timestamp),
+                to: last.map(|s| s.timestamp),
+                snapshots: core.history.len(),
+            },
+            host: ReportHost {
+                mem_total_bytes: last.map_or(0, |s| s.mem_total_bytes),
+                mem_available_bytes: last.map_or(0, |s| s.mem_available_bytes),
+            },
+            summary: ReportSummary {
+                processes: last.map_or(0, |s| s.processes.len()),
+                traced_processes: last
+                    .map_or(0, |s| s.processes.iter().filter(|p| p.heap_traced).count()),
+                active_alerts: core.alerts.active.len(),
+                snapshots: core.history.len(),
+            },
+            growth: core.growth(60),
+            patterns: core.patterns_by_concern(),
+            alerts: core.alerts.clone(),
+            consumers,
+            top_processes: last
+                .map(|s| s.processes.iter().take(10).cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn flamegraph_svg(&self, pid: Option<u32>) -> Result<String, BackendError> {
+        let core = self.shared.core.load();
+        let reports: Vec<&crate::api::ConsumerReport> = core
+            .reports
+            .iter()
+            .filter(|(&p, _)| pid.is_none_or(|want| want == p))
+            .map(|(_, r)| &**r)
+            .collect();
+        if reports.is_empty() {
+            return Err(match pid {
+                Some(pid) => not_traced(pid),
+                None => BackendError::NotFound("no process is traced".into()),
+            });
+        }
+        reports::flamegraph(reports, "memtrace: live bytes by stack")
+            .map_err(|err| BackendError::NotFound(crate::error_chain(&err)))
+    }
+
+    fn pprof(&self, pid: u32) -> Result<Vec<u8>, BackendError> {
+        let core = self.shared.core.load();
+        let report = core.reports.get(&pid).ok_or_else(|| not_traced(pid))?;
+        reports::pprof(report, (clock::now_ms() as i64).saturating_mul(1_000_000))
+            .map_err(|err| BackendError::Internal(crate::error_chain(&err)))
+    }
+
+    fn metrics(&self) -> MetricsInput {
+        let shared = &self.shared;
+        let core = shared.core.load();
+        let intake = shared.intake.load();
+        let mut input = MetricsInput::default();
+        let counters = shared.kernel_counters();
+        for kind in Kind::ALL {
+            input.events_by_kind[kind.index()] = shared.stats.kind_count(kind);
+        }
+        input.events_lost_total = counters[memtrace_common::COUNTER_RINGBUF_DROPS as usize]
+            + counters[memtrace_common::COUNTER_INFLIGHT_FULL as usize];
+        let webhook = shared.dispatcher.webhook_stats();
+        input.webhook_sent_total = webhook.sent_total;
+        input.webhook_failures_total = webhook.failures_total;
+        let cost = crate::os::procfs::self_cost();
+        input.agent_cpu_seconds_total = cost.cpu_seconds;
+        input.agent_rss_bytes = cost.rss_bytes;
+        input.bpf_programs = shared
+            .programs
+            .stats()
+            .into_iter()
+            .map(|(program, run_time_ns, runs)| BpfProgramStats {
+                program,
+                run_time_seconds_total: run_time_ns as f64 / 1e9,
+                runs_total: runs,
+            })
+            .collect();
+        input.alerts_suppressed_total = core.alerts_suppressed_total;
+        let mut counts: HashMap<(AlertType, Severity), u64> = HashMap::new();
+        for alert in &core.alerts.active {
+            *counts.entry((alert.kind, alert.severity)).or_default() += 1;
+        }
+        for kind in [
+            AlertType::Threshold,
+            AlertType::Pattern,
+            AlertType::Leak,
+            AlertType::Spike,
+        ] {
+            for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+                input.alerts_active.push(AlertCount {
+                    kind: kind.as_str().into(),
+                    severity: severity.as_str().into(),
+                    count: counts.get(&(kind, severity)).copied().unwrap_or(0),
+                });
+            }
+        }
+        input.consumers_evicted_total = core.reports.values().map(|r| r.evicted_consumers).sum();
+        input.drilldowns_active = intake.drilldowns.len() as u64;
+        if let Some(last) = core.last_snapshot() {
+            let mut processes: Vec<&ProcessSnapshot> = last.processes.iter().collect();
+            processes.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes));
+            for (rank, p) in processes.into_iter().enumerate() {
+                let pattern = core.patterns.get(&p.pid);
+                input.processes.push(ProcessMetrics {
+                    snapshot: p.clone(),
+                    container: if rank < input.top_k {
+                        cgroup::container_of(p.pid)
+                    } else {
+                        String::new()
+                    },
+                    growth_rate_bytes_per_second: pattern
+                        .map(|pp| pp.pattern.growth_rate * 1024.0 * 1024.0 / 60.0),
+                    pattern: pattern.map(|pp| PatternMetric {
+                        kind: pp.pattern.kind,
+                        confidence: pp.pattern.confidence,
+                    }),
+                });
+            }
+        }
+        input
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
+        self.shared.events.subscribe()
+    }
+}
