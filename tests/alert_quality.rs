@@ -144,7 +144,13 @@ fn only_the_leak_is_alerted_on() {
         "the traced big-heap program's snapshot",
         || agent.stderr_tail(20),
         || {
-            let process = agent.get_json(&format!("/api/memory/processes/{}", bigheap.pid()));
+            // 404 until a snapshot has the process.
+            let reply = agent.request(
+                "GET",
+                &format!("/api/memory/processes/{}", bigheap.pid()),
+                Some(TOKEN),
+            );
+            let process = (reply.status == 200).then(|| reply.json())?;
             (find_key(&process, "heapTraced") == Some(&Value::Bool(true))).then_some(process)
         },
     );
