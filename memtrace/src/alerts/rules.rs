@@ -13,6 +13,9 @@
 //!   the process was in its grace period (its start-up) raises nothing.
 //! - **Transient spikes** (a sample or two, then back) are reported as patterns but raise no alert:
 //!   no condition holds.
+//! - Growth of less than [`MIN_ALERT_BYTES`] over the analysed window, and jumps smaller than that,
+//!   raise nothing, whatever their shape: a heap traced since a moment ago that grew by a few
+//!   kilobytes is not a leak to page anyone about.
 //! - Severity is the pattern's (by risk: see `analysis::growth_severity` and
 //!   `analysis::spike_severity`): `low` is `info`, `medium` and `high` are `warning`, `critical` is
 //!   `critical`.
@@ -30,6 +33,9 @@ use crate::{
     attribution::ConsumerReport,
     snapshot::ProcessSnapshot,
 };
+
+/// Growth over the window, or a jump, below this raises no alert (1 MiB).
+pub const MIN_ALERT_BYTES: f64 = MB;
 
 /// The triggers pattern analysis raises and clears.
 pub const PATTERN_TRIGGERS: [Trigger; 4] = [
@@ -137,7 +143,8 @@ fn apply_growth(
     let p = &pattern.pattern;
     let pid = pattern.pid;
     let growth = p.kind.is_growth();
-    if !growth || !p.confident {
+    let large_enough = p.growth_rate * p.duration * MB >= MIN_ALERT_BYTES;
+    if !growth || !p.confident || !large_enough {
         out.events.extend(if growth {
             engine.observe_unsure(pid, Trigger::LeakDetected, now_ms)
         } else {
@@ -238,7 +245,7 @@ fn apply_step(
             .for_ms(Trigger::SpikeDetected)
             .saturating_mul(2)
             .saturating_add(600_000);
-    let worth = step.severity >= Severity::Warning;
+    let worth = step.severity >= Severity::Warning && step.height_bytes as f64 >= MIN_ALERT_BYTES;
     let (Some(process), true, false, false, false, true) =
         (process, holds, start_up, alerted_and_gone, stale, worth)
     else {
@@ -412,6 +419,21 @@ mod tests {
         let mut e = engine();
         let step = |s: u64| if s >= 30 { 300 * MIB } else { 2 * MIB };
         assert!(watch(&mut e, 400, 5, 0, &step).is_empty());
+    }
+
+    /// A heap traced a moment ago that grows by kilobytes is not alerted on; the same shape in
+    /// megabytes is.
+    #[test]
+    fn tiny_growth_and_jumps_raise_nothing() {
+        let mut e = engine();
+        let kilobytes = |s: u64| 64 * 1024 + s * 2048;
+        assert!(watch(&mut e, 300, 5, 3600, &kilobytes).is_empty());
+        let mut e = engine();
+        let jump = |s: u64| if s >= 100 { 600 * 1024 } else { 100 * 1024 };
+        assert!(watch(&mut e, 400, 5, 3600, &jump).is_empty());
+        let mut e = engine();
+        let megabytes = |s: u64| 64 * MIB + s * 2 * MIB;
+        assert_eq!(watch(&mut e, 300, 5, 3600, &megabytes).len(), 1);
     }
 
     /// Transient spikes are patterns, not alerts.
