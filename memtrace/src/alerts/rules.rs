@@ -9,8 +9,9 @@
 //! - **Level shifts** (a spike of kind `step`) raise a `spike` alert once the new level has held
 //!   for `alerting.patternFor` since the jump, and only when the jump is at least `medium` (a
 //!   quarter of the level, or 5 % of the limit). The shift is remembered after it leaves the
-//!   analysis window, as long as the figure stays above half the jump. A shift that happened while
-//!   the process was in its grace period (its start-up) raises nothing.
+//!   analysis window, as long as the figure stays above half the jump and the memory is not seen
+//!   growing (a step followed by growth is growth). A shift that happened while the process was in
+//!   its grace period (its start-up) raises nothing.
 //! - **Transient spikes** (a sample or two, then back) are reported as patterns but raise no alert:
 //!   no condition holds.
 //! - Growth of less than [`MIN_ALERT_BYTES`] over the analysed window, and jumps smaller than that,
@@ -239,6 +240,8 @@ fn apply_step(
         .is_some_and(|value| value >= step.base_bytes + step.height_bytes / 2);
     let start_up = process.is_some_and(|process| in_grace(engine, process, step.at_ms));
     let alerted_and_gone = !step_now && engine.is_active(pid, Trigger::SpikeDetected);
+    // Growth now: what looked like a step was part of it (a step followed by growth is growth).
+    let growing = p.kind.is_growth() && p.confident;
     // Kept at most long enough to have alerted (twice patternFor) and ten minutes more.
     let stale = now_ms.saturating_sub(step.at_ms)
         > engine
@@ -246,9 +249,15 @@ fn apply_step(
             .saturating_mul(2)
             .saturating_add(600_000);
     let worth = step.severity >= Severity::Warning && step.height_bytes as f64 >= MIN_ALERT_BYTES;
-    let (Some(process), true, false, false, false, true) =
-        (process, holds, start_up, alerted_and_gone, stale, worth)
-    else {
+    let (Some(process), true, false, false, false, true, false) = (
+        process,
+        holds,
+        start_up,
+        alerted_and_gone,
+        stale,
+        worth,
+        growing,
+    ) else {
         engine.steps_mut().remove(&pid);
         out.events
             .extend(engine.observe_clear(pid, Trigger::SpikeDetected, now_ms));
@@ -411,6 +420,21 @@ mod tests {
         };
         let alerts = watch(&mut e, 400, 5, 3600, &square);
         assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
+    /// A leak whose snapshots came irregularly (one interval catching up a stall) raises its growth
+    /// alert, never a spike, even with no `for:` delay.
+    #[test]
+    fn a_stall_in_a_leak_is_not_a_level_shift() {
+        let alerting = AlertingConfig::default().immediate();
+        let mut e = AlertEngine::with_seed(&ThresholdsConfig::default(), &alerting, 1);
+        let leak = |s: u64| (20 + 20 * s + if s >= 60 { 40 } else { 0 }) * MIB;
+        let alerts = watch(&mut e, 200, 1, 3600, &leak);
+        assert!(!alerts.is_empty());
+        assert!(
+            alerts.iter().all(|(_, a)| a.kind != AlertType::Spike),
+            "{alerts:#?}"
+        );
     }
 
     /// A jump during the process's start-up (its grace period) raises nothing.

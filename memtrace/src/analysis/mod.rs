@@ -44,9 +44,10 @@
 //!    a flat baseline has a flat envelope and is not a leak; over a rising baseline it is.
 //! 6. **Linear**: the trend or the envelope grows, but memory is also given back (fluctuations
 //!    around a rising trend). Rate and R² come from the better-fitting of the two lines.
-//! 7. **Spike** when there is no growth (after a step, only confident growth that the samples after
-//!    the step show by themselves counts) and step 0 found a level shift (`step`) or step 1 a spike
-//!    (`transient`); otherwise **stable** (flat, noisy, shrinking, or levelled off).
+//! 7. **Spike** when there is no growth (after a step, only confident growth counts that the
+//!    samples after the step show by themselves, or that those before it show and those after it
+//!    go on with) and step 0 found a level shift (`step`) or step 1 a spike (`transient`);
+//!    otherwise **stable** (flat, noisy, shrinking, or levelled off).
 //!
 //! **Confidence** (0-100) is `100 * (1 - 1/n) * c`, where `(1 - 1/n)` discounts short windows and
 //! `c` is: exponential, R² of `ln(y)` times an acceleration factor (ratio of half-slopes, 1.2 -> 0,

@@ -352,11 +352,14 @@ pub fn detect_pattern(
     }
 
     let mut peak_bytes = current_bytes;
-    // After a step, only growth seen with confidence, and seen after the step by itself,
-    // outweighs the step.
+    // After a step, only growth seen with confidence, and seen after the step by itself (or
+    // seen before it and going on after it), outweighs the step.
     let growth = trend.growth(config).filter(|g| match &step {
         None => true,
-        Some(step) => step.after_rises && 100.0 * nf * g.confidence >= config.confidence_threshold,
+        Some(step) => {
+            (step.after_rises || step.growth_goes_on)
+                && 100.0 * nf * g.confidence >= config.confidence_threshold
+        }
     });
     if let Some(growth) = growth {
         pattern.kind = growth.kind;
@@ -442,6 +445,10 @@ struct Step {
     /// The samples after the step rise significantly by themselves (the step is followed by
     /// growth).
     after_rises: bool,
+    /// The samples before the step rise significantly by themselves, and those after it (too few
+    /// to tell by themselves) go on at 30 % of that rate or more: growth with a jump in it (a
+    /// stall caught up, a late snapshot) is growth.
+    growth_goes_on: bool,
 }
 
 /// One side of a step: a least-squares line through its samples (with fewer than four, their
@@ -668,6 +675,13 @@ fn check_step(x: &[f64], y: &[f64], first_after: usize, transition: Option<usize
     let ax: Vec<f64> = after.idx.iter().map(|&i| x[i]).collect();
     let ay: Vec<f64> = after.idx.iter().map(|&i| y[i]).collect();
     let after_rises = ols(&ax, &ay).is_some_and(|fit| fit.rises_significantly());
+    let bx: Vec<f64> = before.idx.iter().map(|&i| x[i]).collect();
+    let by: Vec<f64> = before.idx.iter().map(|&i| y[i]).collect();
+    let growth_goes_on = ols(&bx, &by)
+        .filter(|fit| fit.rises_significantly())
+        .is_some_and(|fit| {
+            ols(&ax, &ay).is_none_or(|after| after.slope >= PERSISTENCE_MIN * fit.slope)
+        });
     (z >= STEP_Z).then_some(Step {
         first_after,
         transition,
@@ -675,6 +689,7 @@ fn check_step(x: &[f64], y: &[f64], first_after: usize, transition: Option<usize
         base,
         z,
         after_rises,
+        growth_goes_on,
     })
 }
 
@@ -1552,6 +1567,54 @@ mod tests {
                 assert_ne!(p.kind, PatternType::Spike, "window ending {end}: {p:?}");
             }
             assert!(!p.kind.is_growth(), "window ending {end}: {p:?}");
+        }
+    }
+
+    /// A steady leak whose sample came late or caught up a stall (one interval rising three times
+    /// as much as the others) is still growth, not a step, wherever that interval falls.
+    #[test]
+    fn a_late_sample_in_a_leak_is_not_a_step() {
+        for at in 2..20 {
+            for seed in 1..=50 {
+                let samples = synth::series(20, seed, |i, _, r| {
+                    let extra = if i >= at { 40.0 } else { 0.0 };
+                    20.0 + 20.0 * i as f64 + extra + 0.2 * r.sym()
+                });
+                let p = detect(&samples);
+                assert!(p.kind.is_growth(), "jump at {at}, seed {seed}: {p:?}");
+            }
+        }
+    }
+
+    /// The RSS of the drill-down test's grower (20 MiB/s) as the agent read it while a
+    /// drill-down attached to it (ms, MiB): one interval rose 91 MiB and the snapshots after it
+    /// came late. Growth with a jump in it is growth, in every window.
+    #[test]
+    fn a_measured_leak_with_a_jump_is_growth() {
+        let raw = [
+            (68_136_u64, 1_u64),
+            (69_059, 19),
+            (70_078, 38),
+            (70_988, 56),
+            (71_998, 76),
+            (72_999, 96),
+            (74_053, 116),
+            (75_065, 207),
+            (78_858, 273),
+            (82_202, 338),
+        ];
+        let config = PatternConfig {
+            window_size: 12,
+            ..PatternConfig::default()
+        };
+        for n in 5..=raw.len() {
+            let samples: Vec<Sample> = raw[..n]
+                .iter()
+                .map(|&(t, mib)| (synth::T0_MS + t, mib << 20))
+                .collect();
+            let p = detect_pattern(&samples, &config, None).expect("enough samples");
+            assert_eq!(p.kind, PatternType::Leak, "{n} samples: {p:?}");
+            assert!(p.confident, "{n} samples: {p:?}");
         }
     }
 
