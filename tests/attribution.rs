@@ -7,12 +7,11 @@ use std::{
 };
 
 use memtrace::{
-    attribution::{AttributionInput, Attributor, Consumer, ConsumerReport},
+    attribution::{Consumer, ConsumerReport},
     config::TrackingConfig,
-    os::clock::monotonic_seconds,
     session::Session,
 };
-use memtrace_integration::session;
+use memtrace_integration::{attribute, session};
 
 const PAGE: u64 = 4096;
 
@@ -60,21 +59,11 @@ impl Drop for Workload {
 }
 
 fn report(session: &mut Session, pid: u32) -> ConsumerReport {
-    session.poll();
     let config = TrackingConfig {
         leak_age: 0,
         ..TrackingConfig::default()
     };
-    let mut attributor = Attributor::new(config);
-    let state = session
-        .accounting
-        .process(pid)
-        .or_else(|| session.accounting.exited_state(pid))
-        .expect("state")
-        .clone();
-    let mut stacks = session.probes.stacks().expect("stack map");
-    let now_s = monotonic_seconds();
-    attributor.report(&AttributionInput::of(&state, now_s), &mut stacks, now_s)
+    attribute(session, pid, config)
 }
 
 fn consumer<'a>(report: &'a ConsumerReport, library: &str, kind: &str) -> Vec<&'a Consumer> {

@@ -87,4 +87,75 @@ fn main() {
             &["workloads/attrib/main.c", "-lleak", "-lclean", "-lcxx"],
         );
     }
+    // The unwinding workload: two shared libraries, two plugins loaded at run time and a main,
+    // without frame pointers (CFI only), and without unwind tables but with frame pointers (the
+    // kernel unwinder's fallback).
+    for (variant, flags) in [
+        ("cfi", &["-O2", "-g", "-fomit-frame-pointer"][..]),
+        (
+            "nocfi",
+            &[
+                "-O2",
+                "-fno-omit-frame-pointer",
+                "-fno-asynchronous-unwind-tables",
+                "-fno-unwind-tables",
+            ][..],
+        ),
+    ] {
+        let dir = out.join(format!("unwind-{variant}"));
+        std::fs::create_dir_all(&dir).expect("output dir");
+        let shared: Vec<&str> = flags.iter().copied().chain(["-fPIC", "-shared"]).collect();
+        compile(
+            &cc,
+            &shared,
+            &dir.join("libuwwrap.so"),
+            &["workloads/unwind/wrap.c"],
+        );
+        let dir_arg = format!("-L{}", dir.display());
+        let with_wrap: Vec<&str> = shared
+            .iter()
+            .copied()
+            .chain([dir_arg.as_str(), "-Wl,-rpath,$ORIGIN"])
+            .collect();
+        compile(
+            &cc,
+            &with_wrap,
+            &dir.join("libuwa.so"),
+            &["workloads/unwind/liba.c", "-luwwrap"],
+        );
+        for (name, defines) in [
+            ("libplug1.so", &["-DPLUG_FN=plug_one"][..]),
+            ("libplug2.so", &["-DPLUG_FN=plug_two", "-DPAD"][..]),
+        ] {
+            let args: Vec<&str> = shared
+                .iter()
+                .copied()
+                .chain(defines.iter().copied())
+                .collect();
+            compile(&cc, &args, &dir.join(name), &["workloads/unwind/plug.c"]);
+        }
+        let main: Vec<&str> = flags
+            .iter()
+            .copied()
+            .chain([dir_arg.as_str(), "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed"])
+            .collect();
+        compile(
+            &cc,
+            &main,
+            &dir.join("unwind_main"),
+            &["workloads/unwind/main.c", "-luwa", "-luwwrap", "-ldl"],
+        );
+    }
+    // The unwinding benchmark's workload, with and without frame pointers.
+    for (name, fp) in [
+        ("deep_fp", "-fno-omit-frame-pointer"),
+        ("deep_nofp", "-fomit-frame-pointer"),
+    ] {
+        compile(
+            &cc,
+            &["-O2", fp],
+            &out.join(name),
+            &["workloads/unwind/deep.c"],
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::{
     process::Command,
 };
 
-use memtrace_integration::{memtrace_binary, session, workload, Memops};
+use memtrace_integration::{memtrace_binary, peer_program, session, workload, Memops, TempDir};
 
 fn can_trace() -> bool {
     // Loading once in-process tells whether this machine lets us (and fails under CI=true if not).
@@ -118,4 +118,147 @@ fn bad_arguments_are_clear_errors() {
         .expect("memtrace runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+}
+
+/// Guards issue 11 item 11: `memtrace trace -- /no/such/program` used to exit 0 after loading the
+/// probes (3.7 s) with "exec failed". It must fail at once (before any probe is loaded) with the
+/// OS error.
+#[test]
+fn trace_of_a_missing_program_fails_at_once() {
+    let out = Command::new(memtrace_binary())
+        .args(["trace", "--", "/no/such/program"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("memtrace runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot run /no/such/program"), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    // Nothing was loaded or attached, and no report was printed.
+    assert!(!stderr.contains("tracing pid"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Guards issue 11 item 11, the other half: when the program looks runnable but `execvp` fails in
+/// the child (a script whose interpreter is missing), the child's errno comes back through the
+/// close-on-exec pipe: non-zero exit, the OS error, no report.
+#[test]
+fn trace_exec_failure_in_the_child_is_an_error() {
+    if !can_trace() {
+        return;
+    }
+    let dir = TempDir::new("exec-failure");
+    let script = dir.path().join("script");
+    std::fs::write(&script, "#!/no/such/interpreter\n").expect("writing the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Command::new(memtrace_binary())
+        .args(["trace", "--json", "--"])
+        .arg(&script)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("memtrace runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot run {}", script.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Guards issue 11 item 3: `--duration` values that used to panic in `Duration::from_secs_f64`
+/// are usage errors (exit 2) that say what is accepted.
+#[test]
+fn trace_duration_out_of_range_is_a_usage_error() {
+    for value in ["-1", "nan", "inf", "1e300", "-0.5"] {
+        let out = Command::new(memtrace_binary())
+            .args(["trace", "--duration", value, "--", "/bin/true"])
+            .output()
+            .expect("memtrace runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(
+            stderr.contains("the duration must be a number of seconds from 0"),
+            "{value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{value}: {stderr}");
+    }
+}
+
+/// Guards issue 11 item 6: memtrace used to unmount, on exit, a tracefs it had mounted, even when
+/// another tracer was using it by then. Now a tracefs it mounts stays mounted (and it says so).
+/// Run in a private mount namespace (`unshare`) whose tracefs is unmounted first, so the host's
+/// mount is never touched.
+#[test]
+fn tracefs_mounted_by_memtrace_stays_mounted() {
+    if !can_trace() {
+        return;
+    }
+    let Some(unshare) = peer_program("unshare", &["/usr/bin/unshare"], "to test tracefs mounting")
+    else {
+        return;
+    };
+    let script = format!(
+        "set -e; umount /sys/kernel/tracing; \
+         if grep -q ' /sys/kernel/tracing ' /proc/self/mountinfo; then echo still-mounted; exit 3; fi; \
+         '{}' trace --duration 0 -- /bin/true >/dev/null; \
+         grep -c ' /sys/kernel/tracing .* - tracefs ' /proc/self/mountinfo",
+        memtrace_binary().display()
+    );
+    let out = Command::new(unshare)
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("unshare runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("mounted it at /sys/kernel/tracing; it stays mounted"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.trim(),
+        "1",
+        "tracefs mounts in the namespace after memtrace exited\n{stderr}"
+    );
+}
+
+/// Guards issue 14 item 7: `--log-format json` writes one JSON object per log line.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = memtrace_integration::TempDir::new("json-logs");
+    let input = dir.path().join("snapshots.jsonl");
+    std::fs::write(&input, "{\"timestamp\": 1, \"processes\": []}\nnot json\n").expect("write");
+    let out = std::process::Command::new(memtrace_integration::memtrace_binary())
+        .args(["--log-format", "json", "analyze", "--input"])
+        .arg(&input)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("memtrace runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no warning in {stderr}"));
+    assert!(warning["msg"]
+        .as_str()
+        .is_some_and(|m| m.contains("corrupted")));
+    assert!(warning["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(warning["target"].as_str().is_some());
 }

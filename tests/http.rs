@@ -95,13 +95,13 @@ fn routes_tracing_and_errors_with_a_token() {
     // 20 blocks of 50 000 bytes, 5 freed: 750 000 live bytes in 15 blocks, from memops' main.
     assert_eq!(w.run("mallocn 0 20 50000"), 20);
     assert_eq!(w.run("freen 0 5"), 5);
-    let process_path = format!("/api/memory/processes/{pid}");
+
     let process = wait_for(
         Duration::from_secs(20),
         "the traced heap to show 750000 live bytes",
         || agent.stderr_tail(30),
         || {
-            let process = agent.get_json(&process_path);
+            let process = agent.process_json(pid)?;
             (process["snapshot"]["heapLiveBytes"] == 750_000).then_some(process)
         },
     );

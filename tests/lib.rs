@@ -67,6 +67,26 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// Attribution of a traced (or exited) process now: its consumers, library roll-ups and leak view,
+/// with `config` (a leak age of 0 lists every live allocation in the leak view).
+pub fn attribute(
+    session: &mut Session,
+    pid: u32,
+    config: memtrace::config::TrackingConfig,
+) -> memtrace::attribution::ConsumerReport {
+    session.poll();
+    let state = session
+        .accounting
+        .process(pid)
+        .or_else(|| session.accounting.exited_state(pid))
+        .expect("the process's state");
+    let now_s = memtrace::os::clock::monotonic_seconds();
+    let input =
+        memtrace::attribution::AttributionInput::of(state, now_s.saturating_sub(config.leak_age));
+    let mut stacks = session.probes.stacks().expect("stack map");
+    memtrace::attribution::Attributor::new(config).report(&input, &mut stacks, now_s)
+}
+
 /// Kernel counter by name (see `memtrace::probes::COUNTER_NAMES`).
 pub fn counter(session: &Session, name: &str) -> u64 {
     let index = COUNTER_NAMES
@@ -390,6 +410,8 @@ pub struct AgentSpec {
     pub listen_ip: Option<String>,
     /// More arguments.
     pub args: Vec<String>,
+    /// Environment variables of the agent (`MEMTRACE_TOKEN` is removed unless set here).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -399,6 +421,7 @@ impl AgentSpec {
             token: None,
             data_dir: data_dir.to_path_buf(),
             listen_ip: None,
+            env: Vec::new(),
             args: Vec::new(),
         }
     }
@@ -464,6 +487,7 @@ impl Agent {
             .arg(&spec.data_dir)
             .args(&spec.args)
             .env_remove("MEMTRACE_TOKEN")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -596,6 +620,24 @@ impl Agent {
             self.stderr_tail(30)
         );
         reply.json()
+    }
+
+    /// `GET /api/memory/processes/{pid}`, or `None` while the agent does not know the process yet
+    /// (its figures are those of the latest snapshot: a process started since is not in it).
+    pub fn process_json(&self, pid: u32) -> Option<serde_json::Value> {
+        let path = format!("/api/memory/processes/{pid}");
+        let reply = self.request("GET", &path, self.token.as_deref());
+        if reply.status == 404 {
+            return None;
+        }
+        assert_eq!(
+            reply.status,
+            200,
+            "GET {path}: {}\n{}",
+            reply.text(),
+            self.stderr_tail(30)
+        );
+        Some(reply.json())
     }
 
     /// Stops the agent with SIGINT and checks that it exits with 0 within 30 s.

@@ -132,11 +132,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         Duration::from_secs(20),
         "memops' heap at the agent",
         || agent.stderr_tail(20),
-        || {
-            (agent.get_json(&format!("/api/memory/processes/{pid}"))["snapshot"]["heapLiveBytes"]
-                == 40960)
-                .then_some(())
-        },
+        || (agent.process_json(pid)?["snapshot"]["heapLiveBytes"] == 40960).then_some(()),
     );
 
     let metrics = agent.request("GET", "/metrics", Some(TOKEN));

@@ -10,6 +10,7 @@ mod malloc;
 mod maps;
 mod process;
 mod syscalls;
+mod unwind;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -7,10 +7,13 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use memtrace_common::{Event, InFlight, SyscallArgs, COUNTERS_LEN};
+use memtrace_common::{
+    Event, InFlight, ProcMappings, StackTrace, SyscallArgs, UnwindCacheEntry, UnwindRow,
+    UnwindState, UnwindTable, COUNTERS_LEN, UNWIND_CACHE_SLOTS, UNWIND_MAX_FRAMES,
+};
 
 /// The agent's own process id: it is never traced.
 #[unsafe(no_mangle)]
@@ -35,7 +38,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 
 /// Allocator calls between entry and return, by thread. Sized by the agent at load time.
 #[map]
-pub static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
 
 /// Syscall arguments between `sys_enter_*` and `sys_exit_*`, by thread.
 #[map]
@@ -47,16 +50,59 @@ pub static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries
 #[map]
 pub static STACK_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Deduplicated user stacks; events carry their ids.
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+/// Frames the unwinder records at most (at most `UNWIND_MAX_FRAMES`).
+#[unsafe(no_mangle)]
+pub static UNWIND_DEPTH: Global<u32> = Global::new(UNWIND_MAX_FRAMES as u32);
 
+/// Deduplicated user stacks by hash; events carry the hash as their stack id. Sized by the agent.
+#[map]
+pub static STACK_TRACES: HashMap<u64, StackTrace> = HashMap::with_max_entries(16384, 0);
+
+/// Every loaded object's unwind rows, each object's rows contiguous and sorted. Sized by the
+/// agent from its table memory cap; the agent places and evicts tables, writing rows through a
+/// shared mapping of the array (`BPF_F_MMAPABLE`).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> =
+    Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Where each table id's rows are in `UNWIND_ROWS` (count 0: not loaded).
+#[map]
+pub static UNWIND_TABLES: Array<UnwindTable> = Array::with_max_entries(4096, 0);
+
+/// Executable mappings of registered processes, one slot each.
+#[map]
+pub static UNWIND_PROCS: Array<ProcMappings> = Array::with_max_entries(256, 0);
+
+/// A registered process's slot in `UNWIND_PROCS`, by tgid. Removed by the kernel at exit and exec.
+#[map]
+pub static UNWIND_PROC_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+
+/// Rows found recently, per CPU, by program counter and process: stacks repeat, and a hit saves
+/// the two binary searches.
+#[map]
+pub static UNWIND_CACHE: PerCpuArray<UnwindCacheEntry> =
+    PerCpuArray::with_max_entries(UNWIND_CACHE_SLOTS, 0);
+
+/// Bumped by the agent whenever a table or a process's mappings change: cached rows of an older
+/// generation are not used.
+#[map]
+pub static UNWIND_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Scratch state of the unwinder, per CPU.
+#[map]
+pub static UNWIND_SCRATCH: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to a per-CPU counter and returns its new value (0 when the counter is missing).
 #[inline(always)]
-pub fn bump(index: u32) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+pub fn bump(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup and only this CPU writes
         // its slot; the program runs with preemption disabled.
-        unsafe { *counter += 1 };
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
     }
 }
 
@@ -80,15 +126,25 @@ pub fn now() -> u64 {
 /// Builds the common part of an event.
 #[inline(always)]
 pub fn event(kind: u32, id: u64) -> Event {
+    event_at(kind, id, now())
+}
+
+/// Builds the common part of an event that happened at `ts_ns`.
+#[inline(always)]
+pub fn event_at(kind: u32, id: u64, ts_ns: u64) -> Event {
     Event {
         kind,
         tgid: (id >> 32) as u32,
         tid: id as u32,
-        ts_ns: now(),
+        ts_ns,
         stack_id: memtrace_common::NO_STACK,
         ..Event::default()
     }
 }
+
+/// The fill level of the ring buffer is looked at once in this many events (per CPU): a helper
+/// call per event for a figure that moves by 88 bytes.
+const WAKEUP_CHECK_EVERY: u64 = 32;
 
 /// Sends an event to the agent, counting it, or counting the drop when the ring buffer is full.
 #[inline(always)]
@@ -96,31 +152,19 @@ pub fn emit(event: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            let flags = if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
-                >= WAKEUP_BYTES.load()
+            let sent = bump(memtrace_common::COUNTER_EVENTS);
+            let flags = if sent.is_multiple_of(WAKEUP_CHECK_EVERY)
+                && EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
+                    >= WAKEUP_BYTES.load()
             {
                 aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP
             } else {
                 aya_ebpf::bindings::BPF_RB_NO_WAKEUP
             };
             entry.submit(u64::from(flags));
-            bump(memtrace_common::COUNTER_EVENTS);
         }
-        None => bump(memtrace_common::COUNTER_RINGBUF_DROPS),
-    }
-}
-
-/// The id of the current user stack in `STACKS`, or `NO_STACK` when capture is off or failed.
-#[inline(always)]
-pub fn stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i64 {
-    if CAPTURE_STACKS.load() == 0 {
-        return memtrace_common::NO_STACK;
-    }
-    match ctx.get_stackid(&STACKS, u64::from(aya_ebpf::bindings::BPF_F_USER_STACK)) {
-        Ok(id) => id,
-        Err(_) => {
-            bump(memtrace_common::COUNTER_STACK_FAILURES);
-            memtrace_common::NO_STACK
+        None => {
+            bump(memtrace_common::COUNTER_RINGBUF_DROPS);
         }
     }
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::{KIND_EXEC, KIND_EXIT};
 
-use crate::maps::{current, emit, event};
+use crate::maps::{current, emit, event, INFLIGHT, UNWIND_PROC_SLOTS};
 
 // name: sched_process_exit
 // field:char comm[16];    offset:8;  size:16; signed:0;
@@ -16,9 +16,13 @@ const EXIT_GROUP_DEAD: usize = 32;
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
+    // A thread that dies inside an allocator call leaves its entry behind: drop it.
+    let _ = INFLIGHT.remove(id);
     // SAFETY: offset from the tracepoint's format above; a failed read reads as "not dead".
     let group_dead = unsafe { ctx.read_at::<u8>(EXIT_GROUP_DEAD) }.unwrap_or(0);
     if group_dead != 0 {
+        // The process's mapping table dies with it (absent already is fine).
+        let _ = UNWIND_PROC_SLOTS.remove((id >> 32) as u32);
         emit(&event(KIND_EXIT, id));
     }
     0
@@ -31,6 +35,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
+    // The old address space's mapping table no longer applies; the agent registers the new one.
+    let _ = UNWIND_PROC_SLOTS.remove((id >> 32) as u32);
     emit(&event(KIND_EXEC, id));
     0
 }

@@ -6,7 +6,10 @@ use memtrace_common::{
     SyscallArgs, FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP,
 };
 
-use crate::maps::{current, emit, event, stack_id, syscall_caller, INFLIGHT, STACK_PIDS, SYSCALLS};
+use crate::{
+    maps::{current, emit, event, syscall_caller, INFLIGHT, STACK_PIDS, SYSCALLS},
+    unwind,
+};
 
 /// Offset of the first syscall argument in every `syscalls:sys_enter_*` record, and of `ret` in
 /// every `syscalls:sys_exit_*` record (after the common header and `int __syscall_nr`).
@@ -37,12 +40,16 @@ fn ret(ctx: &TracePointContext) -> Option<u64> {
 /// Marks an event made inside an allocator call of this thread (the allocator mapping memory for
 /// itself); otherwise records who made it.
 #[inline(always)]
-fn attribute(ctx: &TracePointContext, id: u64, ev: &mut memtrace_common::Event) {
-    if INFLIGHT.get_ptr(id).is_some() {
+fn attribute(id: u64, ev: &mut memtrace_common::Event) {
+    // SAFETY: the pointer comes from a successful lookup; only this thread writes this key.
+    let in_allocator = INFLIGHT
+        .get_ptr(id)
+        .is_some_and(|state| unsafe { (*state).kind } != memtrace_common::KIND_NEW_PENDING);
+    if in_allocator {
         ev.flags |= FLAG_ALLOCATOR_INTERNAL;
     } else {
         if STACK_PIDS.get_ptr(0u32).is_some() || STACK_PIDS.get_ptr((id >> 32) as u32).is_some() {
-            ev.stack_id = stack_id(ctx);
+            ev.stack_id = unwind::from_syscall();
         }
         ev.caller = syscall_caller();
     }
@@ -101,7 +108,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     ev.size = args.len;
     ev.flags = args.flags;
     ev.aux = args.aux;
-    attribute(&ctx, id, &mut ev);
+    attribute(id, &mut ev);
     emit(&ev);
     0
 }
@@ -180,7 +187,7 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
     ev.old_addr = args.addr;
     ev.old_size = args.old_len;
     ev.flags = args.flags;
-    attribute(&ctx, id, &mut ev);
+    attribute(id, &mut ev);
     emit(&ev);
     0
 }
@@ -194,7 +201,7 @@ pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
     let Some(addr) = ret(&ctx) else { return 0 };
     let mut ev = event(KIND_BRK, id);
     ev.addr = addr;
-    attribute(&ctx, id, &mut ev);
+    attribute(id, &mut ev);
     emit(&ev);
     0
 }

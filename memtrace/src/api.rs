@@ -75,12 +75,28 @@ pub struct Status {
     /// Snapshots not taken because the agent's analysis side was still busy with earlier ones
     /// (symbolizing a large program, a slow disk) and its queue was full.
     pub snapshots_dropped: u64,
+    /// What failed since start without stopping the agent (each also in `/metrics`).
+    pub failures: Failures,
     /// Seconds between snapshots (`monitor.snapshotInterval`).
     pub snapshot_interval: u64,
     /// Seconds between analyses (`monitor.analysisInterval`).
     pub analysis_interval: u64,
     /// The agent's own process id.
     pub pid: u32,
+}
+
+/// Failures the agent lives with, counted since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Failures {
+    /// Alert events the webhook did not accept after every retry.
+    pub webhook_failures: u64,
+    /// Alert events dropped from the webhook's full queue.
+    pub webhook_dropped: u64,
+    /// Writes to the data directory that failed.
+    pub store_write_failures: u64,
+    /// Corrupted, partial or over-long lines of data files skipped when read.
+    pub store_skipped_lines: u64,
 }
 
 /// Why a process's heap is traced.
@@ -108,6 +124,9 @@ pub struct TracedProcess {
     pub library: String,
     /// The allocator functions attached.
     pub functions: Vec<String>,
+    /// Where each function's entry probe sits (the first instruction the kernel emulates, when
+    /// that is safe: see docs/trace.md).
+    pub placements: Vec<crate::probes::placement::Placement>,
 }
 
 /// A drill-down: a growing process whose heap is traced for a bounded window.
@@ -241,6 +260,8 @@ pub struct TraceStarted {
     pub attached: Vec<String>,
     /// Optional allocator functions this allocator lacks.
     pub missing: Vec<String>,
+    /// Where each function's entry probe sits.
+    pub placements: Vec<crate::probes::placement::Placement>,
 }
 
 /// `DELETE /api/memory/trace/{pid}`.
@@ -257,7 +278,8 @@ pub struct TraceStopped {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Export {
     pub exported_at: u64,
-    /// The configuration in effect (the token is never included).
+    /// The configuration in effect (the token is never included; the webhook URL's credentials and
+    /// path are masked).
     pub config: crate::config::Config,
     /// Snapshots held in memory, oldest first.
     pub snapshots: Vec<Arc<HostSnapshot>>,

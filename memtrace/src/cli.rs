@@ -17,6 +17,16 @@ pub struct Cli {
     /// Log filter (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
+    /// Log lines as text, or as JSON objects (one per line: ts, level, target, msg) for log
+    /// collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MEMTRACE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +90,10 @@ pub struct ProbeArgs {
     /// Do not capture user stacks: cheaper, no call-site attribution (probes.captureStacks = false).
     #[arg(long)]
     pub no_stacks: bool,
+    /// Put each malloc-family probe on its function's entry instead of the first instruction the
+    /// kernel emulates (probes.entryProbes; a single-stepped entry costs ~10x more per call).
+    #[arg(long)]
+    pub entry_probes: bool,
 }
 
 impl ProbeArgs {
@@ -98,6 +112,9 @@ impl ProbeArgs {
         if self.no_stacks {
             probes.capture_stacks = false;
         }
+        if self.entry_probes {
+            probes.entry_probes = true;
+        }
         probes
     }
 }
@@ -114,6 +131,24 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     Ok(mib)
 }
 
+/// Longest `--duration`: a year (beyond it the monotonic clock's deadline could overflow).
+const MAX_DURATION_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--duration`: a finite number of seconds, from 0 to a year (so `Duration::from_secs_f64` and
+/// the deadline computed from it cannot fail).
+fn parse_duration_seconds(s: &str) -> Result<f64, String> {
+    let seconds: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !seconds.is_finite() || !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "the duration must be a number of seconds from 0 to {MAX_DURATION_SECONDS} (a year)"
+        ));
+    }
+    Ok(seconds)
+}
+
 /// `memtrace agent`. Every setting here also exists in the configuration file (named in each
 /// help line); a flag overrides the file.
 #[derive(Debug, Args)]
@@ -123,8 +158,8 @@ pub struct AgentArgs {
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
     /// Trace the malloc family of every process on the host (agent.mallocAll). Every malloc and
-    /// free then costs a uprobe hit (see docs/benchmarks.md): allocation-heavy programs slow down
-    /// many times.
+    /// free then costs traps (cargo xtask bench: about 2.6 µs a call on a 2-core VM; see
+    /// docs/benchmarks.md): allocation-heavy programs slow down many times.
     #[arg(long)]
     pub malloc_all: bool,
     /// Configuration file (TOML); see memtrace.example.toml.
@@ -142,8 +177,10 @@ pub struct AgentArgs {
     /// Alert webhook URL (alerting.webhookUrl).
     #[arg(long)]
     pub webhook_url: Option<String>,
-    /// API token (monitor.token; also MEMTRACE_TOKEN or monitor.tokenFile).
-    #[arg(long, env = "MEMTRACE_TOKEN", hide_env_values = true)]
+    /// API token. Visible to every user in /proc/PID/cmdline: prefer the MEMTRACE_TOKEN
+    /// environment variable or monitor.tokenFile. Order: this flag, MEMTRACE_TOKEN, monitor.token,
+    /// monitor.tokenFile; a blank value counts as unset.
+    #[arg(long)]
     pub token: Option<String>,
     /// Do not write the data directory (agent.persist = false).
     #[arg(long)]
@@ -177,7 +214,7 @@ pub struct TraceCli {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Stop after this many seconds (default: when the process exits, or on Ctrl-C).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_duration_seconds)]
     pub duration: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
@@ -185,6 +222,10 @@ pub struct TraceCli {
     /// Write the report to this file instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Also write the process's heap as a gzipped pprof profile (`go tool pprof FILE`): live and
+    /// allocated bytes and objects by stack, opening on inuse_space.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
     /// Live allocations older than this many seconds are listed as possible leaks.
     #[arg(long, default_value_t = 30)]
     pub leak_age: u64,
@@ -199,4 +240,24 @@ pub struct TraceCli {
     /// Command to start and trace from its first instruction (after --).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards issue 11 item 3: `--duration` values that `Duration::from_secs_f64` would panic on are
+    /// refused by the parser.
+    #[test]
+    fn duration_must_be_finite_and_in_range() {
+        for bad in [
+            "-1", "nan", "NaN", "inf", "-inf", "1e300", "31536001", "x", "",
+        ] {
+            assert!(parse_duration_seconds(bad).is_err(), "{bad}");
+        }
+        for (good, seconds) in [("0", 0.0), ("2.5", 2.5), ("31536000", MAX_DURATION_SECONDS)] {
+            assert_eq!(parse_duration_seconds(good), Ok(seconds));
+            assert!(std::time::Duration::try_from_secs_f64(seconds).is_ok());
+        }
+    }
 }

@@ -185,6 +185,18 @@ pub struct ProbesConfig {
     /// Bytes waiting in the ring buffer before the reader is woken (it also drains every 20 ms).
     #[serde(skip)]
     pub wakeup_bytes: u64,
+    /// Memory of the unwind tables (CFI turned into rows the kernel walks), MiB; allocated by the
+    /// kernel at load, evicted least recently used first.
+    #[serde(rename = "unwindTableMB")]
+    pub unwind_table_mb: u32,
+    /// Frames the kernel unwinds per stack (at most 64).
+    pub unwind_depth: u32,
+    /// Processes with unwind tables at once.
+    pub unwind_processes: u32,
+    /// Put every allocator probe on its function's first instruction instead of the first one the
+    /// kernel emulates (see docs/trace.md, "Where the probes sit"): about ten times the cost per
+    /// call where the first instruction is single-stepped (glibc's `free`).
+    pub entry_probes: bool,
 }
 
 impl Default for ProbesConfig {
@@ -195,6 +207,10 @@ impl Default for ProbesConfig {
             stack_entries: 8192,
             capture_stacks: true,
             wakeup_bytes: 256 << 10,
+            unwind_table_mb: 64,
+            unwind_depth: memtrace_common::UNWIND_MAX_FRAMES as u32,
+            unwind_processes: 256,
+            entry_probes: false,
         }
     }
 }
@@ -366,8 +382,16 @@ pub struct AlertingConfig {
     /// Processes younger than this (seconds) are judged on absolute thresholds only (RSS,
     /// external memory, ratio): no growth-rate, pattern or spike alert while they start up.
     pub grace_period: u64,
-    /// `http://host[:port]/path`. Only plain HTTP is supported by this build.
+    /// `http://` or `https://host[:port]/path`.
     pub webhook_url: Option<String>,
+    /// PEM file of the CA certificates that sign the webhook server's certificate, trusted
+    /// instead of the public roots (https only).
+    pub webhook_ca_file: Option<PathBuf>,
+    /// PEM client certificate (and chain) presented to the webhook server, with
+    /// `webhookClientKey` (https only).
+    pub webhook_client_cert: Option<PathBuf>,
+    /// PEM private key of `webhookClientCert`.
+    pub webhook_client_key: Option<PathBuf>,
     /// What the webhook posts: `origin` (the alert JSON) or `alertmanager`.
     pub webhook_format: WebhookFormat,
     /// Seconds between posts of the still-firing alerts (`alertmanager` format only), which keep
@@ -397,6 +421,9 @@ impl Default for AlertingConfig {
             pattern_for: 60,
             grace_period: 60,
             webhook_url: None,
+            webhook_ca_file: None,
+            webhook_client_cert: None,
+            webhook_client_key: None,
             webhook_format: WebhookFormat::Origin,
             webhook_resend_interval: 60,
             external_url: None,
@@ -534,7 +561,6 @@ pub struct ConfigOverrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub webhook_url: Option<String>,
-    pub token: Option<String>,
     /// Added to `agent.pids`.
     pub pids: Vec<u32>,
     pub malloc_all: Option<bool>,
@@ -616,9 +642,6 @@ impl Config {
         }
         if let Some(v) = &overrides.webhook_url {
             next.alerting.webhook_url = Some(v.clone());
-        }
-        if let Some(v) = &overrides.token {
-            next.monitor.token = Some(v.clone());
         }
         for &pid in &overrides.pids {
             if !next.agent.pids.contains(&pid) {
@@ -721,6 +744,20 @@ impl Config {
         )?;
         at_least("probes.stackEntries", u64::from(pr.stack_entries), 1)?;
         at_most("probes.stackEntries", u64::from(pr.stack_entries), 1 << 20)?;
+        at_least("probes.unwindTableMB", u64::from(pr.unwind_table_mb), 1)?;
+        at_most("probes.unwindTableMB", u64::from(pr.unwind_table_mb), 4096)?;
+        at_least("probes.unwindDepth", u64::from(pr.unwind_depth), 1)?;
+        at_most(
+            "probes.unwindDepth",
+            u64::from(pr.unwind_depth),
+            u64::from(memtrace_common::UNWIND_MAX_FRAMES as u32),
+        )?;
+        at_least("probes.unwindProcesses", u64::from(pr.unwind_processes), 1)?;
+        at_most(
+            "probes.unwindProcesses",
+            u64::from(pr.unwind_processes),
+            65_536,
+        )?;
 
         let d = &self.drilldown;
         at_least("drilldown.window", d.window, 1)?;
@@ -811,6 +848,35 @@ impl Config {
         if let Some(url) = &a.webhook_url {
             validate_webhook_url(url)?;
         }
+        if a.webhook_client_cert.is_some() != a.webhook_client_key.is_some() {
+            return Err(ConfigError::invalid(
+                if a.webhook_client_cert.is_some() {
+                    "alerting.webhookClientKey"
+                } else {
+                    "alerting.webhookClientCert"
+                },
+                "a client certificate needs both alerting.webhookClientCert and \
+                 alerting.webhookClientKey",
+            ));
+        }
+        let plain_http = a
+            .webhook_url
+            .as_deref()
+            .is_some_and(|url| !url.starts_with("https://"));
+        for (key, set) in [
+            ("alerting.webhookCaFile", a.webhook_ca_file.is_some()),
+            (
+                "alerting.webhookClientCert",
+                a.webhook_client_cert.is_some(),
+            ),
+        ] {
+            if set && plain_http {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is for an https:// alerting.webhookUrl; this one is plain http",
+                ));
+            }
+        }
 
         let k = &self.tracking;
         at_least("tracking.maxConsumers", u64::from(k.max_consumers), 1)?;
@@ -856,19 +922,30 @@ impl Config {
         }
     }
 
-    /// The API token: `monitor.token`, else the `MEMTRACE_TOKEN` environment variable, else the
-    /// trimmed contents of `monitor.tokenFile`, else none.
-    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
-        self.resolve_token_with(std::env::var(TOKEN_ENV).ok())
+    /// The API token, from the first of these that is set and not blank (each trimmed): the
+    /// `--token` flag (`flag`), the `MEMTRACE_TOKEN` environment variable, `monitor.token`, the
+    /// contents of `monitor.tokenFile` (an unreadable or empty file is an error); else none.
+    pub fn resolve_token(&self, flag: Option<&str>) -> Result<Option<String>, ConfigError> {
+        self.resolve_token_with(flag, std::env::var(TOKEN_ENV).ok().as_deref())
     }
 
     /// [`Config::resolve_token`] with the environment variable's value given.
-    pub fn resolve_token_with(&self, env: Option<String>) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.monitor.token {
-            return Ok(Some(token.clone()));
-        }
-        if let Some(token) = env.filter(|t| !t.trim().is_empty()) {
-            return Ok(Some(token.trim().to_owned()));
+    pub fn resolve_token_with(
+        &self,
+        flag: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<Option<String>, ConfigError> {
+        let set = |value: Option<&str>| {
+            value
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        };
+        if let Some(token) = set(flag)
+            .or_else(|| set(env))
+            .or_else(|| set(self.monitor.token.as_deref()))
+        {
+            return Ok(Some(token));
         }
         let Some(path) = &self.monitor.token_file else {
             return Ok(None);
@@ -883,6 +960,44 @@ impl Config {
         }
         Ok(Some(token.to_owned()))
     }
+}
+
+impl Config {
+    /// The configuration as it may be shown (export, logs): the webhook URL with its credentials
+    /// and secret path masked (the token is never serialized at all).
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.alerting.webhook_url = shown.alerting.webhook_url.as_deref().map(redact_url);
+        shown
+    }
+}
+
+/// A URL with what may be secret masked: `scheme://user:***@host:port/***?***` (the user name is
+/// kept, the password, the path and the query are not: webhook services put their secret in the
+/// path). A string that is not a URL is masked whole.
+pub fn redact_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return "***".into();
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return "***".into();
+    };
+    let authority = authority.as_str();
+    let host = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}:***@{host}")
+        }
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{host}");
+    if !matches!(uri.path(), "" | "/") {
+        out.push_str("/***");
+    }
+    if uri.query().is_some() {
+        out.push_str("?***");
+    }
+    out
 }
 
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
@@ -912,12 +1027,13 @@ fn validate_webhook_url(url: &str) -> Result<(), ConfigError> {
         .parse()
         .map_err(|e| ConfigError::invalid(KEY, format!("not a valid URL ({e})")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(ConfigError::invalid(
-            KEY,
-            "https is not supported by this build (no TLS); use an http:// URL, e.g. a local relay",
-        )),
-        _ => return Err(ConfigError::invalid(KEY, "must start with http://")),
+        Some("http" | "https") => {}
+        _ => {
+            return Err(ConfigError::invalid(
+                KEY,
+                "must start with http:// or https://",
+            ))
+        }
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(ConfigError::invalid(KEY, "has no host"));
@@ -1132,8 +1248,16 @@ mod tests {
                 "alerting.webhookUrl",
             ),
             (
-                "[alerting]\nwebhookUrl = \"https://x/y\"",
-                "alerting.webhookUrl",
+                "[alerting]\nwebhookUrl = \"https://x/y\"\nwebhookClientCert = \"/c.pem\"",
+                "alerting.webhookClientKey",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"https://x/y\"\nwebhookClientKey = \"/k.pem\"",
+                "alerting.webhookClientCert",
+            ),
+            (
+                "[alerting]\nwebhookUrl = \"http://x/y\"\nwebhookCaFile = \"/ca.pem\"",
+                "alerting.webhookCaFile",
             ),
             (
                 "[alerting]\nwebhookUrl = \"not a url\"",
@@ -1169,6 +1293,26 @@ mod tests {
                 "tracking.stackTraceDepth",
             ),
             ("[tracking]\nleakAge = 0", "tracking.leakAge"),
+            (
+                "[monitor]\nsnapshotInterval = 60\nanalysisInterval = 30",
+                "monitor.analysisInterval",
+            ),
+            ("[agent]\nhistory = 10", "patternDetection.windowSize"),
+            ("[agent]\nhistory = 100001", "agent.history"),
+            ("[agent]\npids = [0]", "agent.pids"),
+            (
+                "[patternDetection]\nwindowSize = 100000",
+                "patternDetection.windowSize",
+            ),
+            ("[probes]\nringBufferMB = 3", "probes.ringBufferMB"),
+            ("[probes]\nringBufferMB = 2048", "probes.ringBufferMB"),
+            ("[probes]\ninflightEntries = 0", "probes.inflightEntries"),
+            ("[drilldown]\nwindow = 0", "drilldown.window"),
+            (
+                "[drilldown]\nwindow = 18446744073709551615",
+                "drilldown.window",
+            ),
+            ("[drilldown]\nmaxProcesses = 0", "drilldown.maxProcesses"),
             ("[retention]\nalertsDays = 0", "retention.alertsDays"),
             (
                 "[retention]\noperationsHours = 0",
@@ -1182,6 +1326,63 @@ mod tests {
         assert_eq!(err.to_string(), "thresholds.externalRatio: must be > 0");
     }
 
+    /// https URLs are accepted, with the TLS files that go with them.
+    #[test]
+    fn https_webhook_with_tls_files() {
+        let c = Config::from_toml_str(
+            r#"
+            [alerting]
+            webhookUrl = "https://alerts.example:8443/hook"
+            webhookCaFile = "/etc/memtrace/ca.pem"
+            webhookClientCert = "/etc/memtrace/client.pem"
+            webhookClientKey = "/etc/memtrace/client.key"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.alerting.active_webhook_url(),
+            Some("https://alerts.example:8443/hook")
+        );
+        assert_eq!(
+            c.alerting.webhook_ca_file.as_deref(),
+            Some(Path::new("/etc/memtrace/ca.pem"))
+        );
+        assert_eq!(
+            c.alerting.webhook_client_cert.as_deref(),
+            Some(Path::new("/etc/memtrace/client.pem"))
+        );
+        assert_eq!(
+            c.alerting.webhook_client_key.as_deref(),
+            Some(Path::new("/etc/memtrace/client.key"))
+        );
+        let c = Config::from_toml_str("[alerting]\nwebhookUrl = \"https://x/y\"").unwrap();
+        assert_eq!(c.alerting.active_webhook_url(), Some("https://x/y"));
+    }
+
+    #[test]
+    fn flags_apply_before_the_checks_between_keys() {
+        let dir = std::env::temp_dir().join(format!("memtrace-load-with-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        // Alone, analysisInterval 2 is below the default snapshotInterval (30)...
+        std::fs::write(&path, "[monitor]\nanalysisInterval = 2\n").unwrap();
+        assert!(Config::load(&path).is_err());
+        // ... but not with --snapshot-interval 1.
+        let c = Config::load_with(
+            &path,
+            &ConfigOverrides {
+                snapshot_interval: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (c.monitor.snapshot_interval, c.monitor.analysis_interval),
+            (1, 2)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn overrides_apply_and_are_validated() {
         let mut c = Config::default();
@@ -1190,7 +1391,6 @@ mod tests {
             listen: Some("0.0.0.0:1234".parse().unwrap()),
             data_dir: Some("/data".into()),
             webhook_url: Some("http://127.0.0.1:9/x".into()),
-            token: Some("t".into()),
             pids: vec![42],
             history: Some(500),
             drilldown_window: Some(5),
@@ -1211,7 +1411,6 @@ mod tests {
             c.alerting.active_webhook_url(),
             Some("http://127.0.0.1:9/x")
         );
-        assert_eq!(c.monitor.token.as_deref(), Some("t"));
 
         let before = c.clone();
         let err = c
@@ -1228,41 +1427,63 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_shown_without_their_secrets() {
+        assert_eq!(
+            redact_url("https://user:pa55@hooks.example.com:8443/services/T0/B0/SECRET?x=1"),
+            "https://user:***@hooks.example.com:8443/***?***"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9000/"),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(redact_url("not a url"), "***");
+        let mut c = Config::default();
+        c.alerting.webhook_url = Some("http://u:p@h/secret".into());
+        assert_eq!(
+            c.redacted().alerting.webhook_url.as_deref(),
+            Some("http://u:***@h/***")
+        );
+    }
+
+    #[test]
     fn token_resolution_order() {
         let dir = std::env::temp_dir().join(format!("memtrace-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         std::fs::write(&file, "  from-file\n").unwrap();
+        let token = |c: &Config, flag: Option<&str>, env: Option<&str>| {
+            c.resolve_token_with(flag, env).unwrap()
+        };
 
         let mut c = Config::default();
-        assert_eq!(c.resolve_token_with(None).unwrap(), None);
+        assert_eq!(token(&c, None, None), None);
         c.monitor.token_file = Some(file.clone());
+        assert_eq!(token(&c, None, None).as_deref(), Some("from-file"));
+        c.monitor.token = Some(" from-config ".into());
+        assert_eq!(token(&c, None, None).as_deref(), Some("from-config"));
+        // The environment wins over the file, the flag over both.
         assert_eq!(
-            c.resolve_token_with(None).unwrap().as_deref(),
-            Some("from-file")
-        );
-        assert_eq!(
-            c.resolve_token_with(Some("from-env".into()))
-                .unwrap()
-                .as_deref(),
+            token(&c, None, Some(" from-env\t")).as_deref(),
             Some("from-env")
         );
-        c.monitor.token = Some("from-config".into());
         assert_eq!(
-            c.resolve_token_with(Some("from-env".into()))
-                .unwrap()
-                .as_deref(),
+            token(&c, Some("from-flag"), Some("from-env")).as_deref(),
+            Some("from-flag")
+        );
+        // Blank counts as unset, wherever it comes from.
+        assert_eq!(
+            token(&c, Some("  "), Some("   ")).as_deref(),
             Some("from-config")
         );
 
         c.monitor.token = None;
         std::fs::write(&file, "\n").unwrap();
         assert!(matches!(
-            c.resolve_token_with(None),
+            c.resolve_token_with(None, None),
             Err(ConfigError::TokenFileEmpty { .. })
         ));
         c.monitor.token_file = Some(dir.join("missing"));
-        let err = c.resolve_token_with(None).unwrap_err();
+        let err = c.resolve_token_with(None, None).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

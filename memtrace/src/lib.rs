@@ -37,10 +37,12 @@ pub mod api;
 
 pub mod agent;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod reports;
 pub mod session;
 pub mod trace;
+pub mod unwind;
 
 /// An error and its sources on one line (`a: b: c`), for logs and messages.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

@@ -15,7 +15,20 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|f| !f.trim().is_empty())
         .unwrap_or_else(|| cli.log.clone());
-    env_logger::Builder::new().parse_filters(&filter).init();
+    let mut logger = env_logger::Builder::new();
+    logger.parse_filters(&filter);
+    if cli.log_format == cli::LogFormat::Json {
+        logger.format(|out, record| {
+            let line = serde_json::json!({
+                "ts": humantime_utc(std::time::SystemTime::now()),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(out, "{line}")
+        });
+    }
+    logger.init();
     match cli.command {
         Command::Agent(args) => agent(args),
         Command::Trace(args) => {
@@ -32,6 +45,21 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let report = memtrace::trace::run(&trace_args).context("memtrace trace")?;
+            if let Some(path) = &args.pprof {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let profile = memtrace::reports::heap_profile(
+                    &report.attribution,
+                    &memtrace::reports::PprofOptions {
+                        kind: memtrace::reports::HeapProfile::Heap,
+                        time_nanos: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
+                        duration_nanos: (report.duration_seconds * 1e9) as i64,
+                    },
+                );
+                let bytes = memtrace::reports::gzip(&profile).context("the pprof profile")?;
+                write_out(Some(path), &bytes)?;
+            }
             let text = if args.json {
                 serde_json::to_string_pretty(&report).context("encoding the report")? + "\n"
             } else {
@@ -106,6 +134,25 @@ fn report(args: &cli::ReportArgs) -> anyhow::Result<()> {
     write_out(args.output.as_deref(), &body)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time (RFC 3339, UTC).
+fn humantime_utc(time: std::time::SystemTime) -> String {
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let date = memtrace::store::UtcDate::from_unix_ms(ms);
+    let seconds = (ms / 1000) % 86_400;
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        date.year(),
+        date.month(),
+        date.day(),
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        ms % 1000
+    )
+}
+
 fn write_out(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
     match path {
         Some(path) => {
@@ -124,7 +171,6 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         webhook_url: args.webhook_url.clone(),
-        token: args.token.clone(),
         pids: args.pids.clone(),
         malloc_all: flag(args.malloc_all, true),
         history: args.history,
@@ -148,7 +194,15 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
             config
         }
     };
-    let token = config.resolve_token().context("reading the API token")?;
+    if args.token.is_some() {
+        log::warn!(
+            "--token is visible to every user of this host (/proc/PID/cmdline): prefer the \
+             MEMTRACE_TOKEN environment variable or monitor.tokenFile"
+        );
+    }
+    let token = config
+        .resolve_token(args.token.as_deref())
+        .context("reading the API token")?;
     let listen = config.monitor.listen;
     if !memtrace::http::is_loopback(listen.ip()) && token.is_none() {
         anyhow::bail!(

@@ -1,9 +1,17 @@
 //! Reports and exports of live memory: a flame graph of live bytes by stack (inferno), a pprof
-//! profile of the live heap (`inuse_objects`/`inuse_space`, gzipped protobuf as `go tool pprof`
-//! reads it), and the readable text report.
+//! heap profile (Go's `/debug/pprof/heap` layout, gzipped protobuf as `go tool pprof`, Parca and
+//! Pyroscope read it; see [`pprof`](self::pprof)), and the readable text report.
 
-use std::{collections::HashMap, fmt::Write as _, io::Write as _};
+mod pprof;
+pub mod pyroscope;
 
+use std::{collections::HashMap, fmt::Write as _};
+
+pub use self::pprof::{
+    check_scrape_query, gzip, heap_profile, pprof, pprof_for_scrape, proto, scrape_targets,
+    HeapProfile, PprofOptions, ScrapeQueryError, ScrapeTargetGroup, HEAP_SAMPLE_TYPES,
+    PPROF_CONTENT_TYPE,
+};
 use crate::{
     accounting::SiteClass,
     attribution::{ConsumerReport, SiteLive},
@@ -33,7 +41,7 @@ fn folded(comm: &str, site: &SiteLive) -> String {
 pub fn folded_stacks<'a>(reports: impl IntoIterator<Item = &'a ConsumerReport>) -> Vec<String> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     for report in reports {
-        for site in &report.sites {
+        for site in report.sites.iter().filter(|s| s.live_bytes > 0) {
             *counts
                 .entry(folded(&format!("{} ({})", report.comm, report.pid), site))
                 .or_default() += site.live_bytes;
@@ -64,197 +72,6 @@ pub fn flamegraph<'a>(
     inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
         .map_err(|err| ReportError::Flamegraph(std::io::Error::other(err.to_string())))?;
     Ok(String::from_utf8_lossy(&svg).into_owned())
-}
-
-/// pprof's profile.proto, the messages and fields a heap profile needs.
-mod proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Profile {
-        #[prost(message, repeated, tag = "1")]
-        pub sample_type: Vec<ValueType>,
-        #[prost(message, repeated, tag = "2")]
-        pub sample: Vec<Sample>,
-        #[prost(message, repeated, tag = "3")]
-        pub mapping: Vec<Mapping>,
-        #[prost(message, repeated, tag = "4")]
-        pub location: Vec<Location>,
-        #[prost(message, repeated, tag = "5")]
-        pub function: Vec<Function>,
-        #[prost(string, repeated, tag = "6")]
-        pub string_table: Vec<String>,
-        #[prost(int64, tag = "9")]
-        pub time_nanos: i64,
-        #[prost(message, optional, tag = "11")]
-        pub period_type: Option<ValueType>,
-        #[prost(int64, tag = "12")]
-        pub period: i64,
-        #[prost(int64, tag = "14")]
-        pub default_sample_type: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ValueType {
-        #[prost(int64, tag = "1")]
-        pub r#type: i64,
-        #[prost(int64, tag = "2")]
-        pub unit: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(uint64, repeated, tag = "1")]
-        pub location_id: Vec<u64>,
-        #[prost(int64, repeated, tag = "2")]
-        pub value: Vec<i64>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Mapping {
-        #[prost(uint64, tag = "1")]
-        pub id: u64,
-        #[prost(int64, tag = "5")]
-        pub filename: i64,
-        #[prost(bool, tag = "7")]
-        pub has_functions: bool,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Location {
-        #[prost(uint64, tag = "1")]
-        pub id: u64,
-        #[prost(uint64, tag = "2")]
-        pub mapping_id: u64,
-        #[prost(uint64, tag = "3")]
-        pub address: u64,
-        #[prost(message, repeated, tag = "4")]
-        pub line: Vec<Line>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Line {
-        #[prost(uint64, tag = "1")]
-        pub function_id: u64,
-        #[prost(int64, tag = "2")]
-        pub line: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Function {
-        #[prost(uint64, tag = "1")]
-        pub id: u64,
-        #[prost(int64, tag = "2")]
-        pub name: i64,
-        #[prost(int64, tag = "3")]
-        pub system_name: i64,
-        #[prost(int64, tag = "4")]
-        pub filename: i64,
-    }
-}
-
-#[derive(Default)]
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl Strings {
-    fn new() -> Self {
-        let mut strings = Self::default();
-        strings.get("");
-        strings
-    }
-
-    fn get(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.index.get(s) {
-            return i;
-        }
-        let i = self.table.len() as i64;
-        self.table.push(s.to_string());
-        self.index.insert(s.to_string(), i);
-        i
-    }
-}
-
-/// The live heap of a process as a gzipped pprof profile (`inuse_objects`, `inuse_space`).
-pub fn pprof(report: &ConsumerReport, time_nanos: i64) -> Result<Vec<u8>, ReportError> {
-    use prost::Message as _;
-    let mut strings = Strings::new();
-    let mut profile = proto::Profile {
-        sample_type: vec![
-            proto::ValueType {
-                r#type: strings.get("inuse_objects"),
-                unit: strings.get("count"),
-            },
-            proto::ValueType {
-                r#type: strings.get("inuse_space"),
-                unit: strings.get("bytes"),
-            },
-        ],
-        time_nanos,
-        period_type: Some(proto::ValueType {
-            r#type: strings.get("space"),
-            unit: strings.get("bytes"),
-        }),
-        period: 1,
-        default_sample_type: 1,
-        ..Default::default()
-    };
-    let mut mappings: HashMap<String, u64> = HashMap::new();
-    let mut functions: HashMap<(String, String), u64> = HashMap::new();
-    let mut locations: HashMap<(String, u64), u64> = HashMap::new();
-    for site in report.sites.iter().filter(|s| s.kind == SiteClass::Malloc) {
-        let mut ids = Vec::new();
-        for frame in &site.frames {
-            let mapping_count = mappings.len() as u64;
-            let mapping_id = *mappings.entry(frame.module.clone()).or_insert_with(|| {
-                profile.mapping.push(proto::Mapping {
-                    id: mapping_count + 1,
-                    filename: strings.get(&frame.module),
-                    has_functions: true,
-                });
-                mapping_count + 1
-            });
-            let name = frame.name();
-            let file = frame.file.clone().unwrap_or_default();
-            let function_count = functions.len() as u64;
-            let function_id = *functions
-                .entry((name.clone(), file.clone()))
-                .or_insert_with(|| {
-                    profile.function.push(proto::Function {
-                        id: function_count + 1,
-                        name: strings.get(&name),
-                        system_name: strings.get(&name),
-                        filename: strings.get(&file),
-                    });
-                    function_count + 1
-                });
-            let location_count = locations.len() as u64;
-            let location_id = *locations
-                .entry((frame.module.clone(), frame.offset))
-                .or_insert_with(|| {
-                    profile.location.push(proto::Location {
-                        id: location_count + 1,
-                        mapping_id,
-                        address: frame.addr,
-                        line: vec![proto::Line {
-                            function_id,
-                            line: i64::from(frame.line.unwrap_or(0)),
-                        }],
-                    });
-                    location_count + 1
-                });
-            ids.push(location_id);
-        }
-        profile.sample.push(proto::Sample {
-            location_id: ids,
-            value: vec![site.live_count as i64, site.live_bytes as i64],
-        });
-    }
-    profile.string_table = strings.table;
-    let bytes = profile.encode_to_vec();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&bytes).map_err(ReportError::Compress)?;
-    gz.finish().map_err(ReportError::Compress)
 }
 
 fn mib(bytes: u64) -> String {
@@ -434,8 +251,7 @@ mod tests {
             module: module.into(),
             offset,
             function: Some(name.into()),
-            file: None,
-            line: None,
+            ..Frame::default()
         };
         ConsumerReport {
             pid: 42,
@@ -449,18 +265,40 @@ mod tests {
                     ],
                     live_bytes: 4096,
                     live_count: 2,
+                    attributed: 0,
+                    consumer: "leak_one".into(),
+                    total_calls: 2,
+                    total_bytes: 4096,
+                    allocator_internal: false,
+                },
+                SiteLive {
+                    kind: SiteClass::Malloc,
+                    frames: vec![frame("freed", "app", 0x40)],
+                    live_bytes: 0,
+                    live_count: 0,
+                    attributed: 0,
+                    consumer: "freed".into(),
+                    total_calls: 1,
+                    total_bytes: 64,
+                    allocator_internal: false,
                 },
                 SiteLive {
                     kind: SiteClass::Mmap,
                     frames: vec![frame("map_it", "libleak.so", 0x30)],
                     live_bytes: 8192,
                     live_count: 1,
+                    attributed: 0,
+                    consumer: "map_it".into(),
+                    total_calls: 1,
+                    total_bytes: 8192,
+                    allocator_internal: false,
                 },
             ],
             ..ConsumerReport::default()
         }
     }
 
+    /// Sites whose memory was all freed are not drawn.
     #[test]
     fn folded_lines_are_root_first_with_bytes() {
         let lines = folded_stacks([&report()]);
@@ -487,28 +325,5 @@ mod tests {
     fn names_cannot_drive_the_terminal() {
         assert_eq!(printable("ok name"), "ok name");
         assert_eq!(printable("\u{1b}[2Jx\nfake"), "\\u{1b}[2Jx\\nfake");
-    }
-
-    #[test]
-    fn pprof_round_trips() {
-        use prost::Message as _;
-        let gz = pprof(&report(), 1).expect("profile");
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut bytes)
-            .expect("gunzip");
-        let profile = proto::Profile::decode(&bytes[..]).expect("decodes");
-        assert_eq!(profile.sample.len(), 1, "only heap sites");
-        assert_eq!(profile.sample[0].value, vec![2, 4096]);
-        assert_eq!(profile.sample[0].location_id.len(), 2);
-        let types: Vec<&str> = profile
-            .sample_type
-            .iter()
-            .map(|t| profile.string_table[t.r#type as usize].as_str())
-            .collect();
-        assert_eq!(types, ["inuse_objects", "inuse_space"]);
-        assert_eq!(profile.string_table[0], "");
-        let leaf = &profile.location[(profile.sample[0].location_id[0] - 1) as usize];
-        let function = &profile.function[(leaf.line[0].function_id - 1) as usize];
-        assert_eq!(profile.string_table[function.name as usize], "leak_one");
     }
 }

@@ -3,6 +3,7 @@
 //! has submitted so far, so figures read right after it are exact.
 
 use std::{
+    collections::HashMap,
     os::fd::{AsRawFd, RawFd},
     sync::Arc,
     time::Duration,
@@ -26,6 +27,8 @@ pub struct Session {
     batch: Batch,
     /// Only events of these processes are applied (all when empty).
     only: Vec<u32>,
+    /// The modules version each traced process's unwind tables were registered from.
+    unwound: HashMap<u32, u64>,
 }
 
 impl Session {
@@ -39,6 +42,7 @@ impl Session {
             stats: Arc::new(PipelineStats::default()),
             batch: Vec::with_capacity(4096),
             only: Vec::new(),
+            unwound: HashMap::new(),
         })
     }
 
@@ -78,6 +82,7 @@ impl Session {
         self.accounting.state(pid);
         let report = self.probes.attach_allocator(target)?;
         self.accounting.set_traced(pid, true);
+        self.register_unwind(pid);
         Ok(report)
     }
 
@@ -93,8 +98,50 @@ impl Session {
         Ok(report)
     }
 
+    /// Loads the unwind tables of the code `pid` maps now. A failure leaves its stacks to frame
+    /// pointers (logged, counted by the kernel), never stops tracing.
+    fn register_unwind(&mut self, pid: u32) {
+        let Some(state) = self.accounting.process(pid) else {
+            return;
+        };
+        let version = state.modules.version();
+        if runs_this_executable(pid) {
+            // A child of this process waiting to exec the command to trace: its tables are
+            // registered once it has exec'd (the modules are read again then).
+            self.unwound.insert(pid, version);
+            return;
+        }
+        match self.probes.unwind().register(pid, &state.modules) {
+            Ok(done) => log::debug!("unwind tables of pid {pid}: {done:?}"),
+            Err(err) => log::warn!("unwind tables of pid {pid}: {err}"),
+        }
+        self.unwound.insert(pid, version);
+    }
+
+    /// Registers again the traced processes whose modules were read again since (they mapped new
+    /// code, or replaced their address space with `execve`).
+    fn follow_code(&mut self) {
+        let changed: Vec<u32> = self
+            .probes
+            .traced()
+            .flatten()
+            .filter(|pid| {
+                self.accounting.process(*pid).is_some_and(|state| {
+                    !state.modules.is_empty()
+                        && self.unwound.get(pid) != Some(&state.modules.version())
+                })
+            })
+            .collect();
+        for pid in changed {
+            self.register_unwind(pid);
+        }
+        self.unwound
+            .retain(|pid, _| self.accounting.process(*pid).is_some());
+    }
+
     pub fn untrace_pid(&mut self, pid: u32) {
         self.probes.detach_allocator(Some(pid));
+        self.unwound.remove(&pid);
         self.accounting.set_traced(pid, false);
     }
 
@@ -115,6 +162,7 @@ impl Session {
                 }
             }
             self.accounting.refresh_dirty_modules();
+            self.follow_code();
             if read < events::BATCH_MAX {
                 return total;
             }
@@ -135,5 +183,18 @@ impl Session {
 
     pub fn ring_fd(&self) -> RawFd {
         self.ring.as_raw_fd()
+    }
+}
+
+/// Whether `pid` runs the same executable as this process (a forked child before its exec).
+fn runs_this_executable(pid: u32) -> bool {
+    let own = std::fs::metadata("/proc/self/exe");
+    let other = std::fs::metadata(format!("/proc/{pid}/exe"));
+    match (own, other) {
+        (Ok(own), Ok(other)) => {
+            use std::os::unix::fs::MetadataExt as _;
+            own.dev() == other.dev() && own.ino() == other.ino()
+        }
+        _ => false,
     }
 }

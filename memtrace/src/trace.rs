@@ -15,7 +15,7 @@ use crate::{
         clock::monotonic_seconds,
         launch::{GatedChild, LaunchError},
     },
-    probes::{ProbeError, ProbeOptions, COUNTER_NAMES},
+    probes::{placement::Placement, ProbeError, ProbeOptions, COUNTER_NAMES},
     session::Session,
     snapshot::ProcessSnapshot,
 };
@@ -55,6 +55,9 @@ pub struct TraceReport {
     /// Allocator functions attached, and optional ones the allocator lacks.
     pub attached: Vec<&'static str>,
     pub missing: Vec<&'static str>,
+    /// Where each attached function's entry probe sits (bytes past its entry, the instruction,
+    /// whether the kernel emulates it).
+    pub placements: Vec<Placement>,
     /// Kernel-side counters (events sent, events lost because the ring buffer was full, ...).
     pub kernel: serde_json::Map<String, serde_json::Value>,
     pub events_received: u64,
@@ -109,10 +112,11 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     );
     catch_interrupts();
     if let Some(child) = child.as_mut() {
-        child.release();
+        child.release()?;
     }
     let started = Instant::now();
-    let deadline = args.duration.map(|d| started + d);
+    // A duration too long for the clock is no deadline.
+    let deadline = args.duration.and_then(|d| started.checked_add(d));
     let mut exit_code = None;
     let mut last = session.accounting.snapshot(pid);
     let mut last_refresh = Instant::now();
@@ -188,6 +192,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
         process,
         attached: report.attached,
         missing: report.missing,
+        placements: report.placements,
         kernel,
         events_received: session.stats.received.load(Ordering::Relaxed),
         events_undecodable: session.stats.undecodable.load(Ordering::Relaxed),
@@ -265,6 +270,19 @@ pub fn render_text(report: &TraceReport) -> String {
             out,
             "  not in this allocator: {}",
             report.missing.join(", ")
+        );
+    }
+    let stepped: Vec<String> = report
+        .placements
+        .iter()
+        .filter(|p| !p.emulated)
+        .map(|p| format!("{} +{}", p.symbol, p.offset))
+        .collect();
+    if !stepped.is_empty() {
+        let _ = writeln!(
+            out,
+            "  single-stepped probes (slower per call): {}",
+            stepped.join(", ")
         );
     }
     render_attribution(&mut out, &report.attribution, 10);

@@ -5,6 +5,8 @@
 //! a cache that later runs reuse while its version matches.
 
 mod bench;
+mod bench_unwind;
+mod fuzz;
 
 use std::{
     env,
@@ -60,6 +62,14 @@ enum Task {
     },
     /// clippy on the agent and, separately, on the eBPF crate; rustfmt check.
     Lint,
+    /// Run each cargo-fuzz target (fuzz/) for a bounded time; a crash fails the task.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,9 +101,13 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test(&root, &args),
         Task::Bench { json, quick } => {
             let binary = build(&root, true)?;
-            bench::run(&root, &binary, json.as_deref(), quick)
+            bench::run(&root, &binary, json.as_deref(), quick)?;
+            bench_unwind::run(&root)
         }
         Task::Lint => lint(&root),
+        Task::Fuzz { seconds, targets } => {
+            fuzz::run_targets(&root, &bootstrap()?, seconds, &targets)
+        }
     }
 }
 
@@ -397,6 +411,7 @@ fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
 const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("prometheus", &["prometheus", "promtool"]),
     ("chromium", &["chromium"]),
+    ("golang-go", &["go"]),
 ];
 
 /// Whether `program` is in /usr/bin or on PATH (as the tests look for it).

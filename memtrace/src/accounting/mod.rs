@@ -664,7 +664,7 @@ impl Accounting {
                 }
                 let removed = state.mappings.insert(ev.addr, ev.size, map_kind, site);
                 give_back(&mut state.sites, &removed);
-                let bytes = ev.size.div_ceil(page) * page;
+                let bytes = ev.size.div_ceil(page).saturating_mul(page);
                 state.sites.add(site, bytes, true);
             }
             Kind::Munmap => {

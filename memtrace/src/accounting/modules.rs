@@ -32,7 +32,14 @@ impl Module {
 #[derive(Clone, Debug, Default)]
 pub struct Modules {
     modules: Vec<Module>,
+    /// Distinct for every reading of a process's maps (0: never read), so that users of the
+    /// modules (the unwind tables) see when they changed.
+    version: u64,
+    /// The process they belong to (0: unknown).
+    pid: u32,
 }
+
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Modules {
     pub fn from_maps(pid: u32, lines: &[MapLine]) -> Self {
@@ -58,13 +65,31 @@ impl Modules {
             })
             .collect();
         modules.sort_by_key(|m| m.start);
-        Self { modules }
+        Self {
+            modules,
+            version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            pid,
+        }
+    }
+
+    /// The process these modules were read from (0: unknown).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Changes whenever the modules are read again.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn find(&self, addr: u64) -> Option<&Module> {
         let index = self.modules.partition_point(|m| m.start <= addr);
         let module = self.modules.get(index.checked_sub(1)?)?;
         (addr < module.end).then_some(module)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Module> {
+        self.modules.iter()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -19,9 +19,9 @@ use crate::{
     alerts::{AlertError, AlertType, Severity},
     analysis::ProcessPattern,
     api::{
-        Alert, Alerts, Consumers, DrilldownSettings, Export, Growth, Health, HealthMemory,
-        HealthStatus, HostSnapshot, ProcessDetail, ProcessRow, Report, ReportHistory, ReportHost,
-        ReportSummary, Status, StreamEvent, TraceStarted, TraceStopped,
+        Alert, Alerts, Consumers, DrilldownSettings, Export, Failures, Growth, Health,
+        HealthMemory, HealthStatus, HostSnapshot, ProcessDetail, ProcessRow, Report, ReportHistory,
+        ReportHost, ReportSummary, Status, StreamEvent, TraceStarted, TraceStopped,
     },
     events::Kind,
     http::{
@@ -29,7 +29,7 @@ use crate::{
         ProcessMetrics,
     },
     os::{cgroup, clock},
-    reports,
+    reports::{self, HeapProfile},
     snapshot::ProcessSnapshot,
 };
 
@@ -97,6 +97,19 @@ impl Agent {
     }
 }
 
+impl Agent {
+    fn failures(&self) -> Failures {
+        let webhook = self.shared.dispatcher.webhook_stats();
+        let store = self.shared.store.as_deref();
+        Failures {
+            webhook_failures: webhook.failures_total,
+            webhook_dropped: webhook.dropped_total,
+            store_write_failures: store.map_or(0, |s| s.persist_failures_total()),
+            store_skipped_lines: store.map_or(0, |s| s.corrupt_lines_total()),
+        }
+    }
+}
+
 impl Backend for Agent {
     fn health(&self) -> Health {
         let alerts = self.shared.core.load().alerts.active.len();
@@ -142,6 +155,7 @@ impl Backend for Agent {
                 .load(std::sync::atomic::Ordering::Relaxed),
             events_lost: shared.kernel_counters()[memtrace_common::COUNTER_RINGBUF_DROPS as usize],
             snapshots_dropped: intake.snapshots_dropped,
+            failures: self.failures(),
             snapshot_interval: config.monitor.snapshot_interval,
             analysis_interval: config.monitor.analysis_interval,
             pid: std::process::id(),
@@ -233,7 +247,7 @@ impl Backend for Agent {
         let core = self.shared.core.load();
         Export {
             exported_at: clock::now_ms(),
-            config: (*self.shared.config).clone(),
+            config: self.shared.config.redacted(),
             snapshots: core.history.clone(),
             alerts: core.alerts.clone(),
             patterns: core.patterns_by_concern(),
@@ -299,6 +313,30 @@ impl Backend for Agent {
             .map_err(|err| BackendError::Internal(crate::error_chain(&err)))
     }
 
+    fn heap_profile(&self, pid: u32, kind: HeapProfile) -> Result<Vec<u8>, BackendError> {
+        let core = self.shared.core.load();
+        let report = core.reports.get(&pid).ok_or_else(|| not_traced(pid))?;
+        reports::pprof_for_scrape(
+            report,
+            kind,
+            (clock::now_ms() as i64).saturating_mul(1_000_000),
+        )
+        .map_err(|err| BackendError::Internal(crate::error_chain(&err)))
+    }
+
+    fn profiled_processes(&self) -> Vec<(u32, String)> {
+        let core = self.shared.core.load();
+        let alive: std::collections::HashSet<u32> = core
+            .last_snapshot()
+            .map(|s| s.processes.iter().map(|p| p.pid).collect())
+            .unwrap_or_default();
+        core.reports
+            .values()
+            .filter(|r| alive.contains(&r.pid))
+            .map(|r| (r.pid, r.comm.clone()))
+            .collect()
+    }
+
     fn metrics(&self) -> MetricsInput {
         let shared = &self.shared;
         let core = shared.core.load();
@@ -313,6 +351,14 @@ impl Backend for Agent {
         let webhook = shared.dispatcher.webhook_stats();
         input.webhook_sent_total = webhook.sent_total;
         input.webhook_failures_total = webhook.failures_total;
+        input.webhook_dropped_total = webhook.dropped_total;
+        if let Some(store) = &shared.store {
+            input.store_write_failures_total = store.persist_failures_total();
+            input.store_skipped_lines_total = store.corrupt_lines_total();
+        }
+        input.snapshots_dropped_total = intake.snapshots_dropped;
+        input.heap_traces_started_total = intake.traces_started;
+        input.heap_traces_stopped_total = intake.traces_stopped;
         let cost = crate::os::procfs::self_cost();
         input.agent_cpu_seconds_total = cost.cpu_seconds;
         input.agent_rss_bytes = cost.rss_bytes;

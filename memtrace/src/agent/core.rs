@@ -80,6 +80,7 @@ impl Core {
         let config = Arc::clone(&shared.config);
         let mut engine = AlertEngine::new(&config.thresholds, &config.alerting);
         let mut history = VecDeque::new();
+        let mut gone = Vec::new();
         if let Some(store) = &shared.store {
             match store.load_alerts() {
                 Ok(alerts) => {
@@ -87,6 +88,24 @@ impl Core {
                     engine.restore(alerts);
                     if active > 0 {
                         log::info!("restored {active} active alerts");
+                    }
+                    // Processes that exited while the agent was not running (or whose pid another
+                    // process has now): their alerts are resolved at once.
+                    gone = engine.resolve_gone(
+                        |a| {
+                            crate::os::procfs::process_alive_since(
+                                a.context.pid,
+                                &a.context.comm,
+                                a.timestamp,
+                            )
+                        },
+                        now.wall_ms,
+                    );
+                    if !gone.is_empty() {
+                        log::info!(
+                            "resolved {} restored alerts: their process is gone",
+                            gone.len()
+                        );
                     }
                 }
                 Err(err) => log::warn!("restoring alerts: {}", crate::error_chain(&err)),
@@ -113,6 +132,7 @@ impl Core {
                 .mono_ms
                 .saturating_add(config.monitor.analysis_interval.saturating_mul(1000)),
         };
+        core.dispatch(gone);
         core.publish();
         core
     }
@@ -396,10 +416,19 @@ impl Core {
             let wait = self.next_analysis_ms.saturating_sub(now.mono_ms).max(1);
             match messages.recv_timeout(Duration::from_millis(wait)) {
                 Ok(CoreMessage::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Ok(message) => self.handle(message, Now::current()),
+                Ok(message) => {
+                    let now = Now::current();
+                    self.shared.health.core_busy(Some(now));
+                    self.handle(message, now);
+                    self.shared.health.core_busy(None);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            if let Some(requests) = self.analyze_if_due(Now::current()) {
+            let now = Now::current();
+            self.shared.health.core_busy(Some(now));
+            let requests = self.analyze_if_due(now);
+            self.shared.health.core_busy(None);
+            if let Some(requests) = requests {
                 for request in requests {
                     if to_intake.send(IntakeCommand::Drilldown(request)).is_err() {
                         break;

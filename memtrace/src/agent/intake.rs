@@ -106,6 +106,7 @@ struct Traced {
     since_ms: u64,
     library: PathBuf,
     functions: Vec<&'static str>,
+    placements: Vec<crate::probes::placement::Placement>,
     drilldown: Option<DrillState>,
 }
 
@@ -124,6 +125,8 @@ pub struct Intake {
     session: Session,
     traced: BTreeMap<u32, Traced>,
     drilldowns_total: u64,
+    traces_started: u64,
+    traces_stopped: u64,
     next_snapshot_ms: u64,
     /// Snapshots the core could not take in time (its queue was full).
     snapshots_dropped: Arc<AtomicU64>,
@@ -161,6 +164,8 @@ impl Intake {
             session,
             traced: BTreeMap::new(),
             drilldowns_total: 0,
+            traces_started: 0,
+            traces_stopped: 0,
             next_snapshot_ms: now.mono_ms,
             snapshots_dropped: Arc::default(),
         };
@@ -217,6 +222,7 @@ impl Intake {
         let report = self.session.trace_target(pid, &target)?;
         let state = self.session.accounting.state(pid);
         let (start_time, comm) = (state.start_time, state.comm.clone());
+        self.traces_started += 1;
         let previous = self.traced.insert(
             pid,
             Traced {
@@ -226,6 +232,7 @@ impl Intake {
                 since_ms: now.wall_ms,
                 library: target.path.clone(),
                 functions: report.attached.clone(),
+                placements: report.placements.clone(),
                 drilldown,
             },
         );
@@ -248,6 +255,7 @@ impl Intake {
             library: target.path.display().to_string(),
             attached: report.attached.iter().map(|s| s.to_string()).collect(),
             missing: report.missing.iter().map(|s| s.to_string()).collect(),
+            placements: report.placements,
         })
     }
 
@@ -255,6 +263,7 @@ impl Intake {
     fn untrace(&mut self, pid: u32) -> Option<Traced> {
         let traced = self.traced.remove(&pid)?;
         self.session.untrace_pid(pid);
+        self.traces_stopped += 1;
         Some(traced)
     }
 
@@ -447,6 +456,7 @@ impl Intake {
                 since: t.since_ms,
                 library: t.library.display().to_string(),
                 functions: t.functions.iter().map(|f| f.to_string()).collect(),
+                placements: t.placements.clone(),
             })
             .collect();
         let drilldowns = self
@@ -469,6 +479,8 @@ impl Intake {
             drilldowns,
             drilldowns_total: self.drilldowns_total,
             snapshots_dropped: self.snapshots_dropped.load(Ordering::Relaxed),
+            traces_started: self.traces_started,
+            traces_stopped: self.traces_stopped,
             start_times: self
                 .traced
                 .iter()
@@ -489,6 +501,7 @@ impl Intake {
     ) {
         loop {
             let now = Now::current();
+            shared.health.intake_beat(now);
             let until_snapshot = self.next_snapshot_ms.saturating_sub(now.mono_ms);
             self.session
                 .wait(DRAIN_INTERVAL.min(Duration::from_millis(until_snapshot)));

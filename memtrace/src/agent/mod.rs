@@ -23,7 +23,7 @@ pub mod view;
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -163,11 +163,47 @@ pub struct Health {
     intake_stopped: AtomicBool,
     core_stopped: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// Monotonic ms of the intake loop's last turn (0 before the thread runs).
+    intake_beat_ms: AtomicU64,
+    /// Monotonic ms since which the core has been handling one message (0 when idle).
+    core_busy_since_ms: AtomicU64,
 }
 
+/// The intake loop turns every 20 ms: this long without a turn, it is stuck.
+const INTAKE_STALLED_MS: u64 = 10_000;
+/// The core may symbolize a large program for a while: this long on one message, it is stuck.
+const CORE_STUCK_MS: u64 = 120_000;
+
 impl Health {
+    /// The intake loop is turning.
+    pub fn intake_beat(&self, now: Now) {
+        self.intake_beat_ms.store(now.mono_ms, Ordering::Relaxed);
+    }
+
+    /// The core starts (`Some`) or ends (`None`) handling a message.
+    pub fn core_busy(&self, since: Option<Now>) {
+        self.core_busy_since_ms
+            .store(since.map_or(0, |n| n.mono_ms.max(1)), Ordering::Relaxed);
+    }
+
     /// Why the agent is degraded, if it is.
     pub fn degraded(&self) -> Option<String> {
+        let now = Now::current().mono_ms;
+        let beat = self.intake_beat_ms.load(Ordering::Relaxed);
+        if beat > 0 && now.saturating_sub(beat) > INTAKE_STALLED_MS {
+            return Some(format!(
+                "event intake stalled: its loop last turned {} s ago",
+                now.saturating_sub(beat) / 1000
+            ));
+        }
+        let busy = self.core_busy_since_ms.load(Ordering::Relaxed);
+        if busy > 0 && now.saturating_sub(busy) > CORE_STUCK_MS {
+            return Some(format!(
+                "the analysis side has been busy with one task for {} s (symbolizing a program's \
+                 files, or a hung disk)",
+                now.saturating_sub(busy) / 1000
+            ));
+        }
         if self.intake_stopped.load(Ordering::Relaxed) || self.core_stopped.load(Ordering::Relaxed)
         {
             let reason = self

@@ -25,6 +25,9 @@ pub struct IntakeView {
     pub drilldowns_total: u64,
     /// Snapshots not taken because the core was behind.
     pub snapshots_dropped: u64,
+    /// Heap tracings started and stopped since start.
+    pub traces_started: u64,
+    pub traces_stopped: u64,
     /// Start time (clock ticks after boot) of each traced process: with the pid, its identity.
     pub start_times: BTreeMap<u32, u64>,
 }

@@ -8,15 +8,20 @@
 //!   Alertmanager's alert list with `alerting.webhookFormat = "alertmanager"` ([`super::payload`]).
 //!   Events wait in a bounded queue; when it is full the oldest waiting event is dropped (counted).
 //!   Each POST has a time limit; failed POSTs are retried with exponential backoff; an event whose
-//!   every attempt failed is counted as a failure. Plain `http://` only: this build has no TLS. In
-//!   the Alertmanager format the firing alerts are posted again every
-//!   `alerting.webhookResendInterval` (counted apart: [`Webhook::resent_total`]).
+//!   every attempt failed is counted as a failure. In the Alertmanager format the firing alerts are
+//!   posted again every `alerting.webhookResendInterval` (counted apart:
+//!   [`Webhook::resent_total`]). `https://` goes through rustls (ureq's `rustls` feature): the
+//!   server's certificate is checked against Mozilla's public roots (compiled in), or only against
+//!   the CAs of `alerting.webhookCaFile`; `webhookClientCert`/`webhookClientKey` present a client
+//!   certificate (mutual TLS). The files are read when the channel starts: a missing or malformed
+//!   one stops the start with an error that names it.
 //!
 //! Both creations and resolutions are delivered; the body tells them apart (`"resolved": true`,
 //! or Alertmanager's `endsAt`).
 
 use std::{
     collections::VecDeque,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
@@ -38,6 +43,24 @@ use crate::{
 pub enum ChannelError {
     #[error("cannot start the webhook thread")]
     SpawnWebhook(#[source] std::io::Error),
+    #[error("webhook TLS: reading {}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("webhook TLS: {} is not valid PEM", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("webhook TLS: {} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("webhook TLS: {} holds no PEM private key", path.display())]
+    NoPrivateKey { path: PathBuf },
+    #[error("webhook TLS: a client certificate needs both webhookClientCert and webhookClientKey")]
+    ClientCertPair,
 }
 
 /// Counters of the webhook channel (all zero when it is inactive).
@@ -177,6 +200,82 @@ pub struct WebhookOptions {
     pub proxy_from_env: bool,
     /// What the bodies look like.
     pub payload: PayloadOptions,
+    /// Certificates for `https://` URLs.
+    pub tls: WebhookTls,
+}
+
+/// TLS files of the webhook channel (PEM). Without a CA file the server's certificate is checked
+/// against Mozilla's public roots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WebhookTls {
+    /// CA certificates that sign the server's certificate, trusted instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (with its chain) presented to the server.
+    pub client_cert: Option<PathBuf>,
+    /// Private key of the client certificate (PKCS#8, PKCS#1 or SEC1).
+    pub client_key: Option<PathBuf>,
+}
+
+impl WebhookTls {
+    /// ureq's TLS configuration from the files.
+    pub fn load(&self) -> Result<ureq::tls::TlsConfig, ChannelError> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = &self.ca_file {
+            let certs = read_certs(path)?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert)?;
+                let key = read_key(key)?;
+                tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+            }
+            (None, None) => {}
+            _ => return Err(ChannelError::ClientCertPair),
+        }
+        Ok(tls.build())
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<ureq::tls::PemItem<'static>>, ChannelError> {
+    let text = std::fs::read(path).map_err(|source| ChannelError::TlsFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ureq::tls::parse_pem(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ChannelError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ChannelError> {
+    let certs: Vec<_> = read_pem(path)?
+        .into_iter()
+        .filter_map(|item| match item {
+            ureq::tls::PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(ChannelError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<ureq::tls::PrivateKey<'static>, ChannelError> {
+    read_pem(path)?
+        .into_iter()
+        .find_map(|item| match item {
+            ureq::tls::PemItem::PrivateKey(key) => Some(key),
+            _ => None,
+        })
+        .ok_or_else(|| ChannelError::NoPrivateKey {
+            path: path.to_path_buf(),
+        })
 }
 
 impl WebhookOptions {
@@ -196,7 +295,25 @@ impl WebhookOptions {
                 instance: host_name(),
                 resend_interval: Duration::from_secs(config.webhook_resend_interval.max(1)),
             },
+            tls: WebhookTls {
+                ca_file: config.webhook_ca_file.clone(),
+                client_cert: config.webhook_client_cert.clone(),
+                client_key: config.webhook_client_key.clone(),
+            },
         })
+    }
+
+    /// The HTTP client: time limit, proxies, TLS. Reads the TLS files.
+    pub fn agent(&self) -> Result<ureq::Agent, ChannelError> {
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(self.timeout))
+            .http_status_as_error(true)
+            .user_agent(concat!("memtrace/", env!("CARGO_PKG_VERSION")))
+            .tls_config(self.tls.load()?);
+        if !self.proxy_from_env {
+            config = config.proxy(None);
+        }
+        Ok(config.build().into())
     }
 
     fn backoff(&self, retry: u32) -> Duration {
@@ -260,7 +377,9 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// Starts the channel's thread. The TLS files are read here: an error names the file.
     pub fn start(options: WebhookOptions) -> Result<Self, ChannelError> {
+        let agent = options.agent()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -281,7 +400,7 @@ impl Webhook {
         let payload = options.payload.clone();
         let thread = std::thread::Builder::new()
             .name("memtrace-webhook".into())
-            .spawn(move || run(&worker, &options))
+            .spawn(move || run(&worker, &options, &agent))
             .map_err(ChannelError::SpawnWebhook)?;
         Ok(Self {
             shared,
@@ -423,18 +542,9 @@ impl Drop for Webhook {
     }
 }
 
-fn run(shared: &Shared, options: &WebhookOptions) {
-    let mut config = ureq::Agent::config_builder()
-        .timeout_global(Some(options.timeout))
-        .http_status_as_error(true)
-        .user_agent(concat!("memtrace/", env!("CARGO_PKG_VERSION")));
-    if !options.proxy_from_env {
-        config = config.proxy(None);
-    }
-    let agent: ureq::Agent = config.build().into();
-
+fn run(shared: &Shared, options: &WebhookOptions, agent: &ureq::Agent) {
     while let Some((body, resend)) = next_body(shared, options) {
-        deliver(shared, options, &agent, &body, resend);
+        deliver(shared, options, agent, &body, resend);
     }
     shared.lock().done = true;
     shared.changed.notify_all();
@@ -533,7 +643,10 @@ fn deliver(
             if let Some(stop_at) = state.stop_at {
                 if Instant::now() >= stop_at || until > stop_at {
                     drop(state);
-                    log::warn!("webhook {}: retries cut short by shutdown", options.url);
+                    log::warn!(
+                        "webhook {}: retries cut short by shutdown",
+                        crate::config::redact_url(&options.url)
+                    );
                     shared.bump(&shared.failures);
                     return;
                 }
@@ -600,12 +713,17 @@ mod tests {
                 instance: "test-host".into(),
                 resend_interval: Duration::from_secs(60),
             },
+            tls: WebhookTls::default(),
         }
     }
 
     /// Reads one HTTP request: (request line and headers, body).
     fn read_request(stream: &mut TcpStream) -> (String, Vec<u8>) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request_from(stream.try_clone().unwrap())
+    }
+
+    fn read_request_from(stream: impl Read) -> (String, Vec<u8>) {
+        let mut reader = BufReader::new(stream);
         let mut head = String::new();
         let mut length = 0;
         loop {
@@ -848,6 +966,255 @@ mod tests {
         assert_eq!(dispatcher.file_failures_total(), 0);
         dispatcher.shutdown(Duration::from_secs(1));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Certificates made for a test: a CA, a server certificate for `localhost` and 127.0.0.1,
+    /// and a client certificate, all signed by the CA, written as PEM files.
+    struct Pki {
+        dir: PathBuf,
+        ca: rustls::pki_types::CertificateDer<'static>,
+        server_cert: rustls::pki_types::CertificateDer<'static>,
+        server_key: rustls::pki_types::PrivateKeyDer<'static>,
+        client_cert: rustls::pki_types::CertificateDer<'static>,
+    }
+
+    impl Pki {
+        fn new(tag: &str) -> Self {
+            use rcgen::{
+                BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            };
+            let dir = std::env::temp_dir().join(format!(
+                "memtrace-tls-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(DnType::CommonName, "memtrace test CA");
+            let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+            let issue = |names: Vec<String>, cn: &str| {
+                let key = KeyPair::generate().unwrap();
+                let mut params = CertificateParams::new(names).unwrap();
+                params.distinguished_name.push(DnType::CommonName, cn);
+                (params.signed_by(&key, &ca).unwrap(), key)
+            };
+            let (server, server_key) = issue(
+                vec!["localhost".into(), "127.0.0.1".into()],
+                "memtrace test receiver",
+            );
+            let (client, client_key) = issue(Vec::new(), "memtrace test agent");
+            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+            std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+            std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+            Self {
+                dir,
+                ca: ca.der().clone(),
+                server_cert: server.der().clone(),
+                server_key: rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    server_key.serialize_der().into(),
+                ),
+                client_cert: client.der().clone(),
+            }
+        }
+
+        fn tls(&self, ca: bool, client: bool) -> WebhookTls {
+            WebhookTls {
+                ca_file: ca.then(|| self.dir.join("ca.pem")),
+                client_cert: client.then(|| self.dir.join("client.pem")),
+                client_key: client.then(|| self.dir.join("client.key")),
+            }
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// What the TLS receiver saw of one connection: the handshake's outcome, the client's
+    /// certificate and the request.
+    struct TlsSeen {
+        handshake: Result<(), String>,
+        client_cert: Option<Vec<u8>>,
+        request: Option<(String, Vec<u8>)>,
+    }
+
+    /// An HTTPS receiver on 127.0.0.1 with the PKI's server certificate that requires a client
+    /// certificate signed by the PKI's CA; it answers 200 to each request.
+    fn tls_server(pki: &Pki) -> (u16, mpsc::Receiver<TlsSeen>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(vec![pki.server_cert.clone()], pki.server_key.clone_key())
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(mut tcp) = tcp else { return };
+                tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+                let mut handshake = Ok(());
+                while conn.is_handshaking() {
+                    if let Err(e) = conn.complete_io(&mut tcp) {
+                        handshake = Err(e.to_string());
+                        break;
+                    }
+                }
+                let client_cert = conn
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .map(|c| c.to_vec());
+                let mut request = None;
+                if handshake.is_ok() {
+                    let mut stream = rustls::StreamOwned::new(conn, tcp);
+                    let (head, body) = read_request_from(&mut stream);
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.flush();
+                    stream.conn.send_close_notify();
+                    let _ = stream.conn.complete_io(&mut stream.sock);
+                    request = Some((head, body));
+                }
+                let seen = TlsSeen {
+                    handshake,
+                    client_cert,
+                    request,
+                };
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    fn tls_options(port: u16, host: &str, tls: WebhookTls) -> WebhookOptions {
+        WebhookOptions {
+            timeout: Duration::from_secs(10),
+            tls,
+            ..options(format!("https://{host}:{port}/hook"))
+        }
+    }
+
+    #[test]
+    fn webhook_posts_over_tls_with_a_private_ca_and_a_client_certificate() {
+        let pki = Pki::new("ok");
+        let (port, rx) = tls_server(&pki);
+        for host in ["localhost", "127.0.0.1"] {
+            let webhook = Webhook::start(tls_options(port, host, pki.tls(true, true))).unwrap();
+            let event = alert_event();
+            webhook.send(event.alert());
+            let seen = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(seen.handshake, Ok(()));
+            assert_eq!(
+                seen.client_cert.as_deref(),
+                Some(pki.client_cert.as_ref()),
+                "the agent presented its client certificate"
+            );
+            let (head, body) = seen.request.expect("a request");
+            assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["id"], event.alert().id.as_str());
+            assert!(webhook.wait_until(Duration::from_secs(10), |s| s.sent_total == 1));
+            assert_eq!(webhook.stats().failures_total, 0);
+            webhook.shutdown(Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn webhook_tls_fails_without_the_ca_or_the_client_certificate() {
+        let pki = Pki::new("refused");
+        let (port, rx) = tls_server(&pki);
+        // The public roots do not know the test CA: the agent refuses the server.
+        let webhook = Webhook::start(tls_options(port, "localhost", pki.tls(false, true))).unwrap();
+        webhook.send(alert_event().alert());
+        assert!(webhook.wait_until(Duration::from_secs(20), |s| s.failures_total == 1));
+        assert_eq!(webhook.stats().sent_total, 0);
+        let seen = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(seen.handshake.is_err() && seen.request.is_none());
+        webhook.shutdown(Duration::ZERO);
+        // The same client, directly: the reason is the unknown issuer.
+        let agent = tls_options(port, "localhost", pki.tls(false, true))
+            .agent()
+            .unwrap();
+        let err = agent
+            .post(format!("https://localhost:{port}/hook"))
+            .send(&b"{}"[..])
+            .unwrap_err();
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        let _ = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        // No client certificate: the server refuses the agent.
+        let webhook = Webhook::start(tls_options(port, "localhost", pki.tls(true, false))).unwrap();
+        webhook.send(alert_event().alert());
+        assert!(webhook.wait_until(Duration::from_secs(20), |s| s.failures_total == 1));
+        assert_eq!(webhook.stats().sent_total, 0);
+        let seen = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(seen.request.is_none() && seen.client_cert.is_none());
+        assert!(
+            seen.handshake
+                .as_ref()
+                .is_err_and(|e| e.contains("no certificates")),
+            "{:?}",
+            seen.handshake
+        );
+        webhook.shutdown(Duration::ZERO);
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_the_channel_starts() {
+        let pki = Pki::new("files");
+        let start = |tls: WebhookTls| {
+            Webhook::start(tls_options(1, "localhost", tls)).map(|w| w.shutdown(Duration::ZERO))
+        };
+        let missing = pki.dir.join("nope.pem");
+        let err = start(WebhookTls {
+            ca_file: Some(missing.clone()),
+            ..WebhookTls::default()
+        })
+        .unwrap_err();
+        assert!(matches!(&err, ChannelError::TlsFile { path, .. } if *path == missing));
+        assert!(crate::error_chain(&err).contains("nope.pem"), "{err}");
+        // A key where a certificate is expected, and the other way round.
+        let err = start(WebhookTls {
+            ca_file: Some(pki.dir.join("client.key")),
+            ..WebhookTls::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ChannelError::NoCertificate { .. }), "{err}");
+        let err = start(WebhookTls {
+            client_cert: Some(pki.dir.join("client.pem")),
+            client_key: Some(pki.dir.join("ca.pem")),
+            ..WebhookTls::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ChannelError::NoPrivateKey { .. }), "{err}");
+        let err = start(WebhookTls {
+            client_cert: Some(pki.dir.join("client.pem")),
+            ..WebhookTls::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ChannelError::ClientCertPair), "{err}");
+        start(pki.tls(true, true)).expect("good files");
     }
 
     #[test]

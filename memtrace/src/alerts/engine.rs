@@ -669,6 +669,23 @@ impl AlertEngine {
         }
     }
 
+    /// Resolves (automatically) the active alerts whose process is gone: `alive(alert)` says whether
+    /// the process the alert is about still runs (for restored alerts at start:
+    /// `os::procfs::process_alive_since(pid, comm, timestamp)`, which also tells a reused PID).
+    pub fn resolve_gone(&mut self, alive: impl Fn(&Alert) -> bool, now_ms: u64) -> Vec<AlertEvent> {
+        let mut gone: Vec<(u32, Trigger)> = self
+            .active
+            .iter()
+            .filter(|(_, a)| !alive(&a.alert))
+            .map(|(&key, _)| key)
+            .collect();
+        gone.sort_by_key(|&(pid, t)| (pid, t.as_str()));
+        gone.into_iter()
+            .filter_map(|key| self.finish(key, ResolvedBy::Auto, now_ms))
+            .map(AlertEvent::Resolved)
+            .collect()
+    }
+
     fn finish(&mut self, key: (u32, Trigger), by: ResolvedBy, now_ms: u64) -> Option<Alert> {
         let mut alert = self.active.remove(&key)?.alert;
         alert.resolved = true;
@@ -1407,6 +1424,28 @@ mod tests {
         e.check_thresholds(&proc(1, "a", 100), T0 + 2 * MIN);
         let events = e.check_thresholds(&proc(1, "a", 100), T0 + 7 * MIN);
         assert!(matches!(&events[0], AlertEvent::Resolved(a) if a.context.pid == 1));
+    }
+
+    /// Guards issue 11 item 7: restored alerts about processes that are gone are resolved at once
+    /// (`resolvedBy: auto`); the others stay active.
+    #[test]
+    fn resolve_gone_resolves_only_dead_processes() {
+        let mut first = engine();
+        first.check_thresholds(&proc(1, "a", 250), T0);
+        first.check_thresholds(&proc(2, "b", 250), T0);
+        first.check_thresholds(&traced(3, 400 * MB, 100 * MB), T0);
+        let saved: Vec<Alert> = first.all_recent(100).into_iter().cloned().collect();
+        let mut e = engine();
+        e.restore(saved);
+        assert_eq!(e.active().len(), 5);
+        let events = e.resolve_gone(|a| a.context.pid == 2, T0 + 1);
+        assert_eq!(events.len(), 4);
+        assert!(events.iter().all(|ev| matches!(ev,
+            AlertEvent::Resolved(a) if a.resolved_by == Some(ResolvedBy::Auto)
+                && a.resolved_at == Some(T0 + 1) && a.context.pid != 2)));
+        let active: Vec<u32> = e.active().iter().map(|a| a.context.pid).collect();
+        assert_eq!(active, [2]);
+        assert!(e.resolve_gone(|_| true, T0 + 2).is_empty());
     }
 
     #[test]

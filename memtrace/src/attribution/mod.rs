@@ -66,8 +66,68 @@ fn is_allocation_wrapper(function: &str) -> bool {
     PREFIXES.iter().any(|p| function.starts_with(p)) || NAMES.contains(&function)
 }
 
+/// Allocation wrappers of common runtimes and libraries, skipped like the configured ones (exact
+/// names, or prefixes ending in `*`):
+/// - CPython's allocator API: `PyMem_*`, `_PyMem_*`, `PyObject_Malloc`/`Calloc`/`Realloc`/`Free`
+///   and their `_PyObject_*` implementations, `pymalloc_*`, `_PyObject_New*`/`_PyObject_GC_*`
+///   allocation entry points;
+/// - GLib: `g_malloc*`, `g_try_malloc*`, `g_realloc*`, `g_try_realloc*`, `g_new*` helpers,
+///   `g_slice_alloc*`, `g_memdup*`, `g_strdup*`;
+/// - the `xmalloc` family of GNU programs: `xmalloc`, `xcalloc`, `xrealloc`, `xzalloc`,
+///   `xmemdup`, `xstrdup`, `ximalloc`, `xicalloc`, `xcharalloc`, `xnmalloc`, `x2realloc`,
+///   `x2nrealloc`, `xireallocarray`, `xreallocarray`;
+/// - `strdup`-style copies outside libc: `strdup`, `strndup`.
+pub const BUILTIN_WRAPPERS: &[&str] = &[
+    "PyMem_*",
+    "_PyMem_*",
+    "PyObject_Malloc",
+    "PyObject_Calloc",
+    "PyObject_Realloc",
+    "PyObject_Free",
+    "_PyObject_Malloc",
+    "_PyObject_Calloc",
+    "_PyObject_Realloc",
+    "pymalloc_*",
+    "_PyObject_New*",
+    "_PyObject_GC_New*",
+    "_PyObject_GC_Link",
+    "gc_alloc",
+    "g_malloc*",
+    "g_try_malloc*",
+    "g_realloc*",
+    "g_try_realloc*",
+    "g_slice_alloc*",
+    "g_memdup*",
+    "g_strdup*",
+    "g_strndup",
+    "xmalloc",
+    "xcalloc",
+    "xrealloc",
+    "xzalloc",
+    "xmemdup",
+    "xstrdup",
+    "ximalloc",
+    "xicalloc",
+    "xcharalloc",
+    "xnmalloc",
+    "x2realloc",
+    "x2nrealloc",
+    "xireallocarray",
+    "xreallocarray",
+    "strdup",
+    "strndup",
+];
+
+fn is_builtin_wrapper(function: &str) -> bool {
+    BUILTIN_WRAPPERS.iter().any(|w| match w.strip_suffix('*') {
+        Some(prefix) => function.starts_with(prefix),
+        None => *w == function,
+    })
+}
+
 /// Index of the frame a site is attributed to: the first outside the allocator, libstdc++'s
-/// `operator new` and the configured wrappers; the immediate caller when every frame is skipped.
+/// `operator new`, the built-in wrappers ([`BUILTIN_WRAPPERS`]) and the configured ones; the
+/// immediate caller when every frame is skipped.
 pub fn attributed_frame(frames: &[Frame], wrappers: &[String]) -> usize {
     frames
         .iter()
@@ -76,6 +136,7 @@ pub fn attributed_frame(frames: &[Frame], wrappers: &[String]) -> usize {
             !(is_allocator_module(&frame.module)
                 || is_allocation_wrapper(function)
                 || (frame.module.starts_with("libstdc++") && function.starts_with("operator new"))
+                || is_builtin_wrapper(function)
                 || wrappers.iter().any(|w| w == function))
         })
         .unwrap_or(0)
@@ -150,8 +211,8 @@ pub struct ConsumerReport {
     /// Call sites beyond the accounting's site limit, merged into one overflow site.
     pub overflowed_sites: u64,
     pub leaks: Vec<LeakGroup>,
-    /// Every call site with live memory and its whole symbolized stack (for flame graphs and
-    /// profiles; not part of the JSON).
+    /// Every call site that allocated since tracing began (live memory or not) and its whole
+    /// symbolized stack (for flame graphs and profiles; not part of the JSON).
     #[serde(skip)]
     pub sites: Vec<SiteLive>,
 }
@@ -173,8 +234,21 @@ impl ConsumerReport {
 pub struct SiteLive {
     pub kind: SiteClass,
     pub frames: Vec<Frame>,
+    /// Bytes and allocations of this site still live.
     pub live_bytes: u64,
     pub live_count: u64,
+    /// Index in `frames` of the frame the site is attributed to: the ones before it are the
+    /// allocator and its wrappers (0 when there are none, or no frames).
+    pub attributed: usize,
+    /// The consumer's name: the attributed frame's function, or `[unknown]`/`[overflow]` for a
+    /// site without frames.
+    pub consumer: String,
+    /// Allocations and bytes made by this site since tracing began, freed or not.
+    pub total_calls: u64,
+    pub total_bytes: u64,
+    /// A mapping or break growth made by the allocator itself in a process whose heap is traced
+    /// (see [`ConsumerMetadata::allocator_internal`]).
+    pub allocator_internal: bool,
 }
 
 /// What attribution needs of one process: a copy of its call sites and a summary of its old live
@@ -302,9 +376,14 @@ impl Attributor {
             };
             if let Some(frames) = frames {
                 // The first entry is the instruction pointer inside the allocator (or the syscall
-                // wrapper); the caller read at the stack pointer replaces it.
+                // wrapper); the caller read at the stack pointer replaces it. The unwinder's next
+                // frame is that same caller when the first frame could be unwound: kept once.
                 let skip = usize::from(key.caller != 0);
-                addrs.extend(frames.into_iter().skip(skip).filter(|&a| a != 0));
+                let mut rest = frames.into_iter().skip(skip).filter(|&a| a != 0).peekable();
+                if key.caller != 0 && rest.peek() == Some(&key.caller) {
+                    rest.next();
+                }
+                addrs.extend(rest);
             }
         }
         let depth = (self.config.stack_trace_depth as usize).max(1);
@@ -369,14 +448,20 @@ impl Attributor {
         let mut sites = Vec::new();
         for &(site_id, ref stats) in &state.sites {
             let attributed = self.attribute_site(&inner, state, stats.key, stacks);
-            if stats.live_bytes > 0 {
-                sites.push(SiteLive {
-                    kind: stats.key.class,
-                    frames: attributed.frames.clone(),
-                    live_bytes: stats.live_bytes,
-                    live_count: stats.live_count,
-                });
-            }
+            let allocator_internal = state.heap_traced
+                && stats.key.class != SiteClass::Malloc
+                && attributed.library.starts_with("libc");
+            sites.push(SiteLive {
+                kind: stats.key.class,
+                frames: attributed.frames.clone(),
+                live_bytes: stats.live_bytes,
+                live_count: stats.live_count,
+                attributed: attributed.skipped,
+                consumer: attributed.name.clone(),
+                total_calls: stats.total_calls,
+                total_bytes: stats.total_bytes,
+                allocator_internal,
+            });
             site_consumer.insert(
                 site_id,
                 (
@@ -405,9 +490,7 @@ impl Attributor {
                         suspicious: false,
                         over_limit: false,
                         skipped_frames: attributed.skipped,
-                        allocator_internal: state.heap_traced
-                            && stats.key.class != SiteClass::Malloc
-                            && attributed.library.starts_with("libc"),
+                        allocator_internal,
                     },
                 });
             consumer.allocated_memory += stats.live_bytes;
@@ -521,6 +604,7 @@ impl Attributor {
 
     /// Forgets what was cached about a process that is gone.
     pub fn forget(&mut self, pid: u32) {
+        self.symbolizer.forget(pid);
         self.sites.retain(|(p, _, _), _| *p != pid);
         self.peaks.retain(|(p, _, _), _| *p != pid);
     }
@@ -559,11 +643,32 @@ mod tests {
     #[test]
     fn configured_wrappers_are_skipped() {
         let frames = [
-            frame("libglib.so", "g_malloc"),
+            frame("libapp.so", "app_alloc"),
             frame("libgtk.so", "gtk_widget_new"),
         ];
         assert_eq!(attributed_frame(&frames, &[]), 0);
-        assert_eq!(attributed_frame(&frames, &["g_malloc".to_string()]), 1);
+        assert_eq!(attributed_frame(&frames, &["app_alloc".to_string()]), 1);
+    }
+
+    #[test]
+    fn builtin_wrappers_are_skipped() {
+        let frames = [
+            frame("libglib-2.0.so.0", "g_malloc0_n"),
+            frame("libgtk.so", "gtk_widget_new"),
+        ];
+        assert_eq!(attributed_frame(&frames, &[]), 1);
+        let frames = [
+            frame("python3.11", "_PyObject_Malloc"),
+            frame("python3.11", "PyObject_Malloc"),
+            frame("python3.11", "PyMem_Realloc"),
+            frame("python3.11", "PyByteArray_Resize"),
+        ];
+        assert_eq!(attributed_frame(&frames, &[]), 3);
+        let frames = [frame("sort", "xmalloc"), frame("sort", "sort_buffer")];
+        assert_eq!(attributed_frame(&frames, &[]), 1);
+        // A prefix matches only where the list says so.
+        let frames = [frame("app", "xmallocator"), frame("app", "main")];
+        assert_eq!(attributed_frame(&frames, &[]), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 pub use blazesym::symbolize::Symbolizer as Blazesym;
@@ -31,6 +32,28 @@ pub struct Frame {
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The source file with its directory as the debug information names it (`file` is its last
+    /// component). Not part of the JSON.
+    #[serde(skip)]
+    pub source_path: Option<String>,
+    /// The mapping of the object the address is in, as the process had it (pprof's mappings are
+    /// made from these). Not part of the JSON.
+    #[serde(skip)]
+    pub object: Option<Arc<MappedObject>>,
+}
+
+/// One mapping of an object file in a process: what a pprof `Mapping` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MappedObject {
+    /// Address range `[start, end)` of the mapping.
+    pub start: u64,
+    pub end: u64,
+    /// File offset mapped at `start`.
+    pub offset: u64,
+    /// Path of the object as the process sees it.
+    pub path: String,
+    /// GNU build id in lowercase hex, when the object has one.
+    pub build_id: Option<String>,
 }
 
 impl Frame {
@@ -43,8 +66,12 @@ impl Frame {
         }
     }
 
-    /// `function (module+0xoffset) file:line`, or `module+0xoffset` without a symbol.
+    /// `function (module+0xoffset) file:line`, or `module+0xoffset` without a symbol; `[jit]` for
+    /// JIT code the runtime did not name.
     pub fn display(&self) -> String {
+        if self.module == JIT && self.function.is_none() {
+            return JIT.into();
+        }
         let location = format!("{}+{:#x}", self.module, self.offset);
         let mut text = match &self.function {
             Some(function) => format!("{function} ({location})"),
@@ -60,11 +87,23 @@ impl Frame {
         text
     }
 
-    /// The function name, or `module+0xoffset`.
+    /// The function name, or `module+0xoffset` (`[jit]` for unnamed JIT code).
     pub fn name(&self) -> String {
+        if self.module == JIT && self.function.is_none() {
+            return JIT.into();
+        }
         self.function
             .clone()
             .unwrap_or_else(|| format!("{}+{:#x}", self.module, self.offset))
+    }
+}
+
+/// The GNU build id of an ELF object in lowercase hex, if it has one and can be read.
+pub fn build_id(path: &Path) -> Option<String> {
+    let file = crate::os::files::open_regular(path).ok()?;
+    match blazesym::helper::read_elf_build_id(&crate::os::files::reopen_path(&file)) {
+        Ok(Some(id)) if !id.is_empty() => Some(id.iter().map(|b| format!("{b:02x}")).collect()),
+        _ => None,
     }
 }
 
@@ -72,14 +111,29 @@ impl Frame {
 struct Resolved {
     function: Option<String>,
     file: Option<String>,
+    source_path: Option<String>,
     line: Option<u32>,
 }
+
+/// What identifies an object file: its build id when it has one.
+#[derive(Clone, Debug)]
+struct ObjectKey {
+    /// The build id (hex), else the path: the cache key of its symbols.
+    key: String,
+    build_id: Option<String>,
+}
+
+/// The module name of frames in JIT code (anonymous executable memory of a process that writes a
+/// perf map).
+pub const JIT: &str = "[jit]";
 
 /// A cache keyed by object (build id, else path) and file offset in front of blazesym. blazesym's
 /// own symbolizer is not `Send`, so callers make one per batch of lookups and pass it in.
 pub struct Symbolizer {
     cache: HashMap<(String, u64), Resolved>,
-    keys: HashMap<PathBuf, String>,
+    keys: HashMap<PathBuf, ObjectKey>,
+    /// JIT symbols of processes, from their `/tmp/perf-PID.map`.
+    perf_maps: HashMap<u32, PerfMap>,
     /// Frames that could not be named (shown as `module+0xoffset`).
     pub unnamed: u64,
 }
@@ -97,17 +151,21 @@ impl Symbolizer {
         Self {
             cache: HashMap::new(),
             keys: HashMap::new(),
+            perf_maps: HashMap::new(),
             unnamed: 0,
         }
     }
 
-    fn key(&mut self, path: &Path) -> String {
+    fn key(&mut self, path: &Path) -> ObjectKey {
         if let Some(key) = self.keys.get(path) {
             return key.clone();
         }
-        let key = match blazesym::helper::read_elf_build_id(&path) {
-            Ok(Some(id)) => id.iter().map(|b| format!("{b:02x}")).collect(),
-            _ => path.display().to_string(),
+        let build_id = build_id(path);
+        let key = ObjectKey {
+            key: build_id
+                .clone()
+                .unwrap_or_else(|| path.display().to_string()),
+            build_id,
         };
         self.keys.insert(path.to_path_buf(), key.clone());
         key
@@ -117,11 +175,12 @@ impl Symbolizer {
     /// `module+0xoffset` (or `[unknown]+0xaddr`).
     pub fn frame(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Frame {
         let Some(module) = modules.find(addr) else {
-            return Frame::unknown(addr);
+            return self.jit_frame(modules.pid(), addr);
         };
         let offset = addr - module.start + module.offset;
         let path = module.open_path.clone();
-        let key = (self.key(&path), offset);
+        let object = self.key(&path);
+        let key = (object.key, offset);
         let resolved = match self.cache.get(&key) {
             Some(resolved) => resolved.clone(),
             None => {
@@ -143,27 +202,181 @@ impl Symbolizer {
             function: resolved.function,
             file: resolved.file,
             line: resolved.line,
+            source_path: resolved.source_path,
+            object: Some(Arc::new(MappedObject {
+                start: module.start,
+                end: module.end,
+                offset: module.offset,
+                path: module.path.clone(),
+                build_id: object.build_id,
+            })),
         }
     }
 }
 
+impl Symbolizer {
+    /// A frame outside every mapped file: named from the process's perf map when it writes one
+    /// (`[jit]` when the map does not name the address), else `[unknown]`.
+    fn jit_frame(&mut self, pid: u32, addr: u64) -> Frame {
+        if pid == 0 {
+            return Frame::unknown(addr);
+        }
+        let map = self.perf_maps.entry(pid).or_default();
+        map.refresh(pid);
+        if !map.present {
+            return Frame::unknown(addr);
+        }
+        let function = map.find(addr).map(str::to_string);
+        if function.is_none() {
+            self.unnamed += 1;
+        }
+        Frame {
+            addr,
+            module: JIT.into(),
+            offset: addr,
+            function,
+            ..Frame::default()
+        }
+    }
+
+    /// Forgets the perf map of a process that is gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.perf_maps.remove(&pid);
+    }
+}
+
+/// Largest perf map read (runtimes append to it for as long as they run).
+const PERF_MAP_MAX_BYTES: u64 = 64 << 20;
+
+/// The JIT symbols a runtime wrote to `/tmp/perf-PID.map` (`START SIZE name` per line, hex),
+/// read through the process's root and re-read when the file grew.
+#[derive(Debug, Default)]
+struct PerfMap {
+    present: bool,
+    /// (start, end, name) sorted by start; a later line for the same range wins.
+    symbols: Vec<(u64, u64, String)>,
+    read_bytes: u64,
+    checked: Option<std::time::Instant>,
+}
+
+impl PerfMap {
+    fn refresh(&mut self, pid: u32) {
+        // At most one look at the file per second per process.
+        if self
+            .checked
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.checked = Some(std::time::Instant::now());
+        let Some(changed) = read_perf_map(pid, self.read_bytes) else {
+            return;
+        };
+        self.present = true;
+        if let Some(text) = changed {
+            self.read_bytes = text.len() as u64;
+            self.symbols = parse_perf_map(&text);
+        }
+    }
+
+    fn find(&self, addr: u64) -> Option<&str> {
+        let index = self.symbols.partition_point(|(start, _, _)| *start <= addr);
+        let (_, end, name) = self.symbols.get(index.checked_sub(1)?)?;
+        (addr < *end).then_some(name.as_str())
+    }
+}
+
+/// `None` when the process has no perf map; `Some(None)` when it still has `known` bytes; else its
+/// text. The file
+/// is controlled by the traced process: opened through its root without following a final
+/// symlink and without blocking (a FIFO), it must be a regular file, and is read up to a bound.
+fn read_perf_map(pid: u32, known: u64) -> Option<Option<String>> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    // The file is named after the pid the process sees in its own namespace.
+    let nspid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last())
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(pid);
+    let path = format!("/proc/{pid}/root/tmp/perf-{nspid}.map");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let size = meta.len().min(PERF_MAP_MAX_BYTES);
+    if size == known {
+        return Some(None);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(PERF_MAP_MAX_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// `START SIZE name` lines (hex, with or without `0x`); malformed lines are skipped.
+fn parse_perf_map(text: &str) -> Vec<(u64, u64, String)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let mut symbols: Vec<(u64, u64, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let start = hex(parts.next()?)?;
+            let size = hex(parts.next()?)?;
+            let name = parts.next()?.trim();
+            (size > 0 && !name.is_empty())
+                .then(|| (start, start.saturating_add(size), name.to_string()))
+        })
+        .collect();
+    // Stable: of two entries for one start, the later line (newer code) is kept.
+    symbols.sort_by_key(|(start, _, _)| *start);
+    symbols.reverse();
+    symbols.dedup_by_key(|(start, _, _)| *start);
+    symbols.reverse();
+    symbols
+}
+
 fn lookup(inner: &Blazesym, path: &Path, offset: u64) -> Resolved {
-    let source = Source::Elf(Elf::new(path));
+    // The file belongs to a traced process: blazesym opens it through a descriptor checked to be a
+    // regular file (a FIFO put in its place must not hang the symbolizer).
+    let Ok(file) = crate::os::files::open_regular(path) else {
+        return Resolved {
+            function: None,
+            file: None,
+            source_path: None,
+            line: None,
+        };
+    };
+    let source = Source::Elf(Elf::new(crate::os::files::reopen_path(&file)));
     match inner.symbolize_single(&source, Input::FileOffset(offset)) {
         Ok(Symbolized::Sym(sym)) => {
-            let (file, line) = match &sym.code_info {
-                Some(info) => (Some(info.file.to_string_lossy().into_owned()), info.line),
-                None => (None, None),
+            let (file, source_path, line) = match &sym.code_info {
+                Some(info) => (
+                    Some(info.file.to_string_lossy().into_owned()),
+                    Some(info.to_path().to_string_lossy().into_owned()),
+                    info.line,
+                ),
+                None => (None, None, None),
             };
             Resolved {
                 function: Some(sym.name.to_string()),
                 file,
+                source_path,
                 line,
             }
         }
         _ => Resolved {
             function: None,
             file: None,
+            source_path: None,
             line: None,
         },
     }
@@ -196,6 +409,28 @@ mod tests {
     }
 
     #[test]
+    fn perf_map_lines() {
+        let symbols = parse_perf_map(
+            "7f0000001000 40 LazyCompile:*grow /app/x.js:3\n\
+             garbage\n\
+             0x7f0000002000 0x10 Builtin:ArrayPush\n\
+             7f0000001000 20 LazyCompile:~grow /app/x.js:3\n",
+        );
+        let map = PerfMap {
+            present: true,
+            symbols,
+            ..PerfMap::default()
+        };
+        assert_eq!(
+            map.find(0x7f00_0000_1010),
+            Some("LazyCompile:~grow /app/x.js:3")
+        );
+        assert_eq!(map.find(0x7f00_0000_2008), Some("Builtin:ArrayPush"));
+        assert_eq!(map.find(0x7f00_0000_2010), None);
+        assert_eq!(map.find(0x10), None);
+    }
+
+    #[test]
     fn symbolizes_this_test_binary() {
         // A function of this very binary, found through our own mappings.
         let maps = crate::os::procfs::maps(std::process::id()).expect("own maps");
@@ -208,6 +443,24 @@ mod tests {
                 .function
                 .as_deref()
                 .is_some_and(|f| f.contains("symbolizes_this_test_binary")),
+            "{frame:?}"
+        );
+        // The mapping it is in, with this binary's path and build id, and the source path.
+        let object = frame.object.as_deref().expect("a mapped object");
+        assert!(object.start <= addr && addr < object.end, "{object:?}");
+        let exe = std::fs::read_link("/proc/self/exe").expect("own exe");
+        assert_eq!(Path::new(&object.path), exe);
+        let build_id = blazesym::helper::read_elf_build_id(&exe)
+            .expect("readable")
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(object.build_id, build_id);
+        assert_eq!(super::build_id(&exe), build_id);
+        assert_eq!(frame.file.as_deref(), Some("symbols.rs"));
+        assert!(
+            frame
+                .source_path
+                .as_deref()
+                .is_some_and(|p| p.ends_with("attribution/symbols.rs")),
             "{frame:?}"
         );
     }

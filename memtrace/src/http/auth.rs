@@ -96,6 +96,18 @@ pub(super) async fn guard(State(state): State<AppState>, request: Request, next:
     let method = request.method().clone();
     let path = request.uri().path().to_string();
 
+    // One `Host` only: with two, one check could read one and a proxy act on the other.
+    if request.headers().get_all(header::HOST).iter().count() > 1 {
+        let peer = peer(request.extensions());
+        return refuse(
+            &method,
+            &path,
+            &peer,
+            StatusCode::BAD_REQUEST,
+            "more than one Host header",
+        );
+    }
+
     if state.loopback {
         let host = request
             .headers()
@@ -156,6 +168,24 @@ pub(super) async fn guard(State(state): State<AppState>, request: Request, next:
             refuse(&method, &path, &peer, StatusCode::UNAUTHORIZED, reason)
         }
     }
+}
+
+/// Headers every answer carries: `X-Content-Type-Options: nosniff` (no answer is ever read as
+/// another type than the one it says), and on every 401 the `WWW-Authenticate` challenge.
+pub(super) async fn answer_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"memtrace\""),
+        );
+    }
+    response
 }
 
 /// Extractor that lets a request through when its `Origin` is absent (not a browser) or the

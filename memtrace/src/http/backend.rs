@@ -15,6 +15,7 @@ use crate::{
         Report, Status, StreamEvent, TraceStarted, TraceStopped,
     },
     events::Kind,
+    reports::HeapProfile,
     snapshot::ProcessSnapshot,
 };
 
@@ -67,6 +68,10 @@ pub trait Backend: Send + Sync + 'static {
     fn flamegraph_svg(&self, pid: Option<u32>) -> Result<String, BackendError>;
     /// Live allocations of a process as a gzipped pprof profile.
     fn pprof(&self, pid: u32) -> Result<Vec<u8>, BackendError>;
+    /// The profile Parca and Pyroscope scrape (`/debug/pprof/heap` or `allocs`) of a process.
+    fn heap_profile(&self, pid: u32, kind: HeapProfile) -> Result<Vec<u8>, BackendError>;
+    /// Traced processes (with consumers) as `(pid, comm)`, for scrape target discovery.
+    fn profiled_processes(&self) -> Vec<(u32, String)>;
     /// The figures behind `/metrics`.
     fn metrics(&self) -> MetricsInput;
     /// A receiver of the live stream. Each WebSocket client gets its own.
@@ -100,6 +105,17 @@ pub struct MetricsInput {
     pub consumers_evicted_total: u64,
     pub webhook_sent_total: u64,
     pub webhook_failures_total: u64,
+    /// Alert events dropped from the webhook's full queue (or still queued at shutdown).
+    pub webhook_dropped_total: u64,
+    /// Writes to the data directory that failed (snapshots, alerts, consumers, retention).
+    pub store_write_failures_total: u64,
+    /// Corrupted, partial or over-long lines of data files skipped when reading them.
+    pub store_skipped_lines_total: u64,
+    /// Snapshots not taken because the analysis side was behind.
+    pub snapshots_dropped_total: u64,
+    /// Heap tracings of a process started and stopped (requests, drill-downs, exits).
+    pub heap_traces_started_total: u64,
+    pub heap_traces_stopped_total: u64,
     /// Processes whose malloc family is traced on request (drill-downs).
     pub drilldowns_active: u64,
     /// The agent's own CPU time (user + system).
@@ -123,6 +139,12 @@ impl Default for MetricsInput {
             consumers_evicted_total: 0,
             webhook_sent_total: 0,
             webhook_failures_total: 0,
+            webhook_dropped_total: 0,
+            store_write_failures_total: 0,
+            store_skipped_lines_total: 0,
+            snapshots_dropped_total: 0,
+            heap_traces_started_total: 0,
+            heap_traces_stopped_total: 0,
             drilldowns_active: 0,
             agent_cpu_seconds_total: 0.0,
             agent_rss_bytes: 0,

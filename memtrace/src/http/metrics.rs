@@ -404,6 +404,33 @@ pub fn render(input: &MetricsInput) -> Result<String, MetricsError> {
         "Alert events the webhook did not accept after the retries.",
         input.webhook_failures_total as f64,
     )?;
+    counter(
+        "memtrace_webhook_dropped_total",
+        "Alert events dropped from the webhook's full queue.",
+        input.webhook_dropped_total as f64,
+    )?;
+    counter(
+        "memtrace_store_write_failures_total",
+        "Writes to the data directory that failed.",
+        input.store_write_failures_total as f64,
+    )?;
+    counter(
+        "memtrace_store_skipped_lines_total",
+        "Corrupted, partial or over-long lines of data files skipped when read.",
+        input.store_skipped_lines_total as f64,
+    )?;
+    counter(
+        "memtrace_snapshots_dropped_total",
+        "Snapshots not taken because the analysis side was behind.",
+        input.snapshots_dropped_total as f64,
+    )?;
+    let traces = scrape.counter(
+        "memtrace_heap_traces_total",
+        "Heap tracings of a process started and stopped (requests, drill-downs, exits).",
+        &["event"],
+    )?;
+    traces.set(&["started"], input.heap_traces_started_total as f64)?;
+    traces.set(&["stopped"], input.heap_traces_stopped_total as f64)?;
     gauge(
         "memtrace_drilldowns_active",
         "Processes whose malloc family is traced on request.",
@@ -619,6 +646,11 @@ mod tests {
         "memtrace_consumers_evicted_total",
         "memtrace_webhook_sent_total",
         "memtrace_webhook_failures_total",
+        "memtrace_webhook_dropped_total",
+        "memtrace_store_write_failures_total",
+        "memtrace_store_skipped_lines_total",
+        "memtrace_snapshots_dropped_total",
+        "memtrace_heap_traces_total",
         "memtrace_drilldowns_active",
         "memtrace_agent_cpu_seconds_total",
         "memtrace_agent_rss_bytes",

@@ -360,6 +360,7 @@ impl Backend for MockBackend {
             events_received: 12345,
             events_lost: 0,
             snapshots_dropped: 0,
+            failures: crate::api::Failures::default(),
             snapshot_interval: 30,
             analysis_interval: 120,
             pid: 1,
@@ -449,6 +450,7 @@ impl Backend for MockBackend {
             library: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
             attached: vec!["malloc".into(), "free".into()],
             missing: Vec::new(),
+            placements: Vec::new(),
         })
     }
 
@@ -520,6 +522,18 @@ impl Backend for MockBackend {
             return Err(BackendError::NotFound(format!("pid {pid} is not traced")));
         }
         Ok(MOCK_PPROF.to_vec())
+    }
+
+    fn heap_profile(
+        &self,
+        pid: u32,
+        _kind: crate::reports::HeapProfile,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.pprof(pid)
+    }
+
+    fn profiled_processes(&self) -> Vec<(u32, String)> {
+        vec![(100, "node".into())]
     }
 
     fn metrics(&self) -> MetricsInput {

@@ -24,6 +24,7 @@ use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use axum::{
@@ -40,6 +41,7 @@ pub use self::{
         ProcessMetrics, DEFAULT_METRICS_TOP_K,
     },
     metrics::{render as render_metrics, MetricsError},
+    routes::{check_query, QueryParams},
 };
 pub use crate::api::StreamEvent;
 
@@ -129,8 +131,22 @@ pub async fn serve(
     serve_listener(listener, token, backend, shutdown).await
 }
 
+/// Open connections at most; more are closed at once (each holds a descriptor and buffers).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must send a request's whole header within this time, or the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request header accepted (the connection is closed beyond it).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long open connections are given to finish when the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves on a bound listener (e.g. one bound to port 0) until `shutdown` completes. The same
 /// checks as [`serve`] apply to the listener's address.
+///
+/// Connections are bounded: at most [`MAX_CONNECTIONS`] at once, a request header must arrive
+/// whole within [`HEADER_READ_TIMEOUT`] and be at most [`MAX_HEADER_BYTES`]; on shutdown, open
+/// connections get [`SHUTDOWN_GRACE`] to finish, then are closed, so a slow client never holds the
+/// agent up.
 pub async fn serve_listener(
     listener: TcpListener,
     token: Option<String>,
@@ -149,16 +165,88 @@ pub async fn serve_listener(
     let stop = Arc::new(watch::channel(false).0);
     let app = router_with_shutdown(backend, HttpConfig { token, loopback }, stop.clone());
     log::info!("HTTP API on http://{local}/api/memory/status, dashboard on http://{local}/api/memory/dashboard");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        stop.send_replace(true);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut refused_logged = false;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors and the like: wait a moment rather than spin.
+                    log::warn!("accepting a connection: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if !refused_logged {
+                log::warn!(
+                    "{MAX_CONNECTIONS} connections open: closing new ones (from {peer}) until some end"
+                );
+                refused_logged = true;
+            }
+            continue;
+        };
+        refused_logged = false;
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        request
+                    },
+                )
+                .service(app.clone()),
+        );
+        let mut stopped = stop.subscribe();
+        connections.spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        log::debug!("connection from {peer}: {err}");
+                    }
+                }
+                () = stopping(&mut stopped) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
+                }
+            }
+        });
+    }
+    stop.send_replace(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
     })
-    .await
-    .map_err(HttpError::Serve)
+    .await;
+    if drained.is_err() {
+        log::debug!("closing the HTTP connections still open");
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// Returns once the server is stopping.
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn has_token(token: Option<&str>) -> bool {

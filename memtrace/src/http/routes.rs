@@ -47,12 +47,15 @@ pub(super) fn routes(state: AppState) -> Router {
         .route("/api/memory/export", get(export))
         .route("/api/memory/report", get(report))
         .route(auth::WS_PATH, get(ws::upgrade))
+        .route("/debug/pprof/targets", get(pprof_targets))
+        .route("/debug/pprof/{profile}", get(pprof_scrape))
         .route("/api/memory/dashboard", get(assets::index))
         .route("/api/memory/dashboard/", get(assets::index))
         .route("/api/memory/dashboard/{*file}", get(assets::file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(middleware::from_fn(auth::answer_headers))
         .with_state(state)
 }
 
@@ -260,9 +263,8 @@ enum ReportFormat {
     Pprof,
 }
 
-async fn report(State(state): State<AppState>, query: Params) -> Result<Response, ApiError> {
-    let params = params(query)?;
-    let format = match params.get("format").map(String::as_str) {
+fn report_format(params: &HashMap<String, String>) -> Result<ReportFormat, ApiError> {
+    Ok(match params.get("format").map(String::as_str) {
         None | Some("json") => ReportFormat::Json,
         Some("text") => ReportFormat::Text,
         Some("flamegraph") => ReportFormat::Flamegraph,
@@ -272,7 +274,55 @@ async fn report(State(state): State<AppState>, query: Params) -> Result<Response
                 "format must be json, text, flamegraph or pprof, not {other:?}"
             )))
         }
-    };
+    })
+}
+
+/// The query parameters of the routes, as [`check_query`] reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryParams {
+    /// `?count=` of `/history`.
+    pub count: usize,
+    /// `?minutes=` of `/growth`.
+    pub minutes: u32,
+    /// `?pid=` of `/consumers` and `/report`.
+    pub pid: Option<u32>,
+    /// `?format=` of `/report`.
+    pub format: &'static str,
+}
+
+/// Decodes a query string with the handlers' extractor and checks every parameter the routes read
+/// with the handlers' own functions. `Err` is the message answered with 400. A pure function, for
+/// the fuzz target `http_query` (`fuzz/`) and tests.
+pub fn check_query(query: &str) -> Result<QueryParams, String> {
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|e| format!("malformed request target: {e}"))?;
+    let checked = (|| {
+        let params = params(Query::try_from_uri(&uri))?;
+        let count = int_param(&params, "count", Some(HISTORY_DEFAULT), 1, HISTORY_MAX)?
+            .unwrap_or(HISTORY_DEFAULT);
+        let minutes = int_param(&params, "minutes", Some(GROWTH_DEFAULT), 1, GROWTH_MAX)?
+            .unwrap_or(GROWTH_DEFAULT);
+        let pid = pid_param(&params)?;
+        let format = match report_format(&params)? {
+            ReportFormat::Json => "json",
+            ReportFormat::Text => "text",
+            ReportFormat::Flamegraph => "flamegraph",
+            ReportFormat::Pprof => "pprof",
+        };
+        Ok::<_, ApiError>(QueryParams {
+            count,
+            minutes,
+            pid,
+            format,
+        })
+    })();
+    checked.map_err(|e| e.message)
+}
+
+async fn report(State(state): State<AppState>, query: Params) -> Result<Response, ApiError> {
+    let params = params(query)?;
+    let format = report_format(&params)?;
     let pid = pid_param(&params)?;
     match format {
         ReportFormat::Json => Ok(Json(blocking(&state, |b| b.report()).await?).into_response()),
@@ -314,5 +364,100 @@ async fn report(State(state): State<AppState>, query: Params) -> Result<Response
             }
             Ok(response)
         }
+    }
+}
+
+/// `GET /debug/pprof/heap?pid=N` and `/debug/pprof/allocs?pid=N`: a traced process's memory in the
+/// form Parca and Pyroscope scrape (Go's `net/http/pprof`).
+async fn pprof_scrape(
+    State(state): State<AppState>,
+    profile: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let Path(name) = profile.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let kind = crate::reports::HeapProfile::from_endpoint(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no profile {name:?}: memtrace serves heap and allocs"
+        ))
+    })?;
+    let params = params(query)?;
+    crate::reports::check_scrape_query(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Some(pid) = pid_param(&params)? else {
+        return Err(ApiError::bad_request(
+            "?pid= is needed: the process whose memory to profile",
+        ));
+    };
+    let profile = blocking(&state, move |b| b.heap_profile(pid, kind)).await??;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::reports::PPROF_CONTENT_TYPE),
+        )],
+        profile,
+    )
+        .into_response())
+}
+
+/// `GET /debug/pprof/targets`: the traced processes as Prometheus HTTP service discovery, with this
+/// agent's address as the scraper reached it.
+async fn pprof_targets(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ApiError::bad_request("a Host header is needed"))?
+        .to_string();
+    let processes = state.backend.profiled_processes();
+    let groups = crate::reports::scrape_targets(
+        &host,
+        processes.iter().map(|(pid, comm)| (*pid, comm.as_str())),
+    );
+    Ok(Json(groups).into_response())
+}
+
+#[cfg(test)]
+mod check_query_tests {
+    use super::*;
+
+    /// The pure query check the fuzz target `http_query` drives reads what the handlers read, with
+    /// their defaults and bounds.
+    #[test]
+    fn check_query_reads_the_routes_parameters() {
+        assert_eq!(
+            check_query(""),
+            Ok(QueryParams {
+                count: HISTORY_DEFAULT,
+                minutes: GROWTH_DEFAULT,
+                pid: None,
+                format: "json",
+            })
+        );
+        assert_eq!(
+            check_query("count=7&minutes=%2060&pid=42&format=pprof&other=x"),
+            Ok(QueryParams {
+                count: 7,
+                minutes: 60,
+                pid: Some(42),
+                format: "pprof",
+            })
+        );
+        for bad in [
+            "count=0",
+            "count=10001",
+            "minutes=-1",
+            "pid=0",
+            "pid=4194305",
+            "format=xml",
+        ] {
+            assert!(check_query(bad).is_err(), "{bad}");
+        }
+        let err = check_query("pid=%FF").unwrap_err();
+        assert!(err.contains("pid must be an integer"), "{err}");
+        let err = check_query("a b").unwrap_err();
+        assert!(err.contains("malformed request target"), "{err}");
     }
 }

@@ -844,3 +844,87 @@ async fn websocket_client_close_ends_the_stream() {
     stop_tx.send(()).expect("server running");
     server.await.expect("server task").expect("server result");
 }
+
+#[tokio::test]
+async fn pprof_scrape_routes_and_targets() {
+    let (app, _) = app(None, true);
+    let heap = get(&app, "/debug/pprof/heap?pid=100").await;
+    assert_eq!(heap.status, StatusCode::OK);
+    assert_eq!(
+        heap.header(header::CONTENT_TYPE),
+        "application/octet-stream"
+    );
+    assert_eq!(heap.body, MOCK_PPROF);
+    assert_eq!(
+        get(&app, "/debug/pprof/allocs?pid=100&gc=1").await.status,
+        StatusCode::OK
+    );
+    let message = get(&app, "/debug/pprof/heap?pid=100&seconds=30")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST);
+    assert!(message.contains("seconds=30"), "{message}");
+    get(&app, "/debug/pprof/heap?pid=100&debug=1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST);
+    get(&app, "/debug/pprof/heap")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST);
+    get(&app, "/debug/pprof/heap?pid=200")
+        .await
+        .assert_error(StatusCode::NOT_FOUND);
+    get(&app, "/debug/pprof/goroutine?pid=100")
+        .await
+        .assert_error(StatusCode::NOT_FOUND);
+    let targets = call(
+        &app,
+        Method::GET,
+        "/debug/pprof/targets",
+        &[("host", "127.0.0.1:10000")],
+    )
+    .await;
+    assert_eq!(targets.status, StatusCode::OK);
+    let json = targets.json();
+    assert_eq!(json[0]["targets"][0], "127.0.0.1:10000");
+    assert_eq!(json[0]["labels"]["__param_pid"], "100");
+    assert_eq!(json[0]["labels"]["service_name"], "node");
+}
+
+/// Guards: two `Host` headers are refused; every answer has `nosniff`; every 401 the challenge.
+#[tokio::test]
+async fn headers_every_answer_carries() {
+    let (app, _) = app(Some(TOKEN), true);
+    let two_hosts = call(
+        &app,
+        Method::GET,
+        "/api/memory/status",
+        &[("host", "127.0.0.1:1"), ("host", "evil.example")],
+    )
+    .await;
+    two_hosts.assert_error(StatusCode::BAD_REQUEST);
+    for (method, uri, token) in [
+        (Method::GET, "/api/memory/status", None),
+        (Method::GET, "/api/memory/nope", None),
+        (Method::POST, "/api/memory/analyze", None),
+        (Method::POST, "/api/memory/analyze", Some("wrong")),
+        (Method::PUT, "/api/memory/status", None),
+        (Method::GET, "/api/memory/dashboard", None),
+    ] {
+        let auth = token.map(bearer);
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let reply = call(&app, method.clone(), uri, &headers).await;
+        assert_eq!(
+            reply.header(header::X_CONTENT_TYPE_OPTIONS),
+            "nosniff",
+            "{method} {uri}"
+        );
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert!(
+                reply.header(header::WWW_AUTHENTICATE).starts_with("Bearer"),
+                "{method} {uri}"
+            );
+        }
+    }
+}

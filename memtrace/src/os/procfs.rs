@@ -100,6 +100,53 @@ pub fn stat(pid: u32) -> Result<Stat, ProcfsError> {
     })
 }
 
+/// Whether `pid` is still the process seen as `comm` at `seen_ms` (milliseconds since the Unix
+/// epoch): it exists, is not a zombie, has that command name (an empty `comm` matches any), and
+/// started no later than `seen_ms` (a later start is another process that got the PID). Used to
+/// resolve restored alerts about processes that are gone.
+pub fn process_alive_since(pid: u32, comm: &str, seen_ms: u64) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(stat) = parse_stat(&text) else {
+        return false;
+    };
+    let zombie = text
+        .rfind(')')
+        .and_then(|close| text.get(close + 1..)?.split_whitespace().next())
+        .is_some_and(|state| matches!(state, "Z" | "X" | "x"));
+    if zombie || (!comm.is_empty() && stat.comm != comm) {
+        return false;
+    }
+    started_at_ms(stat.start_time)
+        .is_none_or(|start| start <= seen_ms.saturating_add(START_SLACK_MS))
+}
+
+/// Tolerance of [`process_alive_since`] on start times: clock ticks and the boot time derived from
+/// two clocks read one after the other.
+const START_SLACK_MS: u64 = 1000;
+
+/// Wall time (ms since the Unix epoch) of a start time in clock ticks after boot (`/proc/PID/stat`
+/// field 22), `None` if the clocks cannot be read.
+pub fn started_at_ms(start_ticks: u64) -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&hz| hz > 0)?;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let since_boot_ms = u64::try_from(ts.tv_sec).ok()?.saturating_mul(1000)
+        + u64::try_from(ts.tv_nsec).ok()? / 1_000_000;
+    let boot_ms = crate::os::clock::now_ms().checked_sub(since_boot_ms)?;
+    Some(boot_ms.saturating_add(start_ticks.saturating_mul(1000) / hz))
+}
+
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapLine {
@@ -283,6 +330,32 @@ mod tests {
         assert_eq!(status.swap, 4096);
         assert!(status.has_mm);
         assert!(!parse_status("Name:\tkthreadd\nThreads:\t1\n").has_mm);
+    }
+
+    /// Guards issue 11 item 7: a process counts as the one an alert was about only if it exists, is
+    /// not a zombie, has the alert's command name and started before the alert.
+    #[test]
+    fn process_alive_since_tells_gone_and_reused_pids() {
+        let me = std::process::id();
+        let comm = stat(me).unwrap().comm;
+        let now = crate::os::clock::now_ms();
+        assert!(process_alive_since(me, &comm, now));
+        assert!(process_alive_since(me, "", now));
+        assert!(!process_alive_since(me, "not-my-name", now));
+        // An alert older than this process: the PID was another process's then.
+        assert!(!process_alive_since(me, &comm, now - 3_600_000));
+        let start = started_at_ms(stat(me).unwrap().start_time).unwrap();
+        assert!(start <= now && now - start < 3_600_000, "{start} {now}");
+        // A zombie is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_alive_since(pid, "", now + 60_000) {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(!process_alive_since(pid, "", now + 60_000));
     }
 
     #[test]

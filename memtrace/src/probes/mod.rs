@@ -1,27 +1,31 @@
 //! Loading the eBPF object and attaching its programs: the host-wide syscall and process
 //! tracepoints at load, and the malloc-family uprobes per process (or host-wide on request).
 
-use std::{
-    collections::HashMap,
-    ffi::CString,
-    io,
-    num::NonZeroU32,
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, ffi::CString, io, num::NonZeroU32, os::fd::AsFd as _, path::Path};
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use memtrace_common::COUNTERS_LEN;
+use memtrace_common::{ProcMappings, StackTrace, UnwindRow, UnwindTable, COUNTERS_LEN};
 
-use crate::os::procfs;
+use self::{
+    elf::{ElfCode, FunctionCode},
+    placement::{Placement, Signature},
+};
+use crate::{
+    accounting::modules::Modules,
+    os::procfs,
+    unwind::{Registration, TableManager, UnwindError, UnwindLimits, UnwindMaps, UnwindStats},
+};
 
+pub mod budget;
+mod elf;
+pub mod placement;
 mod target;
 
 pub use self::target::{
@@ -43,32 +47,73 @@ const TRACEPOINTS: [(&str, &str); 9] = [
     ("sched", "sched_process_exec"),
 ];
 
-/// Allocator functions: (symbol, entry program, has a return probe, required).
-const ALLOCATOR: [(&str, &str, bool, bool); 9] = [
-    ("malloc", "malloc_enter", true, true),
-    ("calloc", "calloc_enter", true, true),
-    ("realloc", "realloc_enter", true, true),
-    ("free", "free_enter", false, true),
-    ("posix_memalign", "posix_memalign_enter", true, true),
-    ("aligned_alloc", "aligned_alloc_enter", true, true),
-    ("memalign", "memalign_enter", true, true),
-    ("valloc", "valloc_enter", true, false),
-    ("pvalloc", "pvalloc_enter", true, false),
+/// A probed allocator function.
+struct Function {
+    symbol: &'static str,
+    /// The entry program (the return program is `RETURN_PROGRAM`).
+    entry: &'static str,
+    has_return: bool,
+    /// A missing required function is an error; a missing optional one is reported.
+    required: bool,
+    /// Integer arguments of its C prototype (what a moved probe must find unchanged).
+    arguments: usize,
+}
+
+impl Function {
+    const fn new(
+        symbol: &'static str,
+        entry: &'static str,
+        has_return: bool,
+        required: bool,
+        arguments: usize,
+    ) -> Self {
+        Self {
+            symbol,
+            entry,
+            has_return,
+            required,
+            arguments,
+        }
+    }
+
+    fn signature(&self) -> Signature {
+        Signature {
+            arguments: self.arguments,
+            // free(NULL) sends nothing (free_enter returns at once on a NULL pointer).
+            null_is_noop: self.entry == "free_enter",
+            has_return: self.has_return,
+        }
+    }
+}
+
+/// The malloc family.
+const ALLOCATOR: [Function; 9] = [
+    Function::new("malloc", "malloc_enter", true, true, 1),
+    Function::new("calloc", "calloc_enter", true, true, 2),
+    Function::new("realloc", "realloc_enter", true, true, 2),
+    Function::new("free", "free_enter", false, true, 1),
+    Function::new("posix_memalign", "posix_memalign_enter", true, true, 3),
+    Function::new("aligned_alloc", "aligned_alloc_enter", true, true, 2),
+    Function::new("memalign", "memalign_enter", true, true, 2),
+    Function::new("valloc", "valloc_enter", true, false, 1),
+    Function::new("pvalloc", "pvalloc_enter", true, false, 1),
 ];
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
-/// C++ `operator new` variants in libstdc++ (all take the size first). Probing them records the
-/// C++ caller exactly, even though libstdc++ has no frame pointers; the `malloc` they call is
-/// nested and skipped.
-const CXX_NEW: [&str; 6] = [
-    "_Znwm",
-    "_Znam",
-    "_ZnwmRKSt9nothrow_t",
-    "_ZnamRKSt9nothrow_t",
-    "_ZnwmSt11align_val_t",
-    "_ZnamSt11align_val_t",
+/// C++ `operator new` variants in libstdc++ (all take the size first). Their entry probe records
+/// the C++ caller and stack exactly, even though libstdc++ has no frame pointers; the allocator
+/// call they make accounts for the allocation with that caller (no return probe of their own).
+const CXX_NEW: [Function; 6] = [
+    Function::new("_Znwm", NEW_PROGRAM, false, false, 1),
+    Function::new("_Znam", NEW_PROGRAM, false, false, 1),
+    Function::new("_ZnwmRKSt9nothrow_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnamRKSt9nothrow_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnwmSt11align_val_t", NEW_PROGRAM, false, false, 2),
+    Function::new("_ZnamSt11align_val_t", NEW_PROGRAM, false, false, 2),
 ];
+
+const NEW_PROGRAM: &str = "new_enter";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -99,10 +144,12 @@ pub enum ProbeError {
         #[source]
         source: ProgramError,
     },
-    #[error("attaching a uprobe to {symbol} in {}", library.display())]
+    #[error("attaching a uprobe to {symbol}+{offset} in {}", library.display())]
     Uprobe {
         symbol: &'static str,
-        library: PathBuf,
+        offset: u64,
+        /// Boxed: the error stays small enough to be returned by value everywhere.
+        library: Box<Path>,
         #[source]
         source: ProgramError,
     },
@@ -120,6 +167,8 @@ pub enum ProbeError {
     SelfTrace(u32),
     #[error("enabling BPF run-time statistics")]
     Stats(#[source] io::Error),
+    #[error("mapping the unwind row array into memory")]
+    MapRows(#[source] io::Error),
     #[error("reading map {name}")]
     Map {
         name: &'static str,
@@ -131,52 +180,39 @@ pub enum ProbeError {
 /// Sizes and switches fixed at load time: the `[probes]` section of the configuration.
 pub type ProbeOptions = crate::config::ProbesConfig;
 
-/// Unmounts tracefs on drop when memtrace mounted it.
-struct TracefsMount {
-    mounted_here: bool,
-}
-
-impl TracefsMount {
-    fn ensure() -> Result<Self, ProbeError> {
-        let path = Path::new(TRACEFS);
-        let populated = path
-            .read_dir()
-            .map(|mut entries| entries.next().is_some())
-            .unwrap_or(false);
-        if populated {
-            return Ok(Self {
-                mounted_here: false,
-            });
-        }
-        let target = CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
-        let fstype = c"tracefs";
-        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
-        let ret = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if ret != 0 {
-            return Err(ProbeError::Tracefs(io::Error::last_os_error()));
-        }
-        log::info!("tracefs was not mounted: mounted it at {TRACEFS} (it is unmounted on exit)");
-        Ok(Self { mounted_here: true })
+/// Mounts tracefs at [`TRACEFS`] when it is not there. A mount made here is left in place when
+/// memtrace exits: tracefs is shared by every tracer of the host (another agent, bpftrace, perf), and
+/// nothing tells whether one of them started using it meanwhile, so unmounting it could pull it from
+/// under them.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let path = Path::new(TRACEFS);
+    let populated = path
+        .read_dir()
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if populated {
+        return Ok(());
     }
-}
-
-impl Drop for TracefsMount {
-    fn drop(&mut self) {
-        if self.mounted_here {
-            if let Ok(target) = CString::new(TRACEFS) {
-                // SAFETY: valid NUL-terminated path. MNT_DETACH: users of the mount keep it until done.
-                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+    let target = CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
+    let ret = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(ProbeError::Tracefs(io::Error::last_os_error()));
     }
+    log::info!(
+        "tracefs was not mounted: mounted it at {TRACEFS}; it stays mounted when memtrace exits \
+         (other tracers may use it)"
+    );
+    Ok(())
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that charge BPF maps to it (< 5.11). Newer kernels charge
@@ -198,10 +234,13 @@ fn raise_memlock() {
 /// The loaded object with its tracepoints attached, and the uprobe links per traced process.
 pub struct Probes {
     ebpf: Ebpf,
-    _tracefs: TracefsMount,
     links: HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
     /// Keeps the kernel's BPF statistics on while held (closing it turns them off).
     stats: Option<std::os::fd::OwnedFd>,
+    unwind: TableManager,
+    rows: RowsMmap,
+    /// Entry probes stay on the entry (`ProbeOptions::entry_probes`).
+    entry_probes: bool,
 }
 
 /// What attaching the malloc family did.
@@ -210,19 +249,32 @@ pub struct AttachReport {
     pub attached: Vec<&'static str>,
     /// Optional functions the allocator does not have.
     pub missing: Vec<&'static str>,
+    /// Where the entry probe of each attached function sits (its return probe shares it).
+    pub placements: Vec<Placement>,
 }
 
 impl Probes {
     /// Loads the object with the given options, never tracing this process, and attaches the
     /// host-wide tracepoints.
     pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
-        let tracefs = TracefsMount::ensure()?;
+        ensure_tracefs()?;
         raise_memlock();
         let self_tgid = std::process::id();
         let capture = u32::from(options.capture_stacks);
+        let depth = options
+            .unwind_depth
+            .clamp(1, memtrace_common::UNWIND_MAX_FRAMES as u32);
+        let limits = UnwindLimits {
+            rows: ((u64::from(options.unwind_table_mb) << 20)
+                / std::mem::size_of::<UnwindRow>() as u64)
+                .clamp(1, u64::from(u32::MAX)) as u32,
+            tables: 4096,
+            processes: options.unwind_processes.max(1),
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("CAPTURE_STACKS", &capture, true)
+            .override_global("UNWIND_DEPTH", &depth, true)
             .override_global(
                 "WAKEUP_BYTES",
                 &options
@@ -232,7 +284,11 @@ impl Probes {
             )
             .map_max_entries("EVENTS", options.ring_buffer_bytes())
             .map_max_entries("INFLIGHT", options.inflight_entries)
-            .map_max_entries("STACKS", options.stack_entries)
+            .map_max_entries("STACK_TRACES", options.stack_entries)
+            .map_max_entries("UNWIND_ROWS", limits.rows)
+            .map_max_entries("UNWIND_TABLES", limits.tables)
+            .map_max_entries("UNWIND_PROCS", limits.processes)
+            .map_max_entries("UNWIND_PROC_SLOTS", limits.processes)
             .load(crate::EBPF)
             .map_err(|err| {
                 if is_permission(&err) {
@@ -254,15 +310,19 @@ impl Probes {
                     source,
                 })?;
         }
-        for (_, name, _, _) in ALLOCATOR {
-            load_uprobe(&mut ebpf, name)?;
+        for function in &ALLOCATOR {
+            load_uprobe(&mut ebpf, function.entry)?;
         }
         load_uprobe(&mut ebpf, RETURN_PROGRAM)?;
+        let rows = RowsMmap::new(&ebpf, limits.rows)?;
+        load_uprobe(&mut ebpf, NEW_PROGRAM)?;
         Ok(Self {
             ebpf,
-            _tracefs: tracefs,
             links: HashMap::new(),
             stats: None,
+            unwind: TableManager::new(limits),
+            rows,
+            entry_probes: options.entry_probes,
         })
     }
 
@@ -282,40 +342,61 @@ impl Probes {
         self.detach_allocator(target.pid);
         let mut report = AttachReport::default();
         let mut links = Vec::new();
+        let entry_probes = self.entry_probes;
         let result = (|| {
-            for (symbol, entry, has_return, required) in ALLOCATOR {
-                match attach_uprobe(&mut self.ebpf, entry, symbol, &target.path, scope) {
-                    Ok(link) => links.push((entry, link)),
-                    Err(err) if !required => {
-                        log::warn!("{err}: skipping the optional {symbol}");
-                        report.missing.push(symbol);
+            let code = Code::read(&target.path, entry_probes);
+            for function in &ALLOCATOR {
+                let (location, placement, _) = code.locate(function);
+                match attach_function(&mut self.ebpf, function, location, &target.path, scope) {
+                    Ok((function_links, at_entry)) => {
+                        links.extend(function_links);
+                        if let Some(placement) = placement.map(|p| p.refused(at_entry)) {
+                            log_once(&placement);
+                            report.placements.push(placement);
+                        }
+                    }
+                    Err(err) if !function.required => {
+                        log::warn!("{err}: skipping the optional {}", function.symbol);
+                        report.missing.push(function.symbol);
                         continue;
                     }
                     Err(err) => return Err(err),
                 }
-                if has_return {
-                    let link =
-                        attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, &target.path, scope)?;
-                    links.push((RETURN_PROGRAM, link));
-                }
-                report.attached.push(symbol);
+                report.attached.push(function.symbol);
             }
             if let Some(cxx) = &target.cxx {
-                for symbol in CXX_NEW {
-                    match attach_uprobe(&mut self.ebpf, "malloc_enter", symbol, cxx, scope) {
-                        Ok(link) => links.push(("malloc_enter", link)),
-                        Err(err) => {
-                            log::debug!("{symbol} in {}: {err}", cxx.display());
+                let code = Code::read(cxx, entry_probes);
+                for function in &CXX_NEW {
+                    let (location, placement, tail) = code.locate(function);
+                    // `new[]` only jumps to `new`: the probe of `new` sees the same call, with
+                    // the same arguments and return address. One trap fewer per `new[]`.
+                    if let (Some(tail), Some(placement)) = (tail, placement.as_ref()) {
+                        if tail != function.symbol && report.attached.contains(&tail.as_str()) {
+                            let placement = Placement {
+                                note: Some(format!(
+                                    "tail call to {tail}, probed: not probed itself"
+                                )),
+                                ..placement.clone()
+                            };
+                            log_once(&placement);
+                            report.placements.push(placement);
                             continue;
                         }
                     }
-                    match attach_uprobe(&mut self.ebpf, RETURN_PROGRAM, symbol, cxx, scope) {
-                        Ok(link) => links.push((RETURN_PROGRAM, link)),
+                    match attach_function(&mut self.ebpf, function, location, cxx, scope) {
+                        Ok((function_links, at_entry)) => {
+                            links.extend(function_links);
+                            if let Some(placement) = placement.map(|p| p.refused(at_entry)) {
+                                log_once(&placement);
+                                report.placements.push(placement);
+                            }
+                        }
                         Err(err) => {
-                            log::warn!("return probe of {symbol} in {}: {err}", cxx.display())
+                            log::debug!("{} in {}: {err}", function.symbol, cxx.display());
+                            continue;
                         }
                     }
-                    report.attached.push(symbol);
+                    report.attached.push(function.symbol);
                 }
             }
             Ok(())
@@ -364,15 +445,14 @@ impl Probes {
     /// anything was attached.
     pub fn detach_allocator(&mut self, pid: Option<u32>) -> bool {
         self.set_stack_pid(pid, false);
+        if let Some(pid) = pid {
+            self.unwind().unregister(pid);
+        }
         let Some(links) = self.links.remove(&pid) else {
             return false;
         };
         for (program, link) in links {
-            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                if let Err(err) = uprobe.detach(link) {
-                    log::debug!("detaching {program}: {err}");
-                }
-            }
+            detach_link(&mut self.ebpf, program, link);
         }
         true
     }
@@ -412,20 +492,35 @@ impl Probes {
     /// The stack map, to resolve the stack ids that events carry (a handle of its own, so that
     /// another thread can symbolize while this one collects).
     pub fn stacks(&self) -> Result<KernelStacks, ProbeError> {
-        let map = StackTraceMap::try_from(Map::StackTraceMap(self.shared_map("STACKS")?)).map_err(
-            |source| ProbeError::Map {
-                name: "STACKS",
+        let map = aya::maps::HashMap::try_from(Map::HashMap(self.shared_map("STACK_TRACES")?))
+            .map_err(|source| ProbeError::Map {
+                name: "STACK_TRACES",
                 source,
-            },
-        )?;
+            })?;
         Ok(KernelStacks(map))
+    }
+
+    /// The unwind tables: register a process when it is attached and when it maps new code.
+    pub fn unwind(&mut self) -> Unwind<'_> {
+        Unwind {
+            maps: KernelUnwindMaps {
+                ebpf: &mut self.ebpf,
+                rows: &mut self.rows,
+            },
+            manager: &mut self.unwind,
+        }
+    }
+
+    /// Figures of the unwind tables (for the agent's memory figures and metrics).
+    pub fn unwind_stats(&self) -> UnwindStats {
+        self.unwind.stats()
     }
 
     /// A second handle on one of the object's maps: the same kernel map, its own descriptor.
     fn shared_map(&self, name: &'static str) -> Result<MapData, ProbeError> {
         let map = self.ebpf.map(name).ok_or(ProbeError::Missing(name))?;
         let data = match map {
-            Map::PerCpuArray(data) | Map::StackTraceMap(data) => data,
+            Map::PerCpuArray(data) | Map::HashMap(data) => data,
             _ => return Err(ProbeError::Missing(name)),
         };
         let fd = data
@@ -519,11 +614,179 @@ impl ProgramIds {
     }
 }
 
-/// Attaches the loaded uprobe `program` to `symbol` in the object at `path`.
+/// The functions of one object, with their code when placement looks at it.
+struct Code {
+    elf: Option<ElfCode>,
+    object: String,
+    /// Why entry probes stay on the entry when there is no code to look at.
+    entry_reason: Option<String>,
+}
+
+impl Code {
+    fn read(path: &Path, entry_probes: bool) -> Self {
+        let object = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (elf, entry_reason) = if entry_probes {
+            (
+                ElfCode::read(path).ok(),
+                Some("entry probes forced".to_string()),
+            )
+        } else if !cfg!(target_arch = "x86_64") {
+            (
+                None,
+                Some("probe placement is measured on x86-64 only".to_string()),
+            )
+        } else {
+            match ElfCode::read(path) {
+                Ok(elf) => (Some(elf), None),
+                Err(err) => {
+                    let reason = crate::error_chain(&err);
+                    log::warn!("probe placement: {reason}: entry probes on {object}");
+                    (None, Some(reason))
+                }
+            }
+        };
+        Self {
+            elf,
+            object,
+            entry_reason,
+        }
+    }
+
+    /// Where `function`'s probes go: the file offset of the chosen instruction, or the symbol
+    /// itself (aya resolves it) when the code was not found; the placement to report; and the
+    /// function the probed instruction jumps to when it is a tail call.
+    fn locate(
+        &self,
+        function: &Function,
+    ) -> (
+        UProbeAttachLocation<'static>,
+        Option<Placement>,
+        Option<String>,
+    ) {
+        let code: Option<FunctionCode> =
+            self.elf.as_ref().and_then(|e| e.function(function.symbol));
+        let (Some(elf), Some(code)) = (self.elf.as_ref(), code) else {
+            return (UProbeAttachLocation::Symbol(function.symbol), None, None);
+        };
+        let decision = match &self.entry_reason {
+            Some(reason) => placement::at_entry(&code.bytes, reason),
+            None => placement::decide(&code.bytes, function.signature()),
+        };
+        let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset + decision.offset);
+        let tail = decision
+            .tail_call
+            .and_then(|target| elf.jump_target(code.address.wrapping_add_signed(target)));
+        let placement = decision.placement(function.symbol, &self.object, code.file_offset);
+        (location, Some(placement), tail)
+    }
+}
+
+/// Logs a placement at info level the first time it is seen (by object and symbol), at debug
+/// level after that: the agent attaches to the same libc again and again.
+fn log_once(placement: &Placement) {
+    static SEEN: std::sync::Mutex<Vec<(String, String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let key = (
+        placement.object.clone(),
+        placement.symbol.clone(),
+        placement.offset,
+    );
+    let first = match SEEN.lock() {
+        Ok(mut seen) if !seen.contains(&key) => {
+            seen.push(key);
+            true
+        }
+        _ => false,
+    };
+    if first {
+        log::info!("probe placement in {}: {placement}", placement.object);
+    } else {
+        log::debug!("probe placement in {}: {placement}", placement.object);
+    }
+}
+
+/// Links of one function's probes.
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
+/// Attaches `function`'s entry program, and the return program when it has one, at `location`
+/// (one breakpoint: both share it). When the kernel refuses a moved location, the symbol's entry
+/// is used instead (then `true` comes back with the links).
+fn attach_function(
+    ebpf: &mut Ebpf,
+    function: &Function,
+    location: UProbeAttachLocation<'static>,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<(Links, bool), ProbeError> {
+    let mut links = Vec::new();
+    let attached = (|| {
+        links.push((
+            function.entry,
+            attach_uprobe(
+                ebpf,
+                function.entry,
+                function.symbol,
+                &location,
+                path,
+                scope,
+            )?,
+        ));
+        if function.has_return {
+            links.push((
+                RETURN_PROGRAM,
+                attach_uprobe(
+                    ebpf,
+                    RETURN_PROGRAM,
+                    function.symbol,
+                    &location,
+                    path,
+                    scope,
+                )?,
+            ));
+        }
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Ok((links, false)),
+        Err(err) => {
+            for (program, link) in links.drain(..) {
+                detach_link(ebpf, program, link);
+            }
+            if matches!(location, UProbeAttachLocation::Symbol(_)) {
+                return Err(err);
+            }
+            log::warn!(
+                "{}: attaching at the entry instead",
+                crate::error_chain(&err)
+            );
+            let (links, _) = attach_function(
+                ebpf,
+                function,
+                UProbeAttachLocation::Symbol(function.symbol),
+                path,
+                scope,
+            )?;
+            Ok((links, true))
+        }
+    }
+}
+
+fn detach_link(ebpf: &mut Ebpf, program: &'static str, link: UProbeLinkId) {
+    if let Some(Ok(uprobe)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
+        if let Err(err) = uprobe.detach(link) {
+            log::debug!("detaching {program}: {err}");
+        }
+    }
+}
+
+/// Attaches the loaded uprobe `program` to `location` (in `symbol`) in the object at `path`.
 fn attach_uprobe(
     ebpf: &mut Ebpf,
     program: &'static str,
     symbol: &'static str,
+    location: &UProbeAttachLocation<'static>,
     path: &Path,
     scope: UProbeScope,
 ) -> Result<UProbeLinkId, ProbeError> {
@@ -535,11 +798,17 @@ fn attach_uprobe(
             name: program,
             source,
         })?;
+    let (point, offset) = match location {
+        UProbeAttachLocation::Symbol(s) => (UProbeAttachLocation::Symbol(s), 0),
+        UProbeAttachLocation::SymbolOffset(s, o) => (UProbeAttachLocation::SymbolOffset(s, *o), *o),
+        UProbeAttachLocation::AbsoluteOffset(o) => (UProbeAttachLocation::AbsoluteOffset(*o), *o),
+    };
     uprobe
-        .attach(symbol, path, scope)
+        .attach(point, path, scope)
         .map_err(|source| ProbeError::Uprobe {
             symbol,
-            library: path.to_path_buf(),
+            offset,
+            library: path.into(),
             source,
         })
 }
@@ -569,23 +838,220 @@ fn is_permission(err: &EbpfError) -> bool {
         || text.contains("Operation not permitted")
 }
 
-/// Human names of the kernel counters, for reports and metrics.
-pub const COUNTER_NAMES: [&str; 6] = [
+/// Human names of the kernel counters, for reports and metrics, indexed by
+/// `memtrace_common::COUNTER_*` (the last two slots are unused).
+pub const COUNTER_NAMES: [&str; 14] = [
     "ring_buffer_full",
     "inflight_map_full",
     "return_without_entry",
     "events",
     "nested_allocator_calls",
     "stack_failures",
+    "unwind_truncated",
+    "unwind_read_failed",
+    "unwind_frame_pointer_frames",
+    "unwind_no_cfi_row",
+    "unwind_unsupported_rule",
+    "unwind_table_evicted",
+    "unwind_process_without_tables",
+    "unwind_bad_frame",
 ];
 
-/// The kernel's stack map as a source of stacks for attribution.
-pub struct KernelStacks(StackTraceMap<MapData>);
+const _: () = assert!(COUNTER_NAMES.len() as u32 == memtrace_common::COUNTER_UNWIND_BAD_FRAME + 1);
+const _: () = assert!(COUNTER_NAMES.len() as u32 <= COUNTERS_LEN);
+
+/// The kernel's stack map (stacks by hash, unwound in the kernel) as a source of stacks for
+/// attribution; a handle of its own, readable from another thread.
+pub struct KernelStacks(aya::maps::HashMap<MapData, u64, StackTrace>);
 
 impl crate::attribution::StackSource for KernelStacks {
     fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
-        let id = u32::try_from(stack_id).ok()?;
+        let id = u64::try_from(stack_id).ok()?;
         let stack = self.0.get(&id, 0).ok()?;
-        Some(stack.frames().iter().map(|frame| frame.ip).collect())
+        let len = (stack.len as usize).min(stack.pcs.len());
+        Some(stack.pcs[..len].to_vec())
+    }
+}
+
+/// The unwind tables of the loaded object, borrowed from the probes.
+pub struct Unwind<'a> {
+    maps: KernelUnwindMaps<'a>,
+    manager: &'a mut TableManager,
+}
+
+impl Unwind<'_> {
+    /// Loads the tables of the code `pid` maps (building those not loaded yet) and its mapping
+    /// table. Call when the process is attached and when it maps new code (`modules` refreshed).
+    pub fn register(&mut self, pid: u32, modules: &Modules) -> Result<Registration, UnwindError> {
+        self.manager.register(&mut self.maps, pid, modules)
+    }
+
+    pub fn unregister(&mut self, pid: u32) {
+        self.manager.unregister(&mut self.maps, pid);
+    }
+
+    pub fn stats(&self) -> UnwindStats {
+        self.manager.stats()
+    }
+}
+
+/// The row array of the loaded object, mapped into this process (`BPF_F_MMAPABLE`): rows are
+/// written with plain stores instead of a syscall per row.
+struct RowsMmap {
+    ptr: *mut UnwindRow,
+    rows: u32,
+    len: usize,
+    /// The last `UNWIND_GENERATION` written.
+    generation: u32,
+}
+
+// SAFETY: the mapping is owned by this value alone and only written through `&mut self`.
+unsafe impl Send for RowsMmap {}
+// SAFETY: as above; shared references only read the pointer value.
+unsafe impl Sync for RowsMmap {}
+
+impl RowsMmap {
+    fn new(ebpf: &Ebpf, rows: u32) -> Result<Self, ProbeError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let map = ebpf
+            .map("UNWIND_ROWS")
+            .ok_or(ProbeError::Missing("UNWIND_ROWS"))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(ProbeError::Missing("UNWIND_ROWS"));
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (rows as usize * std::mem::size_of::<UnwindRow>()).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd, of the map's size rounded to pages (the
+        // kernel's array value area); checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ProbeError::MapRows(io::Error::last_os_error()));
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            rows,
+            len,
+            generation: 0,
+        })
+    }
+}
+
+impl Drop for RowsMmap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+struct KernelUnwindMaps<'a> {
+    ebpf: &'a mut Ebpf,
+    rows: &'a mut RowsMmap,
+}
+
+fn unwind_map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> UnwindError {
+    move |source| UnwindError::Map { name, source }
+}
+
+impl KernelUnwindMaps<'_> {
+    /// Invalidates the kernel's cache of rows (after a table or a process's mappings changed).
+    fn next_generation(&mut self) -> Result<(), UnwindError> {
+        self.rows.generation = self.rows.generation.wrapping_add(1);
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_GENERATION")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut array =
+            Array::<_, u32>::try_from(map).map_err(unwind_map_error("UNWIND_GENERATION"))?;
+        array
+            .set(0, self.rows.generation, 0)
+            .map_err(unwind_map_error("UNWIND_GENERATION"))
+    }
+}
+
+impl UnwindMaps for KernelUnwindMaps<'_> {
+    fn write_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), UnwindError> {
+        let end = first as usize + rows.len();
+        if end > self.rows.rows as usize {
+            return Err(UnwindError::NotMapped);
+        }
+        // SAFETY: `first..end` lies inside the mapped array (checked above); the mapping is
+        // writable and `UnwindRow` is plain data with the array's 8-byte element size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rows.as_ptr(),
+                self.rows.ptr.add(first as usize),
+                rows.len(),
+            )
+        };
+        Ok(())
+    }
+
+    fn set_table(&mut self, id: u32, table: UnwindTable) -> Result<(), UnwindError> {
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_TABLES")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut array =
+            Array::<_, UnwindTable>::try_from(map).map_err(unwind_map_error("UNWIND_TABLES"))?;
+        array
+            .set(id, table, 0)
+            .map_err(unwind_map_error("UNWIND_TABLES"))?;
+        self.next_generation()
+    }
+
+    fn set_process(
+        &mut self,
+        pid: u32,
+        slot: u32,
+        mappings: &ProcMappings,
+    ) -> Result<(), UnwindError> {
+        {
+            let map = self
+                .ebpf
+                .map_mut("UNWIND_PROCS")
+                .ok_or(UnwindError::NotMapped)?;
+            let mut array = Array::<_, ProcMappings>::try_from(map)
+                .map_err(unwind_map_error("UNWIND_PROCS"))?;
+            array
+                .set(slot, mappings, 0)
+                .map_err(unwind_map_error("UNWIND_PROCS"))?;
+        }
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_PROC_SLOTS")
+            .ok_or(UnwindError::NotMapped)?;
+        let mut slots = aya::maps::HashMap::<_, u32, u32>::try_from(map)
+            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
+        slots
+            .insert(pid, slot, 0)
+            .map_err(unwind_map_error("UNWIND_PROC_SLOTS"))?;
+        self.next_generation()
+    }
+
+    fn remove_process(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut("UNWIND_PROC_SLOTS") {
+            if let Ok(mut slots) = aya::maps::HashMap::<_, u32, u32>::try_from(map) {
+                // Absent already (the kernel drops it at exit and exec) is fine.
+                let _ = slots.remove(&pid);
+            }
+        }
+    }
+
+    fn has_process(&self, pid: u32) -> bool {
+        self.ebpf
+            .map("UNWIND_PROC_SLOTS")
+            .and_then(|map| aya::maps::HashMap::<_, u32, u32>::try_from(map).ok())
+            .is_some_and(|slots| slots.get(&pid, 0).is_ok())
     }
 }

@@ -98,10 +98,14 @@ pub fn choose_allocator(
     Err(ProbeError::NoAllocator { pid })
 }
 
+/// Largest object file read to look for a symbol.
+const MAX_ELF_BYTES: u64 = 2 << 30;
+
 /// Whether the ELF file at `path` defines (not merely imports) `symbol`.
 pub fn defines_symbol(path: &Path, symbol: &str) -> bool {
     use object::{Object as _, ObjectSymbol as _};
-    let Ok(data) = std::fs::read(path) else {
+    // The path comes from another process: never block on it, read a regular file only.
+    let Ok(data) = crate::os::files::read_regular(path, MAX_ELF_BYTES) else {
         return false;
     };
     let Ok(file) = object::File::parse(&*data) else {

@@ -15,19 +15,29 @@
 //! agent, not a crash of the machine. Before appending, a file whose last byte is not `\n` (an
 //! interrupted write) gets one, so the partial line never swallows the next record.
 //!
-//! Loading skips corrupted lines and a partial last line with a warning that names the file and the
-//! line number, and counts them ([`Store::corrupt_lines_total`]); it never fails because of them.
+//! Loading reads each file once, a line at a time in bounded memory: corrupted lines, a partial last
+//! line and lines longer than [`MAX_LINE_BYTES`] (passed over, never held whole) are skipped, counted
+//! ([`Store::corrupt_lines_total`]) and reported (the first few with their line number, then one
+//! summary per file); they never stop a load. Entries that are not regular files (a directory named
+//! like a data file, a FIFO, a symbolic link) are skipped by loads and retention alike.
+//!
+//! The directory is opened once and every file relative to it, never through a symbolic link, and
+//! only if it is a regular file (see `dir.rs`): a data directory owned by another user or writable by
+//! every user is refused at [`Store::open`]. Write failures are counted
+//! ([`Store::persist_failures_total`]).
 //!
 //! Retention ([`Store::prune`]): a dated file is deleted once its whole day is older than the
 //! retention; `alerts.jsonl` is rewritten (tmp + rename) without the alerts resolved before the
 //! retention, keeping alerts that are still active whatever their age.
 
 mod date;
+mod dir;
+mod lines;
 
 use std::{
-    collections::{HashMap, HashSet},
-    fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write},
+    collections::HashMap,
+    fs::File,
+    io::{self, Read, Seek, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
@@ -39,6 +49,10 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use self::date::UtcDate;
+use self::{
+    dir::{Dir, EntryKind},
+    lines::{line_numbers, BackwardLines, Body, ForwardLines, Line},
+};
 use crate::{alerts::Alert, config::RetentionConfig, snapshot::HostSnapshot};
 
 const CONSUMERS_DIR: &str = "memory-consumers";
@@ -46,8 +60,13 @@ const ALERTS_FILE: &str = "alerts.jsonl";
 const SNAPSHOTS: (&str, &str) = ("snapshots_", ".jsonl");
 const CONSUMERS: (&str, &str) = ("consumers_", ".json");
 const OPERATIONS: (&str, &str) = ("operations_", ".jsonl");
-/// Bytes read at a time when reading a file backward.
-const BACKWARD_CHUNK: u64 = 64 * 1024;
+/// Longest line a load keeps (a host snapshot of ten thousand processes is a few MiB); longer ones
+/// are passed over without being held, and counted as skipped.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+/// Largest consumers document read back.
+const MAX_DOCUMENT_BYTES: u64 = 64 << 20;
+/// Skipped lines reported one by one per file (the rest in one summary line).
+const REPORTED_LINES: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +76,23 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "data directory {path} is owned by uid {owner}, not by the agent's uid {uid}: refused (another \
+         user could plant links or replace the files the agent writes); chown it to uid {uid} or pick \
+         another monitor.dataDir"
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, uid: u32 },
+    #[error(
+        "data directory {path} is writable by every user (mode {mode:04o}): refused (anyone could plant \
+         links or replace the files the agent writes); chmod 0700 it or pick another monitor.dataDir"
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
+    #[error("{path} is a symbolic link: refused (the data directory's files are never followed)")]
+    Symlink { path: PathBuf },
+    #[error("{path} is not a regular file: refused")]
+    NotRegular { path: PathBuf },
+    #[error("{path} has {links} hard links: refused (it may be another file's name)")]
+    HardLinked { path: PathBuf, links: u64 },
     #[error("cannot list {path}")]
     ListDir {
         path: PathBuf,
@@ -99,33 +135,32 @@ pub struct PruneReport {
 /// The data directory.
 #[derive(Debug)]
 pub struct Store {
-    dir: PathBuf,
-    consumers_dir: PathBuf,
+    dir: Dir,
+    consumers: Dir,
     retention: RetentionConfig,
     fsync: bool,
+    max_line: usize,
     /// Serializes appends to `alerts.jsonl` with its rewrite by `prune`.
     alerts_lock: Mutex<()>,
     corrupt_lines_total: AtomicU64,
+    persist_failures_total: AtomicU64,
 }
 
 impl Store {
-    /// Opens the data directory, creating it and `memory-consumers/` if needed.
+    /// Opens the data directory, creating it and `memory-consumers/` (mode 0700) if needed. Refuses a
+    /// directory owned by another user or writable by every user.
     pub fn open(dir: impl Into<PathBuf>, retention: RetentionConfig) -> Result<Self, StoreError> {
-        let dir = dir.into();
-        let consumers_dir = dir.join(CONSUMERS_DIR);
-        for path in [&dir, &consumers_dir] {
-            fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
-                path: path.clone(),
-                source,
-            })?;
-        }
+        let dir = Dir::open_root(&dir.into())?;
+        let consumers = dir.open_subdir(CONSUMERS_DIR)?;
         Ok(Self {
             dir,
-            consumers_dir,
+            consumers,
             retention,
             fsync: false,
+            max_line: MAX_LINE_BYTES,
             alerts_lock: Mutex::new(()),
             corrupt_lines_total: AtomicU64::new(0),
+            persist_failures_total: AtomicU64::new(0),
         })
     }
 
@@ -135,45 +170,65 @@ impl Store {
         self
     }
 
+    /// Lines longer than `bytes` are skipped by loads (default [`MAX_LINE_BYTES`]).
+    pub fn with_max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes;
+        self
+    }
+
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     pub fn snapshots_path(&self, date: UtcDate) -> PathBuf {
-        dated(&self.dir, SNAPSHOTS, date)
+        self.dir.path().join(dated(SNAPSHOTS, date))
     }
 
     pub fn alerts_path(&self) -> PathBuf {
-        self.dir.join(ALERTS_FILE)
+        self.dir.path().join(ALERTS_FILE)
     }
 
     pub fn consumers_path(&self, date: UtcDate) -> PathBuf {
-        dated(&self.consumers_dir, CONSUMERS, date)
+        self.consumers.path().join(dated(CONSUMERS, date))
     }
 
     pub fn operations_path(&self, date: UtcDate) -> PathBuf {
-        dated(&self.consumers_dir, OPERATIONS, date)
+        self.consumers.path().join(dated(OPERATIONS, date))
     }
 
-    /// Corrupted and partial lines skipped by the loads so far.
+    /// Lines skipped by the loads so far: corrupted, partial (interrupted write) or longer than the
+    /// line limit; and corrupted consumers documents.
     pub fn corrupt_lines_total(&self) -> u64 {
         self.corrupt_lines_total.load(Ordering::Relaxed)
     }
 
+    /// Writes to the data directory that failed so far (appends of snapshots, alerts and operations,
+    /// consumers documents, retention's removals and rewrite).
+    pub fn persist_failures_total(&self) -> u64 {
+        self.persist_failures_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed write.
+    fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.persist_failures_total.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Appends the snapshot to the file of its UTC day.
     pub fn append_snapshot(&self, snapshot: &HostSnapshot) -> Result<(), StoreError> {
-        let path = self.snapshots_path(UtcDate::from_unix_ms(snapshot.timestamp));
-        self.append_records(&path, std::slice::from_ref(snapshot))
+        let name = dated(SNAPSHOTS, UtcDate::from_unix_ms(snapshot.timestamp));
+        self.counted(self.append_records(&self.dir, &name, std::slice::from_ref(snapshot)))
     }
 
     /// Appends the alert's current state to `alerts.jsonl`.
     pub fn append_alert(&self, alert: &Alert) -> Result<(), StoreError> {
-        let path = self.alerts_path();
         let _guard = self
             .alerts_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.append_records(&path, std::slice::from_ref(alert))
+        self.counted(self.append_records(&self.dir, ALERTS_FILE, std::slice::from_ref(alert)))
     }
 
     /// Appends operation records to the day's operations file, all in one write.
@@ -185,7 +240,7 @@ impl Store {
         if operations.is_empty() {
             return Ok(());
         }
-        self.append_records(&self.operations_path(date), operations)
+        self.counted(self.append_records(&self.consumers, &dated(OPERATIONS, date), operations))
     }
 
     /// Replaces the day's consumers document atomically (write a temporary file, sync, rename).
@@ -194,79 +249,130 @@ impl Store {
         date: UtcDate,
         document: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let path = self.consumers_path(date);
-        let bytes = serde_json::to_vec_pretty(document).map_err(|source| StoreError::Encode {
-            path: path.clone(),
-            source,
-        })?;
-        replace_atomically(&path, &bytes)
+        let name = dated(CONSUMERS, date);
+        let result = serde_json::to_vec_pretty(document)
+            .map_err(|source| StoreError::Encode {
+                path: self.consumers.path().join(&name),
+                source,
+            })
+            .and_then(|bytes| self.consumers.replace_with(&name, |f| f.write_all(&bytes)));
+        self.counted(result)
     }
 
-    /// The day's consumers document, if any.
+    /// The day's consumers document, if any (none when it is not a regular file, too large or
+    /// corrupted: said in a warning).
     pub fn read_consumers(&self, date: UtcDate) -> Result<Option<serde_json::Value>, StoreError> {
-        let path = self.consumers_path(date);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Read { path, source }),
-        };
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) => {
-                self.corrupt_lines_total.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "{}: corrupted consumers document, ignored: {e}",
-                    path.display()
-                );
-                Ok(None)
+        let name = dated(CONSUMERS, date);
+        let path = self.consumers.path().join(&name);
+        let file = match self.consumers.open_read(&name) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(None),
+            Err(err @ (StoreError::NotRegular { .. } | StoreError::Symlink { .. })) => {
+                log::warn!("{}, ignored", crate::error_chain(&err));
+                return Ok(None);
             }
-        }
+            Err(err) => return Err(err),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_DOCUMENT_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| StoreError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        let problem = if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+            format!("larger than {MAX_DOCUMENT_BYTES} bytes")
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) => format!("corrupted: {e}"),
+            }
+        };
+        self.corrupt_lines_total.fetch_add(1, Ordering::Relaxed);
+        log::warn!("{}: consumers document {problem}; ignored", path.display());
+        Ok(None)
     }
 
     /// The newest `max_count` snapshots, oldest first. Reads the newest files backward and stops as
-    /// soon as it has enough, so the cost does not grow with the history kept.
+    /// soon as it has enough, so the cost does not grow with the history kept. A file that cannot be
+    /// read is passed over with a warning.
     pub fn load_recent_snapshots(&self, max_count: usize) -> Result<Vec<HostSnapshot>, StoreError> {
         let mut out = Vec::new();
         if max_count == 0 {
             return Ok(out);
         }
-        let mut files = dated_files(&self.dir, SNAPSHOTS)?;
+        let mut files = self.dated_files(&self.dir, SNAPSHOTS)?;
         files.sort_by_key(|f| std::cmp::Reverse(f.0));
-        'files: for (_, path) in files {
-            let mut lines = BackwardLines::open(&path)?;
-            while let Some(line) = lines.next_line()? {
-                if let Some(snapshot) = self.decode::<HostSnapshot>(&path, &line) {
-                    out.push(snapshot);
-                    if out.len() == max_count {
-                        break 'files;
-                    }
-                }
+        for (_, name) in files {
+            if let Err(err) = self.read_snapshots_backward(&name, max_count, &mut out) {
+                log::warn!("restoring snapshots: {}", crate::error_chain(&err));
+            }
+            if out.len() >= max_count {
+                break;
             }
         }
         out.reverse();
         Ok(out)
     }
 
+    /// Adds the snapshots of `name`, newest first, to `out` until it holds `max_count`.
+    fn read_snapshots_backward(
+        &self,
+        name: &str,
+        max_count: usize,
+        out: &mut Vec<HostSnapshot>,
+    ) -> Result<(), StoreError> {
+        let path = self.dir.path().join(name);
+        let Some(file) = self.dir.open_read(name)? else {
+            return Ok(());
+        };
+        let read_error = |source| StoreError::Read {
+            path: path.clone(),
+            source,
+        };
+        let len = file.metadata().map_err(read_error)?.len();
+        let mut lines = BackwardLines::new(&file, len, self.max_line);
+        let mut skipped = Skipped::default();
+        let result = loop {
+            if out.len() >= max_count {
+                break Ok(());
+            }
+            match lines.next_line() {
+                Ok(Some(line)) => {
+                    if let Some(snapshot) = decode_line::<HostSnapshot>(&line, &mut skipped) {
+                        out.push(snapshot);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(source) => break Err(read_error(source)),
+            }
+        };
+        self.report_skipped(&path, Some(&file), skipped);
+        result
+    }
+
     /// Every alert of `alerts.jsonl` in its latest state (lines folded by id: a resolution line
     /// replaces the creation line), oldest first. Unresolved ones are the alerts to restore as active.
     pub fn load_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let path = self.alerts_path();
         let _guard = self
             .alerts_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut latest: HashMap<String, Alert> = HashMap::new();
-        for_each_line(&path, |line| {
-            if let Some(alert) = self.decode::<Alert>(&path, &line) {
+        let mut skipped = Skipped::default();
+        let file = self.for_each_line(&self.dir, ALERTS_FILE, |line| {
+            if let Some(alert) = decode_line::<Alert>(&line, &mut skipped) {
                 latest.insert(alert.id.clone(), alert);
             }
         })?;
+        self.report_skipped(&self.alerts_path(), file.as_ref(), skipped);
         let mut alerts: Vec<Alert> = latest.into_values().collect();
         alerts.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then_with(|| a.id.cmp(&b.id)));
         Ok(alerts)
     }
 
-    /// Applies the retention at `now_ms` (milliseconds since the Unix epoch).
+    /// Applies the retention at `now_ms` (milliseconds since the Unix epoch). A file that cannot be
+    /// removed is reported and counted, and does not stop the others.
     pub fn prune(&self, now_ms: u64) -> Result<PruneReport, StoreError> {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -274,156 +380,275 @@ impl Store {
         let mut report = PruneReport::default();
         for (dir, kind, keep) in [
             (&self.dir, SNAPSHOTS, r.snapshots()),
-            (&self.consumers_dir, CONSUMERS, r.consumers()),
-            (&self.consumers_dir, OPERATIONS, r.operations()),
+            (&self.consumers, CONSUMERS, r.consumers()),
+            (&self.consumers, OPERATIONS, r.operations()),
         ] {
             let cutoff = now.saturating_sub(ms(keep));
-            for (date, path) in dated_files(dir, kind)? {
+            for (date, name) in self.counted(self.dated_files(dir, kind))? {
                 if date.end_ms() > cutoff {
                     continue;
                 }
-                match fs::remove_file(&path) {
+                let path = dir.path().join(&name);
+                match dir.unlink(&name) {
                     Ok(()) => report.files_removed.push(path),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(StoreError::Remove { path, source }),
+                    Err(source) => {
+                        self.persist_failures_total.fetch_add(1, Ordering::Relaxed);
+                        let err = StoreError::Remove { path, source };
+                        log::warn!("retention: {}", crate::error_chain(&err));
+                    }
                 }
             }
         }
         report.files_removed.sort();
-        report.alert_lines_removed = self.prune_alerts(now.saturating_sub(ms(r.alerts())))?;
+        report.alert_lines_removed =
+            self.counted(self.prune_alerts(now.saturating_sub(ms(r.alerts()))))?;
         Ok(report)
     }
 
-    /// Rewrites `alerts.jsonl` without the lines of alerts resolved before `cutoff` (and without
-    /// corrupted lines). Alerts still active are kept whatever their age, so that they are restored.
+    /// Rewrites `alerts.jsonl` without the lines of alerts resolved before `cutoff` and without
+    /// skipped lines (corrupted, partial, too long). Alerts still active are kept whatever their age,
+    /// so that they are restored. Two passes over the file, each a line at a time.
     fn prune_alerts(&self, cutoff: i64) -> Result<usize, StoreError> {
-        let path = self.alerts_path();
         let _guard = self
             .alerts_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut lines: Vec<(Option<String>, Line)> = Vec::new();
-        let mut latest: HashMap<String, (bool, u64)> = HashMap::new();
-        for_each_line(&path, |line| {
-            let Ok(alert) = serde_json::from_slice::<Alert>(&line.bytes) else {
-                lines.push((None, line));
+        // Pass 1: each alert's latest state and its number of lines.
+        let mut latest: HashMap<String, (bool, u64, usize)> = HashMap::new();
+        let mut skipped = Skipped::default();
+        let file = self.for_each_line(&self.dir, ALERTS_FILE, |line| {
+            let Some(alert) = decode_line::<Alert>(&line, &mut skipped) else {
                 return;
             };
             let last = alert.resolved_at.unwrap_or(0).max(alert.timestamp);
-            latest.insert(alert.id.clone(), (alert.resolved, last));
-            lines.push((Some(alert.id), line));
+            let entry = latest.entry(alert.id).or_insert((false, 0, 0));
+            *entry = (alert.resolved, last, entry.2 + 1);
         })?;
-        let expired: HashSet<&str> = latest
-            .iter()
-            .filter(|(_, &(resolved, last))| {
-                resolved && i64::try_from(last).unwrap_or(i64::MAX) < cutoff
-            })
-            .map(|(id, _)| id.as_str())
-            .collect();
-        let keep = |id: &Option<String>, line: &Line| match id {
-            Some(id) => !expired.contains(id.as_str()),
-            None => {
-                log::warn!(
-                    "{}: line {}: corrupted, dropped by retention",
-                    path.display(),
-                    line.number.unwrap_or(0)
-                );
-                false
-            }
+        let Some(file) = file else {
+            return Ok(0);
         };
-        let mut out = Vec::new();
-        let mut removed = 0;
-        for (id, line) in &lines {
-            if keep(id, line) {
-                out.extend_from_slice(&line.bytes);
-                out.push(b'\n');
-            } else {
-                removed += 1;
+        let expired = |resolved: bool, last: u64| {
+            resolved && i64::try_from(last).unwrap_or(i64::MAX) < cutoff
+        };
+        let removed = skipped.total
+            + latest
+                .values()
+                .filter(|&&(resolved, last, _)| expired(resolved, last))
+                .map(|&(_, _, lines)| lines as u64)
+                .sum::<u64>();
+        if skipped.total > 0 {
+            log::warn!(
+                "{}: {} unreadable lines dropped by retention",
+                self.alerts_path().display(),
+                skipped.total
+            );
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        // Pass 2: copy the lines kept.
+        let keep: std::collections::HashSet<String> = latest
+            .into_iter()
+            .filter(|(_, (resolved, last, _))| !expired(*resolved, *last))
+            .map(|(id, _)| id)
+            .collect();
+        let max_line = self.max_line;
+        self.dir.replace_with(ALERTS_FILE, |out| {
+            let mut lines = ForwardLines::new(&file, max_line);
+            let mut ignored = Skipped::default();
+            let mut buf = Vec::new();
+            (&file).rewind()?;
+            while let Some(line) = lines.next_line()? {
+                if let Some(alert) = decode_line::<Alert>(&line, &mut ignored) {
+                    if keep.contains(&alert.id) {
+                        if let Body::Bytes(bytes) = &line.body {
+                            buf.extend_from_slice(bytes);
+                            buf.push(b'\n');
+                        }
+                    }
+                }
+                if buf.len() >= lines::CHUNK {
+                    out.write_all(&buf)?;
+                    buf.clear();
+                }
             }
-        }
-        if removed > 0 {
-            replace_atomically(&path, &out)?;
-        }
-        Ok(removed)
+            out.write_all(&buf)
+        })?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
-    fn append_records<T: Serialize>(&self, path: &Path, records: &[T]) -> Result<(), StoreError> {
+    fn append_records<T: Serialize>(
+        &self,
+        dir: &Dir,
+        name: &str,
+        records: &[T],
+    ) -> Result<(), StoreError> {
+        let path = || dir.path().join(name);
         let mut buf = Vec::new();
         for record in records {
             serde_json::to_writer(&mut buf, record).map_err(|source| StoreError::Encode {
-                path: path.to_path_buf(),
+                path: path(),
                 source,
             })?;
             buf.push(b'\n');
         }
-        append(path, buf, self.fsync).map_err(|source| StoreError::Write {
-            path: path.to_path_buf(),
+        let file = dir.open_append(name)?;
+        append(&file, buf, self.fsync).map_err(|source| StoreError::Write {
+            path: path(),
             source,
         })
     }
 
-    /// Decodes one line; warns, counts and returns `None` when it is corrupted or partial.
-    fn decode<T: DeserializeOwned>(&self, path: &Path, line: &Line) -> Option<T> {
-        match serde_json::from_slice(&line.bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.corrupt_lines_total.fetch_add(1, Ordering::Relaxed);
-                let number = line.number.or_else(|| line_number_at(path, line.offset));
-                let at = number.map_or_else(
-                    || format!("at byte {}", line.offset),
-                    |n| format!("line {n}"),
-                );
-                if line.terminated {
-                    log::warn!("{}: {at}: corrupted line skipped: {e}", path.display());
-                } else {
-                    log::warn!(
-                        "{}: {at}: partial last line (interrupted write) skipped",
-                        path.display()
-                    );
-                }
-                None
+    /// Calls `f` for each non-blank line of `name` in `dir`, in order, and returns the file (`None`
+    /// when there is none). A name that is not a regular file has no lines (said in a warning).
+    fn for_each_line(
+        &self,
+        dir: &Dir,
+        name: &str,
+        mut f: impl FnMut(Line),
+    ) -> Result<Option<File>, StoreError> {
+        let file = match dir.open_read(name) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(None),
+            Err(err @ (StoreError::NotRegular { .. } | StoreError::Symlink { .. })) => {
+                log::warn!("{}, ignored", crate::error_chain(&err));
+                return Ok(None);
             }
+            Err(err) => return Err(err),
+        };
+        let mut lines = ForwardLines::new(&file, self.max_line);
+        while let Some(line) = lines.next_line().map_err(|source| StoreError::Read {
+            path: dir.path().join(name),
+            source,
+        })? {
+            f(line);
+        }
+        Ok(Some(file))
+    }
+
+    /// Counts and reports what a load of `path` skipped: the first few lines one by one (with their
+    /// line numbers, found in one pass over `file` for backward reads), then a summary.
+    fn report_skipped(&self, path: &Path, file: Option<&File>, skipped: Skipped) {
+        if skipped.total == 0 {
+            return;
+        }
+        self.corrupt_lines_total
+            .fetch_add(skipped.total, Ordering::Relaxed);
+        let unnumbered: Vec<u64> = skipped
+            .first
+            .iter()
+            .filter(|s| s.number.is_none())
+            .map(|s| s.offset)
+            .collect();
+        let mut found = match file {
+            Some(file) if !unnumbered.is_empty() => line_numbers(file, &unnumbered)
+                .unwrap_or_default()
+                .into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        for s in &skipped.first {
+            let at = match s.number.or_else(|| found.next()) {
+                Some(n) => format!("line {n}"),
+                None => format!("at byte {}", s.offset),
+            };
+            log::warn!("{}: {at}: {}", path.display(), s.what);
+        }
+        if skipped.total > skipped.first.len() as u64 {
+            log::warn!(
+                "{}: {} lines skipped in all ({} corrupted, {} partial, {} longer than {} bytes)",
+                path.display(),
+                skipped.total,
+                skipped.corrupted,
+                skipped.partial,
+                skipped.too_long,
+                self.max_line
+            );
         }
     }
-}
 
-fn dated(dir: &Path, (prefix, suffix): (&str, &str), date: UtcDate) -> PathBuf {
-    dir.join(format!("{prefix}{date}{suffix}"))
-}
-
-/// The files of `dir` named `<prefix>YYYY-MM-DD<suffix>`.
-fn dated_files(
-    dir: &Path,
-    (prefix, suffix): (&str, &str),
-) -> Result<Vec<(UtcDate, PathBuf)>, StoreError> {
-    let list_error = |source| StoreError::ListDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(list_error)? {
-        let entry = entry.map_err(list_error)?;
-        let name = entry.file_name();
-        let Some(date) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(prefix))
-            .and_then(|n| n.strip_suffix(suffix))
-            .and_then(UtcDate::parse)
-        else {
-            continue;
-        };
-        out.push((date, entry.path()));
+    /// The regular files of `dir` named `<prefix>YYYY-MM-DD<suffix>`; other entries with such a name
+    /// (a directory, a symbolic link, a FIFO) are passed over with a warning.
+    fn dated_files(
+        &self,
+        dir: &Dir,
+        (prefix, suffix): (&str, &str),
+    ) -> Result<Vec<(UtcDate, String)>, StoreError> {
+        let mut out = Vec::new();
+        for (name, kind) in dir.list()? {
+            let Some(date) = name
+                .strip_prefix(prefix)
+                .and_then(|n| n.strip_suffix(suffix))
+                .and_then(UtcDate::parse)
+            else {
+                continue;
+            };
+            if kind != EntryKind::File {
+                log::warn!(
+                    "{}: not a regular file, ignored",
+                    dir.path().join(&name).display()
+                );
+                continue;
+            }
+            out.push((date, name));
+        }
+        Ok(out)
     }
-    Ok(out)
+}
+
+fn dated((prefix, suffix): (&str, &str), date: UtcDate) -> String {
+    format!("{prefix}{date}{suffix}")
+}
+
+/// Lines a load skipped in one file.
+#[derive(Debug, Default)]
+struct Skipped {
+    total: u64,
+    corrupted: u64,
+    partial: u64,
+    too_long: u64,
+    first: Vec<SkippedLine>,
+}
+
+#[derive(Debug)]
+struct SkippedLine {
+    offset: u64,
+    number: Option<u64>,
+    what: String,
+}
+
+/// Decodes one line; notes it in `skipped` and returns `None` when it cannot be used.
+fn decode_line<T: DeserializeOwned>(line: &Line, skipped: &mut Skipped) -> Option<T> {
+    let what = match (&line.body, line.terminated) {
+        (Body::TooLong(len), _) => {
+            skipped.too_long += 1;
+            format!("line of {len} bytes, over the line limit, skipped (not read into memory)")
+        }
+        (Body::Bytes(bytes), terminated) => match serde_json::from_slice(bytes) {
+            Ok(v) => return Some(v),
+            Err(_) if !terminated => {
+                skipped.partial += 1;
+                "partial last line (interrupted write) skipped".to_string()
+            }
+            Err(e) => {
+                skipped.corrupted += 1;
+                format!("corrupted line skipped: {e}")
+            }
+        },
+    };
+    skipped.total += 1;
+    if skipped.first.len() < REPORTED_LINES {
+        skipped.first.push(SkippedLine {
+            offset: line.offset,
+            number: line.number,
+            what,
+        });
+    }
+    None
 }
 
 /// Appends `lines` (whole lines) in one write, first terminating an interrupted last line.
-fn append(path: &Path, mut lines: Vec<u8>, fsync: bool) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(path)?;
+fn append(file: &File, mut lines: Vec<u8>, fsync: bool) -> io::Result<()> {
     let len = file.metadata()?.len();
     if len > 0 {
         let mut last = [0u8];
@@ -432,185 +657,13 @@ fn append(path: &Path, mut lines: Vec<u8>, fsync: bool) -> io::Result<()> {
             lines.insert(0, b'\n');
         }
     }
+    let mut file = file;
     file.write_all(&lines)?;
     file.flush()?;
     if fsync {
         file.sync_data()?;
     }
     Ok(())
-}
-
-/// Replaces `path` with `bytes`: writes `<path>.tmp`, syncs it, renames it over `path`, syncs the
-/// directory.
-fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write_error = |source| StoreError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_error)
-}
-
-/// One line of a JSONL file, without its `\n`.
-struct Line {
-    bytes: Vec<u8>,
-    /// 1-based line number, when known (forward reads).
-    number: Option<usize>,
-    /// Byte offset of the line's start.
-    offset: u64,
-    /// False for a last line without `\n`: an interrupted write.
-    terminated: bool,
-}
-
-/// Calls `f` for each non-blank line of `path`, in order. A missing file has no lines.
-fn for_each_line(path: &Path, mut f: impl FnMut(Line)) -> Result<(), StoreError> {
-    let read_error = |source| StoreError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(read_error(source)),
-    };
-    let mut reader = BufReader::new(file);
-    let mut offset = 0;
-    let mut number = 0;
-    loop {
-        let mut bytes = Vec::new();
-        let n = reader.read_until(b'\n', &mut bytes).map_err(read_error)?;
-        if n == 0 {
-            return Ok(());
-        }
-        number += 1;
-        let start = offset;
-        offset += n as u64;
-        let terminated = bytes.last() == Some(&b'\n');
-        if terminated {
-            bytes.pop();
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        f(Line {
-            bytes,
-            number: Some(number),
-            offset: start,
-            terminated,
-        });
-    }
-}
-
-/// Reads the lines of a file from the last to the first, a chunk at a time.
-struct BackwardLines {
-    path: PathBuf,
-    file: File,
-    /// Bytes of the file before `pending` not read yet.
-    pos: u64,
-    /// Bytes read but not yet returned: from `pos` to the end of the next line to return.
-    pending: Vec<u8>,
-    /// `pending[..scan_end]` may contain newlines not yet looked at.
-    scan_end: usize,
-    /// True until the last line of the file has been returned.
-    at_end: bool,
-}
-
-impl BackwardLines {
-    fn open(path: &Path) -> Result<Self, StoreError> {
-        let read_error = |source| StoreError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = File::open(path).map_err(read_error)?;
-        let pos = file.seek(SeekFrom::End(0)).map_err(read_error)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            pos,
-            pending: Vec::new(),
-            scan_end: 0,
-            at_end: true,
-        })
-    }
-
-    /// The previous non-blank line, or `None` at the start of the file.
-    fn next_line(&mut self) -> Result<Option<Line>, StoreError> {
-        loop {
-            if let Some(i) = self.pending[..self.scan_end]
-                .iter()
-                .rposition(|&b| b == b'\n')
-            {
-                let bytes = self.pending.split_off(i + 1);
-                self.pending.truncate(i);
-                self.scan_end = i;
-                let terminated = !std::mem::replace(&mut self.at_end, false);
-                if let Some(line) = self.line(bytes, self.pos + i as u64 + 1, terminated) {
-                    return Ok(Some(line));
-                }
-                continue;
-            }
-            if self.pos == 0 {
-                let bytes = std::mem::take(&mut self.pending);
-                self.scan_end = 0;
-                let terminated = !std::mem::replace(&mut self.at_end, false);
-                return Ok(self.line(bytes, 0, terminated));
-            }
-            let start = self.pos.saturating_sub(BACKWARD_CHUNK);
-            let len = usize::try_from(self.pos - start).unwrap_or(0);
-            let mut chunk = vec![0; len];
-            self.file
-                .seek(SeekFrom::Start(start))
-                .and_then(|_| self.file.read_exact(&mut chunk))
-                .map_err(|source| StoreError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            chunk.extend_from_slice(&self.pending);
-            self.pending = chunk;
-            self.scan_end = len;
-            self.pos = start;
-        }
-    }
-
-    fn line(&self, bytes: Vec<u8>, offset: u64, terminated: bool) -> Option<Line> {
-        (!bytes.iter().all(u8::is_ascii_whitespace)).then_some(Line {
-            bytes,
-            number: None,
-            offset,
-            terminated,
-        })
-    }
-}
-
-/// The 1-based number of the line starting at `offset` (only computed for warnings).
-fn line_number_at(path: &Path, offset: u64) -> Option<usize> {
-    let file = File::open(path).ok()?;
-    let mut reader = BufReader::new(file.take(offset));
-    let mut newlines = 0;
-    loop {
-        let buf = reader.fill_buf().ok()?;
-        if buf.is_empty() {
-            return Some(newlines + 1);
-        }
-        newlines += buf.iter().filter(|&&b| b == b'\n').count();
-        let n = buf.len();
-        reader.consume(n);
-    }
 }
 
 impl crate::alerts::AlertSink for Store {

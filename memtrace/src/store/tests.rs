@@ -1,4 +1,7 @@
-use std::io::Write as _;
+use std::{
+    fs::{self, OpenOptions},
+    io::Write as _,
+};
 
 use serde_json::json;
 
@@ -178,7 +181,7 @@ fn snapshots_read_backward_across_chunks() {
         fs::metadata(s.snapshots_path(UtcDate::from_unix_ms(JAN15)))
             .unwrap()
             .len()
-            > 4 * BACKWARD_CHUNK
+            > 4 * lines::CHUNK as u64
     );
     assert_eq!(s.load_recent_snapshots(1000).unwrap(), all);
     assert_eq!(s.load_recent_snapshots(57).unwrap(), all[143..]);
@@ -198,7 +201,6 @@ fn corrupted_lines_are_skipped_and_counted() {
     let loaded = s.load_recent_snapshots(10).unwrap();
     assert_eq!(loaded, [snapshot(JAN15, 1), snapshot(JAN15 + 1, 1)]);
     assert_eq!(s.corrupt_lines_total(), 2);
-    assert_eq!(line_number_at(&path, 0), Some(1));
 
     let events = alert_events();
     s.append_alert(events[0].alert()).unwrap();
@@ -407,4 +409,270 @@ fn operations_are_appended_as_lines() {
     s.append_operations(d, &[json!({"n": 3})]).unwrap();
     let text = fs::read_to_string(s.operations_path(d)).unwrap();
     assert_eq!(text, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+}
+
+fn symlink(target: &Path, link: &Path) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A file outside the data directory that symbolic and hard links point to (a stand-in for
+/// `/etc/passwd`), and its contents.
+struct Victim {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+const VICTIM: &[u8] = b"root:x:0:0:root:/root:/bin/bash\n";
+
+impl Victim {
+    fn new(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("passwd");
+        fs::write(&path, VICTIM).unwrap();
+        Self { _dir: dir, path }
+    }
+
+    fn assert_untouched(&self) {
+        let meta = fs::symlink_metadata(&self.path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(
+            fs::read(&self.path).unwrap(),
+            VICTIM,
+            "the victim file was written"
+        );
+    }
+}
+
+/// Guards issue 11 item 4: data files that are symbolic links (`alerts.jsonl`, today's snapshots
+/// and operations files) are never appended through; the write fails naming the file, is counted,
+/// and the file pointed to is unchanged. Loads pass over them.
+#[test]
+fn appends_never_follow_symbolic_links() {
+    let dir = TempDir::new("symlink-append");
+    let s = store(&dir);
+    let victim = Victim::new("symlink-append-victim");
+    let d = UtcDate::from_unix_ms(JAN15);
+    for path in [s.alerts_path(), s.snapshots_path(d), s.operations_path(d)] {
+        symlink(&victim.path, &path);
+    }
+    let err = s.append_alert(alert_events()[0].alert()).unwrap_err();
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("alerts.jsonl is a symbolic link"),
+        "{err}"
+    );
+    let err = s.append_snapshot(&snapshot(JAN15, 1)).unwrap_err();
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err:?}");
+    let err = s.append_operations(d, &[json!({"n": 1})]).unwrap_err();
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err:?}");
+    assert_eq!(s.persist_failures_total(), 3);
+    victim.assert_untouched();
+    assert!(s.load_alerts().unwrap().is_empty());
+    assert!(s.load_recent_snapshots(10).unwrap().is_empty());
+    assert_eq!(s.corrupt_lines_total(), 0);
+}
+
+/// Guards issue 11 item 4: replacements (`consumers_<day>.json`, the retention rewrite of
+/// `alerts.jsonl`) never write through a symbolic link, neither the file's nor its `.tmp`: the links
+/// themselves are replaced or removed, the file pointed to is unchanged.
+#[test]
+fn replacements_never_follow_symbolic_links() {
+    let dir = TempDir::new("symlink-replace");
+    let s = store(&dir);
+    let victim = Victim::new("symlink-replace-victim");
+    let d = UtcDate::from_unix_ms(JAN15);
+    let consumers = s.consumers_path(d);
+    let tmp = |p: &Path| PathBuf::from(format!("{}.tmp", p.display()));
+    symlink(&victim.path, &tmp(&consumers));
+    s.write_consumers(d, &json!({"version": 1})).unwrap();
+    symlink(&victim.path, &tmp(&consumers));
+    fs::remove_file(&consumers).unwrap();
+    symlink(&victim.path, &consumers);
+    s.write_consumers(d, &json!({"version": 2})).unwrap();
+    assert!(fs::symlink_metadata(&consumers)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(s.read_consumers(d).unwrap(), Some(json!({"version": 2})));
+    assert!(!tmp(&consumers).exists());
+    victim.assert_untouched();
+
+    // The retention rewrite of alerts.jsonl with alerts.jsonl.tmp planted as a link.
+    let events = alert_events();
+    for e in &events {
+        s.append_alert(e.alert()).unwrap();
+    }
+    symlink(&victim.path, &tmp(&s.alerts_path()));
+    let report = s.prune(JAN15 + 60 * DAY).unwrap();
+    assert_eq!(report.alert_lines_removed, 2);
+    assert_eq!(s.load_alerts().unwrap().len(), 2);
+    assert!(fs::symlink_metadata(tmp(&s.alerts_path())).is_err());
+    victim.assert_untouched();
+    assert_eq!(s.persist_failures_total(), 0);
+}
+
+/// Guards issue 11 item 4: a data file that is a hard link to a file elsewhere is not appended to.
+#[test]
+fn hard_linked_files_are_refused() {
+    let dir = TempDir::new("hardlink");
+    let s = store(&dir);
+    let victim = Victim::new("hardlink-victim");
+    fs::hard_link(&victim.path, s.alerts_path()).unwrap();
+    let err = s.append_alert(alert_events()[0].alert()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::HardLinked { links: 2, .. }),
+        "{err:?}"
+    );
+    victim.assert_untouched();
+    assert_eq!(s.persist_failures_total(), 1);
+}
+
+/// Guards issue 11 items 4 and 7: entries named like data files that are not regular files (a
+/// directory, a FIFO) stop neither the restore nor the retention, and a FIFO never blocks them.
+#[test]
+fn entries_that_are_not_regular_files_are_passed_over() {
+    let dir = TempDir::new("not-regular");
+    let s = store(&dir);
+    fs::create_dir(dir.0.join("snapshots_2024-01-10.jsonl")).unwrap();
+    mkfifo(&dir.0.join("snapshots_2024-01-11.jsonl"));
+    fs::create_dir(dir.0.join("memory-consumers/consumers_2024-01-10.json")).unwrap();
+    let all: Vec<HostSnapshot> = (0..4)
+        .map(|i| snapshot(JAN15 - 3 * DAY + i * DAY, 1))
+        .collect();
+    for snap in &all {
+        s.append_snapshot(snap).unwrap();
+    }
+    mkfifo(&s.alerts_path());
+    assert_eq!(s.load_recent_snapshots(100).unwrap(), all);
+    assert!(s.load_alerts().unwrap().is_empty());
+    let err = s.append_alert(alert_events()[0].alert()).unwrap_err();
+    assert!(matches!(err, StoreError::NotRegular { .. }), "{err:?}");
+    fs::remove_file(s.alerts_path()).unwrap();
+
+    // At 2024-01-22T12:00 the files up to the 14th go; the directory and the FIFO stay.
+    let report = s.prune(JAN15 + 7 * DAY + DAY / 2).unwrap();
+    assert_eq!(
+        report.files_removed,
+        [
+            dir.0.join("snapshots_2024-01-12.jsonl"),
+            dir.0.join("snapshots_2024-01-13.jsonl"),
+            dir.0.join("snapshots_2024-01-14.jsonl"),
+        ]
+    );
+    assert_eq!(
+        names(&dir.0),
+        [
+            "memory-consumers",
+            "snapshots_2024-01-10.jsonl",
+            "snapshots_2024-01-11.jsonl",
+            "snapshots_2024-01-15.jsonl"
+        ]
+    );
+    assert_eq!(s.persist_failures_total(), 1);
+}
+
+/// Guards issue 11 item 4: the store creates its directories 0700 and refuses one writable by
+/// every user or owned by another user, or a `memory-consumers` that is a symbolic link.
+#[test]
+fn unsafe_data_directories_are_refused() {
+    let dir = TempDir::new("modes");
+    let s = store(&dir);
+    assert_eq!(mode(&dir.0), 0o700);
+    assert_eq!(mode(&dir.0.join("memory-consumers")), 0o700);
+    drop(s);
+
+    fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let err = Store::open(&dir.0, RetentionConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::WorldWritable { mode: 0o1777, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("writable by every user"), "{err}");
+    fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+
+    let elsewhere = TempDir::new("modes-elsewhere");
+    fs::create_dir_all(&elsewhere.0).unwrap();
+    fs::remove_dir(dir.0.join("memory-consumers")).unwrap();
+    symlink(&elsewhere.0, &dir.0.join("memory-consumers"));
+    let err = Store::open(&dir.0, RetentionConfig::default()).unwrap_err();
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err:?}");
+    fs::remove_file(dir.0.join("memory-consumers")).unwrap();
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("!!! not root: the foreign-owner check is not exercised !!!");
+        return;
+    }
+    std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
+    let err = Store::open(&dir.0, RetentionConfig::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::ForeignOwner {
+                owner: 65534,
+                uid: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Guards issue 11 item 7: a line far over the line limit is skipped (and counted) without
+/// stopping the load of the lines around it, in snapshots (read backward) and alerts (forward).
+#[test]
+fn over_long_lines_are_skipped_and_counted() {
+    let dir = TempDir::new("long-line");
+    let s = store(&dir).with_max_line(64 << 10);
+    let path = s.snapshots_path(UtcDate::from_unix_ms(JAN15));
+    s.append_snapshot(&snapshot(JAN15, 1)).unwrap();
+    let mut long = b"{\"timestamp\": 1, \"x\": \"".to_vec();
+    long.resize(4 << 20, b'x');
+    long.extend_from_slice(b"\"}\n");
+    append_raw(&path, &long);
+    s.append_snapshot(&snapshot(JAN15 + 1, 1)).unwrap();
+    assert_eq!(
+        s.load_recent_snapshots(10).unwrap(),
+        [snapshot(JAN15, 1), snapshot(JAN15 + 1, 1)]
+    );
+    assert_eq!(s.corrupt_lines_total(), 1);
+
+    let events = alert_events();
+    s.append_alert(events[0].alert()).unwrap();
+    append_raw(&s.alerts_path(), &long);
+    s.append_alert(events[1].alert()).unwrap();
+    assert_eq!(s.load_alerts().unwrap().len(), 2);
+    assert_eq!(s.corrupt_lines_total(), 2);
+}
+
+/// Guards issue 11 item 7: twenty thousand corrupted lines are each counted once, and the valid
+/// snapshots on both sides of them are restored.
+#[test]
+fn many_corrupted_lines_are_counted_once_each() {
+    let dir = TempDir::new("many-corrupt");
+    let s = store(&dir);
+    let path = s.snapshots_path(UtcDate::from_unix_ms(JAN15));
+    s.append_snapshot(&snapshot(JAN15, 1)).unwrap();
+    let garbage: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{{\"timestamp\": {i}, corrupted\n").into_bytes())
+        .collect();
+    append_raw(&path, &garbage);
+    s.append_snapshot(&snapshot(JAN15 + 1, 1)).unwrap();
+    assert_eq!(
+        s.load_recent_snapshots(10).unwrap(),
+        [snapshot(JAN15, 1), snapshot(JAN15 + 1, 1)]
+    );
+    assert_eq!(s.corrupt_lines_total(), 20_000);
 }

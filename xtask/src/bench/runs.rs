@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::proc::{cpu_seconds, free_port, Proc};
 
+/// Where tracefs takes uprobe definitions.
+const UPROBE_EVENTS: &str = "/sys/kernel/tracing/uprobe_events";
+
 /// How long one workload run may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -21,23 +24,31 @@ pub enum Tracer {
     /// `memtrace agent --no-persist --listen 127.0.0.1:PORT` in the background: the default,
     /// host-wide tier (syscall and process tracepoints, kernel RSS counters; no malloc uprobes).
     Agent,
-    /// `memtrace trace --json --output F -- CMD`: malloc-family uprobes on the process, stacks.
+    /// `memtrace trace --json --output F -- CMD`: malloc-family uprobes on the process, stacks,
+    /// each entry probe on the first instruction the kernel emulates.
     Trace,
     TraceNoStacks,
-    /// bpftrace counting entry uprobes on the same malloc-family functions.
-    BpftraceEntry,
-    /// ... plus return probes on the allocating ones, as memtrace has.
+    /// The same with every probe on its function's entry (`--entry-probes`).
+    TraceEntry,
+    /// The trap floor: perf counting uprobes (no BPF program) at the file offsets memtrace uses,
+    /// entry and return probes on the same functions as memtrace (`perf stat -e ...`).
+    PerfPlaced,
+    /// The same at the functions' entries.
+    PerfEntry,
+    /// bpftrace counting entry and return uprobes on the malloc family, at the entries.
     BpftraceEntryReturn,
     /// heaptrack (LD_PRELOAD).
     Heaptrack,
 }
 
 impl Tracer {
-    pub const MEASURED: [Tracer; 6] = [
+    pub const MEASURED: [Tracer; 8] = [
         Tracer::Agent,
         Tracer::Trace,
         Tracer::TraceNoStacks,
-        Tracer::BpftraceEntry,
+        Tracer::TraceEntry,
+        Tracer::PerfPlaced,
+        Tracer::PerfEntry,
         Tracer::BpftraceEntryReturn,
         Tracer::Heaptrack,
     ];
@@ -48,7 +59,9 @@ impl Tracer {
             Tracer::Agent => "memtrace-agent",
             Tracer::Trace => "memtrace-trace",
             Tracer::TraceNoStacks => "memtrace-trace-no-stacks",
-            Tracer::BpftraceEntry => "bpftrace-entry",
+            Tracer::TraceEntry => "memtrace-trace-entry-probes",
+            Tracer::PerfPlaced => "perf-floor-placed",
+            Tracer::PerfEntry => "perf-floor-entry",
             Tracer::BpftraceEntryReturn => "bpftrace-entry-return",
             Tracer::Heaptrack => "heaptrack",
         }
@@ -60,14 +73,20 @@ impl Tracer {
             Tracer::Agent => "memtrace agent (default)",
             Tracer::Trace => "memtrace trace",
             Tracer::TraceNoStacks => "memtrace trace --no-stacks",
-            Tracer::BpftraceEntry => "bpftrace uprobes, entry",
+            Tracer::TraceEntry => "memtrace trace --entry-probes",
+            Tracer::PerfPlaced => "perf uprobes, memtrace offsets",
+            Tracer::PerfEntry => "perf uprobes, entries",
             Tracer::BpftraceEntryReturn => "bpftrace uprobes, entry+ret",
             Tracer::Heaptrack => "heaptrack",
         }
     }
 
     pub fn is_bpftrace(self) -> bool {
-        matches!(self, Tracer::BpftraceEntry | Tracer::BpftraceEntryReturn)
+        self == Tracer::BpftraceEntryReturn
+    }
+
+    pub fn is_perf(self) -> bool {
+        matches!(self, Tracer::PerfPlaced | Tracer::PerfEntry)
     }
 
     /// Tracers that put a uprobe (or an LD_PRELOAD hook) on every allocator call get the smaller
@@ -77,9 +96,27 @@ impl Tracer {
     }
 }
 
+/// One uprobe of the perf floor: a file offset in an object, with a return probe or not.
+#[derive(Clone, Debug)]
+pub struct FloorProbe {
+    pub symbol: String,
+    pub path: PathBuf,
+    pub file_offset: u64,
+    pub ret: bool,
+}
+
+/// The perf floors' probes: at memtrace's placements, and at the entries.
+#[derive(Clone, Debug, Default)]
+pub struct Floors {
+    pub placed: Vec<FloorProbe>,
+    pub entry: Vec<FloorProbe>,
+}
+
 /// What the suite knows to run things.
 pub struct Ctx {
     pub memtrace: PathBuf,
+    pub perf: Option<PathBuf>,
+    pub floors: Option<Floors>,
     pub bpftrace: Option<PathBuf>,
     pub heaptrack: Option<PathBuf>,
     /// Directory holding the private libc copy (LD_LIBRARY_PATH for bpftrace pairs).
@@ -110,7 +147,7 @@ pub struct Outcome {
     pub pid: u32,
     /// memtrace trace's JSON report.
     pub report: Option<Value>,
-    /// bpftrace: hits counted on the entry probes, and on the return probes.
+    /// bpftrace and perf: hits counted on the entry probes, and on the return probes.
     pub entry_hits: Option<u64>,
     pub return_hits: Option<u64>,
     /// memtrace agent: CPU seconds it used while the workload ran.
@@ -175,9 +212,20 @@ pub fn run(
         Tracer::Trace | Tracer::TraceNoStacks => {
             trace(ctx, job, &env, tag, tracer == Tracer::TraceNoStacks, &[])
         }
-        Tracer::BpftraceEntry | Tracer::BpftraceEntryReturn => {
-            bpftrace(ctx, job, &env, tag, tracer == Tracer::BpftraceEntryReturn)
+        Tracer::TraceEntry => trace(ctx, job, &env, tag, false, &["--entry-probes"]),
+        Tracer::PerfPlaced | Tracer::PerfEntry => {
+            let floors = ctx
+                .floors
+                .as_ref()
+                .ok_or_else(|| anyhow!("no probe offsets for the perf floor"))?;
+            let probes = if tracer == Tracer::PerfPlaced {
+                &floors.placed
+            } else {
+                &floors.entry
+            };
+            perf(ctx, job, &env, tag, probes)
         }
+        Tracer::BpftraceEntryReturn => bpftrace(ctx, job, &env, tag, true),
         Tracer::Heaptrack => heaptrack(ctx, job, &env, tag),
     }
 }
@@ -428,6 +476,123 @@ fn bpftrace(
     if outcome.calls > 0 && entry < outcome.calls {
         outcome.notes.push(format!(
             "bpftrace counted {entry} entries of {} allocator calls",
+            outcome.calls
+        ));
+    }
+    Ok(outcome)
+}
+
+/// Uprobe events defined in tracefs for one perf run, removed on drop.
+struct TracefsEvents {
+    group: String,
+    names: Vec<String>,
+}
+
+impl TracefsEvents {
+    /// Defines `e_SYMBOL` (and `x_SYMBOL` for a return probe) in `group` for each probe. Event
+    /// names must not look like perf's raw events (`rNNN`), hence the prefixes.
+    fn define(group: &str, probes: &[FloorProbe]) -> anyhow::Result<Self> {
+        use std::io::Write as _;
+        let mut events = Self {
+            group: group.to_string(),
+            names: Vec::new(),
+        };
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(UPROBE_EVENTS)
+            .with_context(|| format!("opening {UPROBE_EVENTS}"))?;
+        for probe in probes {
+            let mut lines = vec![('p', format!("e_{}", probe.symbol))];
+            if probe.ret {
+                lines.push(('r', format!("x_{}", probe.symbol)));
+            }
+            for (kind, name) in lines {
+                let line = format!(
+                    "{kind}:{group}/{name} {}:{:#x}\n",
+                    probe.path.display(),
+                    probe.file_offset
+                );
+                file.write_all(line.as_bytes())
+                    .with_context(|| format!("defining {}", line.trim()))?;
+                events.names.push(name);
+            }
+        }
+        Ok(events)
+    }
+
+    fn perf_args(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .flat_map(|name| ["-e".to_string(), format!("{}:{name}", self.group)])
+            .collect()
+    }
+}
+
+impl Drop for TracefsEvents {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        if let Ok(mut file) = fs::OpenOptions::new().append(true).open(UPROBE_EVENTS) {
+            for name in &self.names {
+                let _ = file.write_all(format!("-:{}/{name}\n", self.group).as_bytes());
+            }
+        }
+    }
+}
+
+/// `perf stat -e GROUP:e_malloc,... -- CMD`: the uprobes count hits and run no BPF program, so
+/// the slowdown is the traps alone. perf opens the events for the command only, so no other
+/// process pays.
+fn perf(
+    ctx: &Ctx,
+    job: &Job<'_>,
+    env: &[(String, String)],
+    tag: &str,
+    probes: &[FloorProbe],
+) -> anyhow::Result<Outcome> {
+    let perf = ctx
+        .perf
+        .as_ref()
+        .ok_or_else(|| anyhow!("perf is not available"))?;
+    let group = format!("mtbench{}", std::process::id());
+    let events = TracefsEvents::define(&group, probes)?;
+    let counts = ctx.work.join(format!("{tag}.perf"));
+    let mut argv = vec![
+        perf.to_string_lossy().into_owned(),
+        "stat".into(),
+        "-x,".into(),
+        "-o".into(),
+        counts.to_string_lossy().into_owned(),
+    ];
+    argv.extend(events.perf_args());
+    argv.push("--".into());
+    argv.extend(job.argv.iter().cloned());
+    let mut p = Proc::spawn(&argv, env, &ctx.work, tag, true)?;
+    p.feed(job.input)?;
+    let mut outcome = finish(&mut p, "perf stat")?;
+    drop(events);
+    let text = fs::read_to_string(&counts)
+        .with_context(|| format!("perf stat wrote no counts:\n{}", p.tail()))?;
+    let (mut entry, mut ret) = (0u64, 0u64);
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(count), Some(event)) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        let Ok(count) = count.trim().parse::<u64>() else {
+            continue;
+        };
+        match event.split_once('/').map_or(*event, |(_, n)| n) {
+            name if name.contains(":e_") => entry += count,
+            name if name.contains(":x_") => ret += count,
+            _ => {}
+        }
+    }
+    let _ = fs::remove_file(&counts);
+    outcome.entry_hits = Some(entry);
+    outcome.return_hits = Some(ret);
+    if outcome.calls > 0 && entry < outcome.calls / 2 {
+        outcome.notes.push(format!(
+            "perf counted {entry} entries of {} allocator calls",
             outcome.calls
         ));
     }

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
-use super::proc::{capture, which};
+use super::{
+    proc::{capture, which, Proc},
+    runs::{FloorProbe, Floors},
+};
 
 /// What the machine is, printed first and kept in the JSON.
 pub struct Machine {
@@ -285,4 +288,59 @@ pub fn private_libc(dir: &Path) -> anyhow::Result<PathBuf> {
     fs::copy(&libc, &copy)
         .with_context(|| format!("copying {} to {}", libc.display(), copy.display()))?;
     Ok(copy)
+}
+
+/// The perf floors' probes. memtrace's placements come from `memtrace trace --json` of a one-pair
+/// malloc loop (the same libc as every workload); the entry floor puts the same probes at the
+/// functions' entries.
+pub fn floors(memtrace: &Path, malloc_loop: &str, work: &Path) -> anyhow::Result<Floors> {
+    let report_path = work.join("floors.json");
+    let argv: Vec<String> = vec![
+        memtrace.to_string_lossy().into_owned(),
+        "trace".into(),
+        "--json".into(),
+        "--output".into(),
+        report_path.to_string_lossy().into_owned(),
+        "--".into(),
+        malloc_loop.into(),
+        "1".into(),
+    ];
+    let mut p = Proc::spawn(&argv, &[], work, "floors", true)?;
+    p.feed(b"go\n")?;
+    let status = p.wait(std::time::Duration::from_secs(120))?;
+    if !status.success() {
+        bail!("memtrace trace exited with {status}:\n{}", p.tail());
+    }
+    let report: Value = serde_json::from_str(
+        &fs::read_to_string(&report_path).context("memtrace trace wrote no report")?,
+    )
+    .context("memtrace trace's report is not JSON")?;
+    let libc = system_libc()?;
+    let libc_name = libc.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut floors = Floors::default();
+    for p in report["placements"].as_array().into_iter().flatten() {
+        let (Some(symbol), Some(object), Some(offset), Some(file_offset)) = (
+            p["symbol"].as_str(),
+            p["object"].as_str(),
+            p["offset"].as_u64(),
+            p["fileOffset"].as_u64(),
+        ) else {
+            bail!("a placement without symbol, object or offsets: {p}");
+        };
+        if Some(object.to_string()) != libc_name {
+            continue;
+        }
+        let probe = |file_offset| FloorProbe {
+            symbol: symbol.to_string(),
+            path: libc.clone(),
+            file_offset,
+            ret: symbol != "free",
+        };
+        floors.placed.push(probe(file_offset));
+        floors.entry.push(probe(file_offset - offset));
+    }
+    if floors.placed.is_empty() {
+        bail!("memtrace reported no placement in {}", libc.display());
+    }
+    Ok(floors)
 }
