@@ -137,6 +137,11 @@ externalRatio = 1000000
 channels = ["file", "webhook"]
 webhookUrl = "{webhook_url}"
 maxAlertsPerHour = 1000
+maxAlertsPerProcessPerHour = 1000
+maxAlertsPerTypePerHour = 1000
+# The leaker grows for 38 s from its start: no start-up grace, and growth alerts after 3 s.
+patternFor = 3
+gracePeriod = 0
 "#
     )
 }
@@ -330,17 +335,21 @@ impl DeadEndpoint {
 #[test]
 fn a_webhook_that_never_answers_delays_nothing() {
     let dead = DeadEndpoint::start();
-    // A 1 MiB RSS threshold: most processes on the host raise an alert at the first snapshot.
+    // A 1 MiB RSS threshold without a for: duration: most processes on the host raise an alert at
+    // the first snapshot.
     let config = format!(
         r#"
 [thresholds]
 rssMB = 1
+for = 0
 
 [alerting]
 channels = ["webhook"]
 webhookUrl = "{}"
 webhookTimeoutMs = 5000
 maxAlertsPerHour = 1000
+maxAlertsPerProcessPerHour = 1000
+maxAlertsPerTypePerHour = 1000
 "#,
         dead.url
     );

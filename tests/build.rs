@@ -25,7 +25,14 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
-    for name in ["memops", "fixed_plan", "grower", "leaker", "churn"] {
+    for name in [
+        "memops",
+        "fixed_plan",
+        "grower",
+        "leaker",
+        "churn",
+        "shapes",
+    ] {
         compile(
             &cc,
             &["-O1", "-g", "-fno-omit-frame-pointer"],

@@ -60,9 +60,10 @@ fn dashboard_end_to_end_in_headless_chromium() {
         );
     }
 
-    // A 1 MiB RSS threshold gives the dashboard active alerts to show and resolve.
-    let config =
-        "[thresholds]\nrssMB = 1\n\n[alerting]\nchannels = [\"file\"]\nmaxAlertsPerHour = 50\n";
+    // A 1 MiB RSS threshold, without a for: duration, gives the dashboard active alerts to show
+    // and resolve.
+    let config = "[thresholds]\nrssMB = 1\nfor = 0\n\n[alerting]\nchannels = [\"file\"]\n\
+                  maxAlertsPerHour = 50\nmaxAlertsPerTypePerHour = 50\n";
     let data = TempDir::new("dashboard");
     let Some(agent) = Agent::start(&AgentSpec::new(config, data.path()).token(TOKEN)) else {
         return;

@@ -30,6 +30,9 @@ fn growing_process_is_drilled_into() {
     config.thresholds.external_ratio = 1e9;
     config.thresholds.growth_rate_mb = 1e9;
     config.alerting.channels.clear();
+    // The grower grows for 25 s from its start: no start-up grace, growth alerts at once.
+    config.alerting.pattern_for = 0;
+    config.alerting.grace_period = 0;
     config.agent.persist = false;
     config.agent.history = 100;
     config.drilldown.window = 3;

@@ -268,6 +268,22 @@ pub struct ThresholdsConfig {
     /// Growth of RSS in MiB per minute above which an alert is raised.
     #[serde(rename = "growthRateMB")]
     pub growth_rate_mb: f64,
+    /// Seconds a threshold must stay exceeded, at every check, before it alerts (Prometheus'
+    /// `for:`). The `...For` keys override it for one threshold.
+    #[serde(rename = "for")]
+    pub for_seconds: u64,
+    #[serde(rename = "externalFor", skip_serializing_if = "Option::is_none")]
+    pub external_for: Option<u64>,
+    #[serde(rename = "externalRatioFor", skip_serializing_if = "Option::is_none")]
+    pub external_ratio_for: Option<u64>,
+    #[serde(rename = "rssFor", skip_serializing_if = "Option::is_none")]
+    pub rss_for: Option<u64>,
+    #[serde(rename = "growthRateFor", skip_serializing_if = "Option::is_none")]
+    pub growth_rate_for: Option<u64>,
+    /// Seconds of RSS history the growth rate is measured over (a robust slope); a process with a
+    /// shorter history is not judged on its growth rate yet.
+    #[serde(rename = "growthRateWindow")]
+    pub growth_rate_window: u64,
 }
 
 impl Default for ThresholdsConfig {
@@ -277,7 +293,25 @@ impl Default for ThresholdsConfig {
             external_ratio: 1.5,
             rss_mb: 200.0,
             growth_rate_mb: 5.0,
+            for_seconds: 60,
+            external_for: None,
+            external_ratio_for: None,
+            rss_for: None,
+            growth_rate_for: None,
+            growth_rate_window: 120,
         }
+    }
+}
+
+impl ThresholdsConfig {
+    /// Every threshold's `for:` duration is `seconds` (tests, and configurations without delays).
+    pub fn with_for(mut self, seconds: u64) -> Self {
+        self.for_seconds = seconds;
+        self.external_for = None;
+        self.external_ratio_for = None;
+        self.rss_for = None;
+        self.growth_rate_for = None;
+        self
     }
 }
 
@@ -315,6 +349,19 @@ pub enum Channel {
     Webhook,
 }
 
+/// The body the webhook channel posts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The alert JSON of the origin monitor (also what `alerts.jsonl` holds).
+    #[default]
+    Origin,
+    /// Alertmanager's `POST /api/v2/alerts` body: an array of alerts with labels, annotations,
+    /// `startsAt`, `endsAt` and `generatorURL`; resolutions set `endsAt`, firing alerts are sent
+    /// again every `webhookResendInterval`.
+    Alertmanager,
+}
+
 /// `[alerting]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -322,8 +369,19 @@ pub struct AlertingConfig {
     /// When false no alert is created at all.
     pub enabled: bool,
     pub channels: Vec<Channel>,
-    /// Alerts created in any sliding hour, across all processes; further ones are suppressed (counted).
+    /// Alerts created in any sliding hour, across all processes (the host-wide cap); further ones
+    /// are suppressed (counted). More severe alerts are never crowded out by less severe ones.
     pub max_alerts_per_hour: u32,
+    /// Alerts created in any sliding hour for one process identity (command name and container,
+    /// so a restarting process keeps its count).
+    pub max_alerts_per_process_per_hour: u32,
+    /// Alerts created in any sliding hour of one type (`threshold`, `pattern`, `leak`, `spike`).
+    pub max_alerts_per_type_per_hour: u32,
+    /// Seconds a growth pattern (or a level shift) must hold, at every analysis, before it alerts.
+    pub pattern_for: u64,
+    /// Processes younger than this (seconds) are judged on absolute thresholds only (RSS,
+    /// external memory, ratio): no growth-rate, pattern or spike alert while they start up.
+    pub grace_period: u64,
     /// `http://` or `https://host[:port]/path`.
     pub webhook_url: Option<String>,
     /// PEM file of the CA certificates that sign the webhook server's certificate, trusted
@@ -334,6 +392,14 @@ pub struct AlertingConfig {
     pub webhook_client_cert: Option<PathBuf>,
     /// PEM private key of `webhookClientCert`.
     pub webhook_client_key: Option<PathBuf>,
+    /// What the webhook posts: `origin` (the alert JSON) or `alertmanager`.
+    pub webhook_format: WebhookFormat,
+    /// Seconds between posts of the still-firing alerts (`alertmanager` format only), which keep
+    /// them from expiring in Alertmanager.
+    pub webhook_resend_interval: u64,
+    /// The agent's URL as the alert's readers reach it (`generatorURL` of Alertmanager alerts).
+    /// Default: `http://` and `monitor.listen`.
+    pub external_url: Option<String>,
     /// Time limit of one POST, connection included.
     pub webhook_timeout_ms: u64,
     /// Further attempts after a failed POST, with exponential backoff.
@@ -350,10 +416,17 @@ impl Default for AlertingConfig {
             enabled: true,
             channels: vec![Channel::Console, Channel::File, Channel::Webhook],
             max_alerts_per_hour: 10,
+            max_alerts_per_process_per_hour: 3,
+            max_alerts_per_type_per_hour: 5,
+            pattern_for: 60,
+            grace_period: 60,
             webhook_url: None,
             webhook_ca_file: None,
             webhook_client_cert: None,
             webhook_client_key: None,
+            webhook_format: WebhookFormat::Origin,
+            webhook_resend_interval: 60,
+            external_url: None,
             webhook_timeout_ms: 5000,
             webhook_retries: 3,
             webhook_queue: 100,
@@ -380,6 +453,14 @@ impl AlertingConfig {
 
     pub fn auto_resolve_after(&self) -> Duration {
         Duration::from_secs(self.auto_resolve_after)
+    }
+
+    /// No `for:` delay on patterns and no grace period (tests, and configurations that want
+    /// immediate alerts).
+    pub fn immediate(mut self) -> Self {
+        self.pattern_for = 0;
+        self.grace_period = 0;
+        self
     }
 }
 
@@ -520,6 +601,17 @@ impl Config {
         })?;
         config.apply(overrides)?;
         Ok(config)
+    }
+
+    /// The URL under which the agent's API is reached: `alerting.externalUrl`, else `http://` and
+    /// `monitor.listen`, without a trailing slash.
+    pub fn external_url(&self) -> String {
+        self.alerting
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.monitor.listen))
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// Parses and validates a configuration given as a string.
@@ -678,6 +770,7 @@ impl Config {
         positive("thresholds.externalRatio", t.external_ratio)?;
         positive("thresholds.rssMB", t.rss_mb)?;
         positive("thresholds.growthRateMB", t.growth_rate_mb)?;
+        at_least("thresholds.growthRateWindow", t.growth_rate_window, 1)?;
 
         let p = &self.pattern_detection;
         at_least("patternDetection.windowSize", u64::from(p.window_size), 2)?;
@@ -722,6 +815,34 @@ impl Config {
             u64::from(a.max_alerts_per_hour),
             1,
         )?;
+        at_least(
+            "alerting.maxAlertsPerProcessPerHour",
+            u64::from(a.max_alerts_per_process_per_hour),
+            1,
+        )?;
+        at_least(
+            "alerting.maxAlertsPerTypePerHour",
+            u64::from(a.max_alerts_per_type_per_hour),
+            1,
+        )?;
+        at_least(
+            "alerting.webhookResendInterval",
+            a.webhook_resend_interval,
+            1,
+        )?;
+        if let Some(url) = &a.external_url {
+            let uri: Result<ureq::http::Uri, _> = url.parse();
+            let ok = uri.is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "alerting.externalUrl",
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
         at_least("alerting.webhookTimeoutMs", a.webhook_timeout_ms, 1)?;
         at_least("alerting.webhookQueue", a.webhook_queue as u64, 1)?;
         if let Some(url) = &a.webhook_url {
@@ -963,6 +1084,16 @@ mod tests {
         assert_eq!(c.alerting.webhook_retries, 3);
         assert_eq!(c.alerting.webhook_queue, 100);
         assert_eq!(c.alerting.auto_resolve_after, 300);
+        assert_eq!(c.thresholds.for_seconds, 60);
+        assert_eq!(c.thresholds.rss_for, None);
+        assert_eq!(c.thresholds.growth_rate_window, 120);
+        assert_eq!(c.alerting.pattern_for, 60);
+        assert_eq!(c.alerting.grace_period, 60);
+        assert_eq!(c.alerting.max_alerts_per_process_per_hour, 3);
+        assert_eq!(c.alerting.max_alerts_per_type_per_hour, 5);
+        assert_eq!(c.alerting.webhook_format, WebhookFormat::Origin);
+        assert_eq!(c.alerting.webhook_resend_interval, 60);
+        assert_eq!(c.external_url(), "http://127.0.0.1:10000");
         assert_eq!(c.tracking.suspicious_size, 10 * 1024 * 1024);
         assert_eq!(c.tracking.max_consumer_size, 100 * 1024 * 1024);
         assert_eq!(c.tracking.leak_age, 30);
@@ -991,11 +1122,16 @@ mod tests {
             [thresholds]
             externalMB = 10
             growthRateMB = 0.5
+            for = 30
+            rssFor = 120
             [patternDetection]
             confidenceThreshold = 90
             [alerting]
             channels = ["console"]
             webhookUrl = "http://127.0.0.1:8080/hook"
+            webhookFormat = "alertmanager"
+            externalUrl = "https://memtrace.example.com/"
+            gracePeriod = 0
             [tracking]
             stackTraceDepth = 20
             [retention]
@@ -1007,6 +1143,13 @@ mod tests {
         assert_eq!(c.monitor.listen.port(), 9000);
         assert_eq!(c.thresholds.external_mb, 10.0);
         assert_eq!(c.thresholds.growth_rate_mb, 0.5);
+        assert_eq!(
+            (c.thresholds.for_seconds, c.thresholds.rss_for),
+            (30, Some(120))
+        );
+        assert_eq!(c.alerting.webhook_format, WebhookFormat::Alertmanager);
+        assert_eq!(c.alerting.grace_period, 0);
+        assert_eq!(c.external_url(), "https://memtrace.example.com");
         assert_eq!(c.pattern_detection.confidence_threshold, 90.0);
         assert_eq!(c.alerting.channels, [Channel::Console]);
         // Listed URL but webhook not among the channels: inactive.
@@ -1125,6 +1268,26 @@ mod tests {
                 "alerting.webhookTimeoutMs",
             ),
             ("[alerting]\nwebhookQueue = 0", "alerting.webhookQueue"),
+            (
+                "[alerting]\nmaxAlertsPerProcessPerHour = 0",
+                "alerting.maxAlertsPerProcessPerHour",
+            ),
+            (
+                "[alerting]\nmaxAlertsPerTypePerHour = 0",
+                "alerting.maxAlertsPerTypePerHour",
+            ),
+            (
+                "[alerting]\nwebhookResendInterval = 0",
+                "alerting.webhookResendInterval",
+            ),
+            (
+                "[alerting]\nexternalUrl = \"ftp://x\"",
+                "alerting.externalUrl",
+            ),
+            (
+                "[thresholds]\ngrowthRateWindow = 0",
+                "thresholds.growthRateWindow",
+            ),
             (
                 "[tracking]\nstackTraceDepth = 128",
                 "tracking.stackTraceDepth",

@@ -109,6 +109,18 @@ impl Session {
         Ok(report)
     }
 
+    /// Like [`Session::trace_target`], for a child that has not yet run its program (it waits
+    /// for the probes before it execs): its heap is traced from its start.
+    pub fn trace_launched(
+        &mut self,
+        pid: u32,
+        target: &AllocatorTarget,
+    ) -> Result<AttachReport, ProbeError> {
+        let report = self.trace_target(pid, target)?;
+        self.accounting.set_traced_from_start(pid);
+        Ok(report)
+    }
+
     /// Loads the unwind tables of the code `pid` maps now. A failure leaves its stacks to frame
     /// pointers (logged, counted by the kernel), never stops tracing.
     fn register_unwind(&mut self, pid: u32) {

@@ -31,12 +31,46 @@ pub struct ProcessSnapshot {
     pub mapped_file_bytes: u64,
     /// Extent of the program break above its start (`brk - start_brk`).
     pub brk_bytes: u64,
-    /// RSS minus live heap bytes, where the heap is traced.
+    /// What the external figures below stand on: `full` when the heap is traced from the
+    /// process's start (live heap is the whole heap), `since-attach` when tracing began while the
+    /// process ran (the heap it had before is unknown), none when the heap is not traced.
+    pub external_basis: Option<ExternalBasis>,
+    /// RSS minus live heap bytes; only on the `full` basis.
     pub external_bytes: Option<u64>,
-    /// External bytes over live heap bytes, where the heap is traced and not empty.
+    /// External bytes over live heap bytes; only on the `full` basis, with a non-empty heap.
     pub external_ratio: Option<f64>,
+    /// Only on the `since-attach` basis: growth of RSS since tracing began that the growth of the
+    /// live heap since then does not explain, in bytes (negative when the heap grew more). A lower
+    /// bound of the external memory the process holds now.
+    pub external_growth_bytes: Option<i64>,
+    /// When the process started, milliseconds since the Unix epoch (from `/proc/PID/stat`).
+    pub start_time_ms: Option<u64>,
+    /// Container id (first 12 hex digits) from the process's cgroup; empty on the host.
+    pub container: String,
+    /// Bytes of memory the process runs into first: its cgroup's `memory.max`, or `MemTotal`.
+    pub limit_bytes: Option<u64>,
     /// Per-library live bytes (filled by attribution where the heap is traced).
     pub libraries: Vec<LibrarySnapshot>,
+}
+
+/// The basis of a process's external memory figures (see [`ProcessSnapshot::external_basis`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExternalBasis {
+    /// The heap is traced from the process's start: external = RSS - live heap.
+    Full,
+    /// The heap is traced since memtrace attached to the running process: only growth since then
+    /// is known.
+    SinceAttach,
+}
+
+impl ExternalBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::SinceAttach => "since-attach",
+        }
+    }
 }
 
 /// Live memory one library (mapped object) asked for, through the allocator or mapped directly.
@@ -61,17 +95,40 @@ pub struct HostSnapshot {
 }
 
 impl ProcessSnapshot {
-    /// Fills `external_bytes` and `external_ratio` from RSS and the live heap.
+    /// Fills the external figures of a process whose heap is traced from its start (`full` basis):
+    /// `external_bytes` and `external_ratio` from RSS and the live heap. Untraced: none.
     pub fn derive_external(&mut self) {
+        self.external_growth_bytes = None;
         // Without an RSS reading (a process that exited before one) there is nothing to subtract from.
         if self.heap_traced && self.rss_bytes > 0 {
             let external = self.rss_bytes.saturating_sub(self.heap_live_bytes);
+            self.external_basis = Some(ExternalBasis::Full);
             self.external_bytes = Some(external);
             self.external_ratio =
                 (self.heap_live_bytes > 0).then(|| external as f64 / self.heap_live_bytes as f64);
         } else {
+            self.external_basis = self.heap_traced.then_some(ExternalBasis::Full);
             self.external_bytes = None;
             self.external_ratio = None;
         }
+    }
+
+    /// Fills the external figures of a process whose heap is traced since memtrace attached to it
+    /// (`since-attach` basis), given its RSS and live heap when tracing began: no external bytes or
+    /// ratio (the heap from before is unknown), only `external_growth_bytes`.
+    pub fn derive_external_since_attach(&mut self, rss_at_attach: u64, heap_at_attach: u64) {
+        self.external_basis = Some(ExternalBasis::SinceAttach);
+        self.external_bytes = None;
+        self.external_ratio = None;
+        self.external_growth_bytes = (self.heap_traced && self.rss_bytes > 0).then(|| {
+            let rss = i128::from(self.rss_bytes) - i128::from(rss_at_attach);
+            let heap = i128::from(self.heap_live_bytes) - i128::from(heap_at_attach);
+            i64::try_from(rss - heap).unwrap_or(if rss > heap { i64::MAX } else { i64::MIN })
+        });
+    }
+
+    /// Age of the process at `now_ms` (milliseconds since the Unix epoch), when its start is known.
+    pub fn age_ms(&self, now_ms: u64) -> Option<u64> {
+        self.start_time_ms.map(|start| now_ms.saturating_sub(start))
     }
 }

@@ -102,7 +102,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     let report = match args.command.first() {
         Some(program) => {
             let target = crate::probes::allocator_for_command(program, pid)?;
-            session.trace_target(pid, &target)?
+            session.trace_launched(pid, &target)?
         }
         None => session.trace_pid(pid)?,
     };
@@ -246,6 +246,13 @@ pub fn render_text(report: &TraceReport) -> String {
             out,
             "  external     {:>14} bytes (rss - heap), external/heap {ratio}",
             external
+        );
+    } else if let Some(growth) = p.external_growth_bytes {
+        let _ = writeln!(
+            out,
+            "  external     {:>+14} bytes since tracing began (rss growth not explained by heap \
+             growth; the heap allocated before is unknown)",
+            growth
         );
     }
     let lost = report

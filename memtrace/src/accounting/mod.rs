@@ -22,7 +22,8 @@ use self::{
 use crate::{
     events::Kind,
     os::{
-        clock::monotonic_ns,
+        cgroup::{self, CgroupInfo},
+        clock::{boot_time_ms, monotonic_ns},
         procfs::{self, MapLine, Stat, Status},
     },
     snapshot::{HostSnapshot, ProcessSnapshot},
@@ -189,6 +190,14 @@ pub struct ProcessState {
     pub brk: Brk,
     pub sites: Sites,
     pub heap_traced: bool,
+    /// The heap is traced from the process's first allocation (launched under the tracer, or an
+    /// exec seen while traced): live heap is the whole heap. Otherwise tracing began mid-life.
+    pub heap_from_start: bool,
+    /// For a heap traced since attach: RSS and live heap bytes when tracing began (taken at the
+    /// first reading of RSS after it), the base of `external_growth_bytes`.
+    pub attach_baseline: Option<(u64, u64)>,
+    /// Container and memory limit from the process's cgroup (read once, when seeded).
+    pub cgroup: CgroupInfo,
     pub status: Status,
     /// Mapped objects, to symbolize this process's stacks (also after it exits).
     pub modules: Arc<Modules>,
@@ -216,6 +225,10 @@ pub trait ProcessSource: Send {
     fn stat(&self, pid: u32) -> Option<Stat>;
     fn maps(&self, pid: u32) -> Option<Vec<MapLine>>;
     fn status(&self, pid: u32) -> Option<Status>;
+    /// The process's container and cgroup memory limit.
+    fn cgroup(&self, _pid: u32) -> Option<CgroupInfo> {
+        None
+    }
 }
 
 pub struct Procfs;
@@ -231,6 +244,10 @@ impl ProcessSource for Procfs {
 
     fn status(&self, pid: u32) -> Option<Status> {
         procfs::status(pid).ok()
+    }
+
+    fn cgroup(&self, pid: u32) -> Option<CgroupInfo> {
+        cgroup::cgroup_info(pid)
     }
 }
 
@@ -294,8 +311,21 @@ pub struct Accounting {
     max_operations: usize,
     pub operations_dropped: u64,
     pub stats: AccountingStats,
+    /// What turns kernel figures into snapshot fields (boot time, clock ticks, `MemTotal`).
+    clocks: SnapshotContext,
     /// Exits and execs of traced processes since the last `take_lifecycle`.
     lifecycle: Vec<(u32, Lifecycle)>,
+}
+
+/// Host facts a snapshot needs besides the process's own figures.
+#[derive(Clone, Copy, Debug, Default)]
+struct SnapshotContext {
+    /// When the machine booted (ms since the epoch), to turn start times into wall time.
+    boot_ms: Option<u64>,
+    /// Clock ticks per second of `/proc/PID/stat` start times.
+    ticks_per_second: u64,
+    /// `MemTotal`, the limit of processes without a cgroup limit (read at each host snapshot).
+    mem_total: Option<u64>,
 }
 
 /// What happened to a traced process.
@@ -325,6 +355,11 @@ impl Accounting {
             max_operations: 0,
             operations_dropped: 0,
             stats: AccountingStats::default(),
+            clocks: SnapshotContext {
+                boot_ms: boot_time_ms(),
+                ticks_per_second: procfs::clock_ticks_per_second(),
+                mem_total: None,
+            },
             lifecycle: Vec::new(),
         }
     }
@@ -362,16 +397,47 @@ impl Accounting {
         std::mem::take(&mut self.lifecycle)
     }
 
-    /// Marks a process's heap as traced (its malloc-family probes are attached) or not.
+    /// Marks a process's heap as traced (its malloc-family probes were just attached to the running
+    /// process) or not. A heap traced this way is traced *since attach*: the blocks the process
+    /// allocated before are unknown, so its external memory is only known as growth since now
+    /// (`externalBasis: "since-attach"`). A process already traced keeps its basis. For a process
+    /// whose heap is traced from its start, see [`Accounting::set_traced_from_start`].
     pub fn set_traced(&mut self, pid: u32, traced: bool) {
         if traced {
             self.traced.insert(pid);
         } else {
             self.traced.remove(&pid);
         }
-        if let Some(state) = self.procs.get_mut(&pid) {
-            state.heap_traced = traced || self.trace_all;
+        let trace_all = self.trace_all;
+        if traced {
+            let status = self.source.status(pid);
+            let state = self.state(pid);
+            if !state.heap_traced {
+                state.heap_traced = true;
+                state.heap_from_start = false;
+                state.attach_baseline = status
+                    .filter(|s| s.rss > 0)
+                    .map(|s| (s.rss, state.heap.live_bytes));
+            }
+        } else if let Some(state) = self.procs.get_mut(&pid) {
+            state.heap_traced = trace_all;
+            if !state.heap_traced {
+                state.heap_from_start = false;
+                state.attach_baseline = None;
+            }
         }
+    }
+
+    /// Marks a process's heap as traced from its start: the probes were attached before it ran
+    /// its program (`memtrace trace -- CMD`: the child waits for them before it execs), so live
+    /// heap is its whole heap and external memory is RSS minus live heap
+    /// (`externalBasis: "full"`). An exec seen while a process is traced does the same by itself.
+    pub fn set_traced_from_start(&mut self, pid: u32) {
+        self.traced.insert(pid);
+        let state = self.state(pid);
+        state.heap_traced = true;
+        state.heap_from_start = true;
+        state.attach_baseline = None;
     }
 
     pub fn set_trace_all(&mut self, all: bool) {
@@ -480,7 +546,7 @@ impl Accounting {
                 }
                 if let Some(mut state) = self.procs.remove(&pid) {
                     self.stats.processes_exited += 1;
-                    let snapshot = snapshot_of(&mut state, None);
+                    let snapshot = snapshot_of(&mut state, None, &self.clocks);
                     if self.exited.len() == EXITED_KEPT {
                         self.exited.pop_front();
                     }
@@ -503,9 +569,10 @@ impl Accounting {
                     self.lifecycle.push((pid, Lifecycle::Exec));
                 }
                 // A traced process is read at once (its libraries are needed to name its stacks);
-                // others when a snapshot first needs them.
+                // others when a snapshot first needs them. The new program's heap starts empty
+                // under the probes: it is traced from its start.
                 if self.trace_all || self.traced.contains(&pid) {
-                    self.state(pid);
+                    self.state(pid).heap_from_start = true;
                 } else {
                     self.event_state(pid);
                 }
@@ -667,14 +734,18 @@ impl Accounting {
         if stat.is_none() && status.is_none() && !self.procs.contains_key(&pid) {
             return None;
         }
+        let clocks = self.clocks;
         let state = self.state(pid);
-        Some(snapshot_of(state, status))
+        Some(snapshot_of(state, status, &clocks))
     }
 
     /// Snapshot of every process on the host that has memory (kernel threads are skipped). States of
     /// processes that are gone (an exit event was lost) are dropped.
     pub fn host_snapshot(&mut self, timestamp_ms: u64) -> HostSnapshot {
         let info = procfs::meminfo().unwrap_or_default();
+        if info.total > 0 {
+            self.clocks.mem_total = Some(info.total);
+        }
         let pids = procfs::pids().unwrap_or_default();
         let alive: HashSet<u32> = pids.iter().copied().collect();
         self.procs.retain(|pid, _| alive.contains(pid));
@@ -711,6 +782,9 @@ fn blank_state(pid: u32, page: u64, max_sites: usize, heap_traced: bool) -> Proc
         brk: Brk::default(),
         sites: Sites::new(max_sites),
         heap_traced,
+        heap_from_start: false,
+        attach_baseline: None,
+        cgroup: CgroupInfo::default(),
         status: Status::default(),
         modules: Arc::default(),
         modules_dirty: false,
@@ -733,6 +807,9 @@ fn seed(state: &mut ProcessState, source: &dyn ProcessSource) {
         if stat.start_brk != 0 {
             state.brk.start = Some(stat.start_brk);
         }
+    }
+    if let Some(cgroup) = source.cgroup(pid) {
+        state.cgroup = cgroup;
     }
     let maps = source.maps(pid).unwrap_or_default();
     if !maps.is_empty() {
@@ -771,11 +848,25 @@ fn give_back(sites: &mut Sites, removed: &[Removed]) {
     }
 }
 
-fn snapshot_of(state: &mut ProcessState, status: Option<Status>) -> ProcessSnapshot {
+fn snapshot_of(
+    state: &mut ProcessState,
+    status: Option<Status>,
+    clocks: &SnapshotContext,
+) -> ProcessSnapshot {
     if let Some(status) = status {
         state.status = status;
     }
     let status = state.status;
+    let start_time_ms = match (clocks.boot_ms, state.start_time) {
+        (Some(boot), ticks) if ticks > 0 => {
+            Some(boot.saturating_add(ticks.saturating_mul(1000) / clocks.ticks_per_second.max(1)))
+        }
+        _ => None,
+    };
+    let limit_bytes = match (state.cgroup.limit, clocks.mem_total) {
+        (Some(cgroup), Some(total)) => Some(cgroup.min(total)),
+        (cgroup, total) => cgroup.or(total),
+    };
     let mut snapshot = ProcessSnapshot {
         pid: state.pid,
         comm: state.comm.clone(),
@@ -794,11 +885,27 @@ fn snapshot_of(state: &mut ProcessState, status: Option<Status>) -> ProcessSnaps
         mapped_anon_bytes: state.mappings.anon_bytes(),
         mapped_file_bytes: state.mappings.file_bytes(),
         brk_bytes: state.brk.bytes(),
+        external_basis: None,
         external_bytes: None,
         external_ratio: None,
+        external_growth_bytes: None,
+        start_time_ms,
+        container: state.cgroup.container.clone(),
+        limit_bytes,
         libraries: Vec::new(),
     };
-    snapshot.derive_external();
+    if state.heap_traced && !state.heap_from_start {
+        // The base is the first reading of RSS after tracing began.
+        if state.attach_baseline.is_none() && status.rss > 0 {
+            state.attach_baseline = Some((status.rss, state.heap.live_bytes));
+        }
+        let (rss, heap) = state
+            .attach_baseline
+            .unwrap_or((status.rss, state.heap.live_bytes));
+        snapshot.derive_external_since_attach(rss, heap);
+    } else {
+        snapshot.derive_external();
+    }
     snapshot
 }
 
@@ -807,6 +914,7 @@ mod tests {
     use memtrace_common::NO_STACK;
 
     use super::*;
+    use crate::snapshot::ExternalBasis;
 
     fn ev(kind: Kind, pid: u32, addr: u64, size: u64, old_addr: u64) -> (Kind, Event) {
         (
@@ -944,6 +1052,141 @@ mod tests {
         let exec = ev(Kind::Exec, 3, 0, 0, 0); // ts 0: before the state was read
         a.apply_batch(&[exec, ev(Kind::Malloc, 3, 0x1000, 64, 0)]);
         assert_eq!(a.process(3).expect("pid").heap.live_bytes, 64);
+    }
+
+    /// A source whose RSS the test sets, and that knows start times and cgroups.
+    #[derive(Clone, Default)]
+    struct FakeSource(std::sync::Arc<std::sync::Mutex<HashMap<u32, u64>>>);
+
+    impl FakeSource {
+        fn set_rss(&self, pid: u32, rss: u64) {
+            self.0.lock().expect("lock").insert(pid, rss);
+        }
+    }
+
+    impl ProcessSource for FakeSource {
+        fn stat(&self, pid: u32) -> Option<Stat> {
+            Some(Stat {
+                comm: format!("p{pid}"),
+                start_time: 500,
+                start_brk: 0,
+            })
+        }
+
+        fn maps(&self, _: u32) -> Option<Vec<MapLine>> {
+            None
+        }
+
+        fn status(&self, pid: u32) -> Option<Status> {
+            let rss = *self.0.lock().expect("lock").get(&pid)?;
+            Some(Status {
+                rss,
+                has_mm: true,
+                ..Status::default()
+            })
+        }
+
+        fn cgroup(&self, _: u32) -> Option<CgroupInfo> {
+            Some(CgroupInfo {
+                container: "0123456789ab".into(),
+                limit: Some(512 << 20),
+            })
+        }
+    }
+
+    fn malloc(pid: u32, addr: u64, size: u64) -> (Kind, Event) {
+        ev(Kind::Malloc, pid, addr, size, 0)
+    }
+
+    /// Issue 10: a process attached mid-life has no external figure (its heap from before is
+    /// unknown), only the growth of RSS since the attach that heap growth does not explain.
+    #[test]
+    fn heap_traced_since_attach_reports_growth_not_external() {
+        let source = FakeSource::default();
+        let mut a = Accounting::new(Box::new(source.clone()));
+        source.set_rss(5, 200 << 20);
+        a.state(5);
+        a.set_traced(5, true);
+        a.apply_batch(&[malloc(5, 0x1000, 10 << 20)]);
+        source.set_rss(5, 230 << 20);
+        let p = a.snapshot(5).expect("snapshot");
+        assert!(p.heap_traced);
+        assert_eq!(p.external_basis, Some(ExternalBasis::SinceAttach));
+        assert_eq!((p.external_bytes, p.external_ratio), (None, None));
+        // RSS +30 MiB, heap +10 MiB since the attach.
+        assert_eq!(p.external_growth_bytes, Some(20 << 20));
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!(json["externalBasis"], "since-attach");
+        assert_eq!(json["externalBytes"], serde_json::Value::Null);
+        // The cgroup gives the container and the limit (below MemTotal, unknown here).
+        assert_eq!(p.container, "0123456789ab");
+        assert_eq!(p.limit_bytes, Some(512 << 20));
+        // Start time: boot time + 500 ticks.
+        let boot = boot_time_ms().expect("boot time");
+        let ticks = procfs::clock_ticks_per_second();
+        assert_eq!(p.start_time_ms, Some(boot + 500 * 1000 / ticks));
+
+        // Attaching again to a process already traced keeps the base.
+        a.set_traced(5, true);
+        assert_eq!(
+            a.snapshot(5).expect("snapshot").external_growth_bytes,
+            Some(20 << 20)
+        );
+        // Untraced: no basis at all.
+        a.set_traced(5, false);
+        let p = a.snapshot(5).expect("snapshot");
+        assert_eq!((p.external_basis, p.external_growth_bytes), (None, None));
+    }
+
+    /// A process traced from its start (`trace -- CMD`) keeps external = RSS - live heap.
+    #[test]
+    fn heap_traced_from_start_is_full() {
+        let source = FakeSource::default();
+        let mut a = Accounting::new(Box::new(source.clone()));
+        source.set_rss(6, 100 << 20);
+        a.set_traced_from_start(6);
+        a.apply_batch(&[malloc(6, 0x1000, 40 << 20)]);
+        let p = a.snapshot(6).expect("snapshot");
+        assert_eq!(p.external_basis, Some(ExternalBasis::Full));
+        assert_eq!(p.external_bytes, Some(60 << 20));
+        assert_eq!(p.external_ratio, Some(1.5));
+        assert_eq!(p.external_growth_bytes, None);
+    }
+
+    /// An exec seen while a process is traced (by pid, or with --malloc-all) starts a new heap
+    /// under the probes: from its start. Without the exec, --malloc-all found the process running.
+    #[test]
+    fn exec_under_tracing_starts_a_full_heap() {
+        let source = FakeSource::default();
+        let mut a = Accounting::new(Box::new(source.clone()));
+        a.set_trace_all(true);
+        source.set_rss(7, 50 << 20);
+        a.apply_batch(&[malloc(7, 0x1000, 1 << 20)]);
+        let p = a.snapshot(7).expect("snapshot");
+        assert_eq!(p.external_basis, Some(ExternalBasis::SinceAttach));
+        let mut exec = ev(Kind::Exec, 7, 0, 0, 0);
+        exec.1.ts_ns = monotonic_ns() + 1_000_000_000;
+        a.apply_batch(&[exec, malloc(7, 0x2000, 2 << 20)]);
+        let p = a.snapshot(7).expect("snapshot");
+        assert_eq!(p.external_basis, Some(ExternalBasis::Full));
+        assert_eq!(p.external_bytes, Some(48 << 20));
+
+        // Traced by pid: the same.
+        let mut b = Accounting::new(Box::new(source.clone()));
+        source.set_rss(8, 50 << 20);
+        b.state(8);
+        b.set_traced(8, true);
+        assert_eq!(
+            b.snapshot(8).expect("snapshot").external_basis,
+            Some(ExternalBasis::SinceAttach)
+        );
+        let mut exec = ev(Kind::Exec, 8, 0, 0, 0);
+        exec.1.ts_ns = monotonic_ns() + 1_000_000_000;
+        b.apply_batch(&[exec]);
+        assert_eq!(
+            b.snapshot(8).expect("snapshot").external_basis,
+            Some(ExternalBasis::Full)
+        );
     }
 
     #[test]

@@ -206,11 +206,7 @@ impl Core {
         }
         self.last_pids = alive;
         for process in &snapshot.processes {
-            let growth = self
-                .patterns
-                .get(&process.pid)
-                .map(|p| p.pattern.growth_rate);
-            events.extend(self.engine.check_thresholds(process, growth, at.wall_ms));
+            events.extend(self.engine.check_thresholds(process, at.wall_ms));
         }
 
         let max_operations = config.tracking.max_operations as usize;
@@ -530,9 +526,10 @@ mod tests {
         config.agent.history = 30;
         config.agent.persist = false;
         config.alerting.channels.clear();
-        // Pattern alerts only.
+        // Pattern alerts only, at once (the for: durations are the alert engine's, tested there).
         config.thresholds.rss_mb = 1e9;
         config.thresholds.growth_rate_mb = 1e9;
+        config.alerting.pattern_for = 0;
         config
     }
 

@@ -278,8 +278,9 @@ impl Pipeline {
         } else {
             None
         };
-        let dispatcher = Arc::new(Dispatcher::new(
+        let dispatcher = Arc::new(Dispatcher::with_external_url(
             &config.alerting,
+            Some(config.external_url()),
             store
                 .clone()
                 .map(|s| s as Arc<dyn crate::alerts::AlertSink>),

@@ -3,17 +3,21 @@
 //! - console: one log line per event (`warn` for warning and critical creations, `info` otherwise);
 //! - file: one JSON line per event appended to `<dataDir>/alerts.jsonl` through an [`AlertSink`]
 //!   (the data directory's `Store`);
-//! - webhook: an HTTP POST of the alert JSON (`Content-Type: application/json`) from a dedicated
-//!   thread, so that a slow or dead endpoint never blocks [`Dispatcher::send`]. Events wait in a
-//!   bounded queue; when it is full the oldest waiting event is dropped (counted). Each POST has a
-//!   time limit; failed POSTs are retried with exponential backoff; an event whose every attempt
-//!   failed is counted as a failure. `https://` goes through rustls (ureq's `rustls` feature):
-//!   the server's certificate is checked against Mozilla's public roots (compiled in), or only
-//!   against the CAs of `alerting.webhookCaFile`; `webhookClientCert`/`webhookClientKey` present
-//!   a client certificate (mutual TLS). The files are read when the channel starts: a missing or
-//!   malformed one stops the start with an error that names it.
+//! - webhook: an HTTP POST (`Content-Type: application/json`) from a dedicated thread, so that a
+//!   slow or dead endpoint never blocks [`Dispatcher::send`]. The body is the alert JSON, or
+//!   Alertmanager's alert list with `alerting.webhookFormat = "alertmanager"` ([`super::payload`]).
+//!   Events wait in a bounded queue; when it is full the oldest waiting event is dropped (counted).
+//!   Each POST has a time limit; failed POSTs are retried with exponential backoff; an event whose
+//!   every attempt failed is counted as a failure. In the Alertmanager format the firing alerts are
+//!   posted again every `alerting.webhookResendInterval` (counted apart:
+//!   [`Webhook::resent_total`]). `https://` goes through rustls (ureq's `rustls` feature): the
+//!   server's certificate is checked against Mozilla's public roots (compiled in), or only against
+//!   the CAs of `alerting.webhookCaFile`; `webhookClientCert`/`webhookClientKey` present a client
+//!   certificate (mutual TLS). The files are read when the channel starts: a missing or malformed
+//!   one stops the start with an error that names it.
 //!
-//! Both creations and resolutions are delivered; the body tells them apart (`"resolved": true`).
+//! Both creations and resolutions are delivered; the body tells them apart (`"resolved": true`,
+//! or Alertmanager's `endsAt`).
 
 use std::{
     collections::VecDeque,
@@ -26,8 +30,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Alert, AlertEvent, AlertSink, Severity};
-use crate::config::{AlertingConfig, Channel};
+use super::{
+    payload::{webhook_body, PayloadOptions},
+    Alert, AlertEvent, AlertSink, Severity,
+};
+use crate::{
+    config::{AlertingConfig, Channel, WebhookFormat},
+    os::clock::now_ms,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -81,9 +91,22 @@ impl Dispatcher {
         config: &AlertingConfig,
         sink: Option<Arc<dyn AlertSink>>,
     ) -> Result<Self, ChannelError> {
+        Self::with_external_url(config, config.external_url.clone(), sink)
+    }
+
+    /// Like [`Dispatcher::new`], with the agent's URL for the `generatorURL` of Alertmanager
+    /// alerts (`Config::external_url`: `alerting.externalUrl`, else `http://` + `monitor.listen`).
+    pub fn with_external_url(
+        config: &AlertingConfig,
+        external_url: Option<String>,
+        sink: Option<Arc<dyn AlertSink>>,
+    ) -> Result<Self, ChannelError> {
         let file = sink.filter(|_| config.has_channel(Channel::File));
         let webhook = WebhookOptions::from_config(config)
-            .map(Webhook::start)
+            .map(|mut options| {
+                options.payload.external_url = external_url;
+                Webhook::start(options)
+            })
             .transpose()?;
         Ok(Self {
             console: config.has_channel(Channel::Console),
@@ -175,6 +198,8 @@ pub struct WebhookOptions {
     pub backoff_max: Duration,
     /// Honour `HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` from the environment.
     pub proxy_from_env: bool,
+    /// What the bodies look like.
+    pub payload: PayloadOptions,
     /// Certificates for `https://` URLs.
     pub tls: WebhookTls,
 }
@@ -264,6 +289,12 @@ impl WebhookOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             proxy_from_env: true,
+            payload: PayloadOptions {
+                format: config.webhook_format,
+                external_url: config.external_url.clone(),
+                instance: host_name(),
+                resend_interval: Duration::from_secs(config.webhook_resend_interval.max(1)),
+            },
             tls: WebhookTls {
                 ca_file: config.webhook_ca_file.clone(),
                 client_cert: config.webhook_client_cert.clone(),
@@ -292,9 +323,21 @@ impl WebhookOptions {
     }
 }
 
+/// The host's name (the `instance` label of Alertmanager alerts).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 struct State {
-    /// Serialized alerts.
+    /// Bodies to post.
     queue: VecDeque<Vec<u8>>,
+    /// Alertmanager format: the alerts firing now (posted again at each resend), by id.
+    firing: std::collections::BTreeMap<String, Alert>,
+    next_resend: Instant,
     capacity: usize,
     /// Set by shutdown or drop: deliver until then, then drop what is left.
     stop_at: Option<Instant>,
@@ -310,6 +353,7 @@ struct Shared {
     sent: AtomicU64,
     failures: AtomicU64,
     dropped: AtomicU64,
+    resent: AtomicU64,
 }
 
 impl Shared {
@@ -328,6 +372,7 @@ impl Shared {
 /// The webhook channel: a bounded queue and the thread that posts from it.
 pub struct Webhook {
     shared: Arc<Shared>,
+    payload: PayloadOptions,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -338,6 +383,8 @@ impl Webhook {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                firing: std::collections::BTreeMap::new(),
+                next_resend: Instant::now() + options.payload.resend_interval,
                 capacity: options.queue_capacity.max(1),
                 stop_at: None,
                 done: false,
@@ -347,14 +394,17 @@ impl Webhook {
             sent: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
         });
         let worker = Arc::clone(&shared);
+        let payload = options.payload.clone();
         let thread = std::thread::Builder::new()
             .name("memtrace-webhook".into())
             .spawn(move || run(&worker, &options, &agent))
             .map_err(ChannelError::SpawnWebhook)?;
         Ok(Self {
             shared,
+            payload,
             thread: Some(thread),
         })
     }
@@ -362,7 +412,7 @@ impl Webhook {
     /// Queues the alert for posting and returns at once. When the queue is full the oldest waiting
     /// event is dropped and counted.
     pub fn send(&self, alert: &Alert) {
-        let body = match serde_json::to_vec(alert) {
+        let body = match webhook_body(&self.payload, &[alert], now_ms()) {
             Ok(body) => body,
             Err(e) => {
                 log::error!("alert {} not sent to the webhook: {e}", alert.id);
@@ -376,6 +426,13 @@ impl Webhook {
             self.shared.bump(&self.shared.dropped);
             return;
         }
+        if self.payload.format == WebhookFormat::Alertmanager {
+            if alert.resolved {
+                state.firing.remove(&alert.id);
+            } else {
+                state.firing.insert(alert.id.clone(), alert.clone());
+            }
+        }
         let mut dropped = false;
         if state.queue.len() >= state.capacity {
             state.queue.pop_front();
@@ -388,6 +445,11 @@ impl Webhook {
             log::warn!("webhook queue full: oldest alert event dropped");
             self.shared.bump(&self.shared.dropped);
         }
+    }
+
+    /// Posts of the firing alerts again (Alertmanager format), delivered.
+    pub fn resent_total(&self) -> u64 {
+        self.shared.resent.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> WebhookStats {
@@ -481,16 +543,16 @@ impl Drop for Webhook {
 }
 
 fn run(shared: &Shared, options: &WebhookOptions, agent: &ureq::Agent) {
-    while let Some(body) = next_body(shared) {
-        deliver(shared, options, agent, &body);
+    while let Some((body, resend)) = next_body(shared, options) {
+        deliver(shared, options, agent, &body, resend);
     }
     shared.lock().done = true;
     shared.changed.notify_all();
 }
 
-/// The next body to post, or `None` once stopping and the queue is empty or the deadline passed
-/// (what is left is dropped and counted).
-fn next_body(shared: &Shared) -> Option<Vec<u8>> {
+/// The next body to post (and whether it is a resend of the firing alerts), or `None` once
+/// stopping and the queue is empty or the deadline passed (what is left is dropped and counted).
+fn next_body(shared: &Shared, options: &WebhookOptions) -> Option<(Vec<u8>, bool)> {
     let mut state = shared.lock();
     loop {
         if let Some(stop_at) = state.stop_at {
@@ -508,16 +570,44 @@ fn next_body(shared: &Shared) -> Option<Vec<u8>> {
         if let Some(body) = state.queue.pop_front() {
             drop(state);
             shared.changed.notify_all();
-            return Some(body);
+            return Some((body, false));
         }
+        let resending = options.payload.format == WebhookFormat::Alertmanager
+            && !state.firing.is_empty()
+            && state.stop_at.is_none();
+        if !resending {
+            state = shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        let now = Instant::now();
+        if now >= state.next_resend {
+            state.next_resend = now + options.payload.resend_interval;
+            let firing: Vec<&Alert> = state.firing.values().collect();
+            match webhook_body(&options.payload, &firing, now_ms()) {
+                Ok(body) => return Some((body, true)),
+                Err(e) => log::error!("firing alerts not sent again to the webhook: {e}"),
+            }
+            continue;
+        }
+        let wait = state.next_resend - now;
         state = shared
             .wake
-            .wait(state)
-            .unwrap_or_else(PoisonError::into_inner);
+            .wait_timeout(state, wait)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 
-fn deliver(shared: &Shared, options: &WebhookOptions, agent: &ureq::Agent, body: &[u8]) {
+fn deliver(
+    shared: &Shared,
+    options: &WebhookOptions,
+    agent: &ureq::Agent,
+    body: &[u8],
+    resend: bool,
+) {
     let mut attempt = 0;
     loop {
         let result = agent
@@ -526,7 +616,7 @@ fn deliver(shared: &Shared, options: &WebhookOptions, agent: &ureq::Agent, body:
             .send(body);
         let error = match result {
             Ok(_) => {
-                shared.bump(&shared.sent);
+                shared.bump(if resend { &shared.resent } else { &shared.sent });
                 return;
             }
             Err(e) => e,
@@ -590,8 +680,11 @@ mod tests {
     };
 
     fn alert_event() -> AlertEvent {
-        let mut engine =
-            AlertEngine::with_seed(&ThresholdsConfig::default(), &AlertingConfig::default(), 3);
+        let mut engine = AlertEngine::with_seed(
+            &ThresholdsConfig::default().with_for(0),
+            &AlertingConfig::default().immediate(),
+            3,
+        );
         let p = ProcessSnapshot {
             pid: 4321,
             comm: "node".into(),
@@ -599,7 +692,7 @@ mod tests {
             ..Default::default()
         };
         engine
-            .check_thresholds(&p, None, 1_700_000_000_000)
+            .check_thresholds(&p, 1_700_000_000_000)
             .into_iter()
             .next()
             .unwrap()
@@ -614,6 +707,12 @@ mod tests {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(50),
             proxy_from_env: false,
+            payload: PayloadOptions {
+                format: WebhookFormat::Origin,
+                external_url: None,
+                instance: "test-host".into(),
+                resend_interval: Duration::from_secs(60),
+            },
             tls: WebhookTls::default(),
         }
     }
@@ -696,6 +795,61 @@ mod tests {
         assert_eq!(&back, event.alert());
         assert!(webhook.wait_until(Duration::from_secs(10), |s| s.sent_total == 1));
         assert_eq!(webhook.stats().failures_total, 0);
+        webhook.shutdown(Duration::from_secs(1));
+    }
+
+    /// `alertmanager` format: the creation is posted as Alertmanager's alert list, the firing alert
+    /// is posted again at each resend interval (so Alertmanager keeps it), the resolution sets
+    /// `endsAt` to the time of resolution, and nothing is resent after it.
+    #[test]
+    fn webhook_posts_alertmanager_alerts_resends_and_resolves() {
+        let (url, rx) = server("200 OK");
+        let mut opts = options(url);
+        opts.payload.format = WebhookFormat::Alertmanager;
+        opts.payload.external_url = Some("http://127.0.0.1:10000".into());
+        opts.payload.resend_interval = Duration::from_millis(300);
+        let webhook = Webhook::start(opts).unwrap();
+        let event = alert_event();
+        let alert = event.alert().clone();
+        webhook.send(&alert);
+        let receive = || {
+            let (_, body) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        let first = receive();
+        let labels = &first[0]["labels"];
+        assert_eq!(labels["alertname"], "MemtraceRssThreshold");
+        assert_eq!(labels["severity"], "warning");
+        assert_eq!(labels["pid"], "4321");
+        assert_eq!(labels["comm"], "node");
+        assert_eq!(labels["instance"], "test-host");
+        assert_eq!(first[0]["annotations"]["alert_id"], alert.id.as_str());
+        assert_eq!(
+            first[0]["generatorURL"],
+            "http://127.0.0.1:10000/api/memory/alerts"
+        );
+        assert_eq!(
+            first[0]["startsAt"],
+            crate::os::clock::rfc3339_ms(alert.timestamp)
+        );
+        // Posted again while firing, with the same labels.
+        let again = receive();
+        assert_eq!(again[0]["labels"], *labels);
+        assert!(webhook.wait_until(Duration::from_secs(10), |_| webhook.resent_total() >= 1));
+        // Resolved: endsAt is the time of resolution.
+        let mut resolved = alert.clone();
+        resolved.resolved = true;
+        resolved.resolved_at = Some(alert.timestamp + 90_000);
+        webhook.send(&resolved);
+        let last = loop {
+            let body = receive();
+            if body[0]["endsAt"] == crate::os::clock::rfc3339_ms(alert.timestamp + 90_000) {
+                break body;
+            }
+        };
+        assert_eq!(last[0]["labels"], *labels);
+        // Nothing firing: no more resends.
+        assert!(rx.recv_timeout(Duration::from_millis(900)).is_err());
         webhook.shutdown(Duration::from_secs(1));
     }
 

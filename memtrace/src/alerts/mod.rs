@@ -5,13 +5,16 @@
 //! The engine is pure: it takes the time as an argument and returns [`AlertEvent`]s; the caller hands
 //! those to the dispatcher.
 
+pub mod budget;
 pub mod channels;
 mod engine;
+mod history;
+pub mod payload;
 pub mod rules;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::engine::{AlertCandidate, AlertEngine};
+pub use self::engine::{condition_of, AlertCandidate, AlertEngine, PendingAlert};
 
 /// Where the file channel writes alert events (the data directory's `alerts.jsonl`): the store
 /// implements it, so alerts do not depend on persistence.
@@ -72,7 +75,8 @@ impl Severity {
     }
 }
 
-/// The condition an alert stands for. At most one alert per (pid, trigger) is active at a time.
+/// The condition an alert stands for. At most one alert per (pid, trigger) is active at a time,
+/// the growth patterns (linear, exponential, leak) counting as one ([`condition_of`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
@@ -147,6 +151,9 @@ pub struct AlertContext {
     pub pid: u32,
     #[serde(default)]
     pub comm: String,
+    /// Container id of the process ("" on the host, then left out of the JSON).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
     /// The library most involved, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub library: Option<String>,

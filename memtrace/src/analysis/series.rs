@@ -17,7 +17,7 @@ use super::{
     pattern::{detect_pattern, Pattern, PatternConfig, PatternType, Sample},
     AnalysisError,
 };
-use crate::snapshot::HostSnapshot;
+use crate::snapshot::{ExternalBasis, HostSnapshot};
 
 /// Which figure of a process a pattern describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub enum Metric {
     Rss,
     /// Live bytes of the traced heap.
     HeapLive,
-    /// RSS minus live heap bytes.
+    /// RSS minus live heap bytes, where the heap is traced from the process's start.
     External,
 }
 
@@ -47,8 +47,9 @@ impl std::fmt::Display for Metric {
     }
 }
 
-/// The series of one process, in time order. Heap, external and library series only have samples
-/// from snapshots where the process's heap was traced.
+/// The series of one process, in time order. Heap and library series only have samples from
+/// snapshots where the process's heap was traced, the external series only where its basis was
+/// `full` (traced from the process's start).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessSeries {
     pub pid: u32,
@@ -61,6 +62,13 @@ pub struct ProcessSeries {
     pub libraries: BTreeMap<String, Vec<Sample>>,
     /// `MemTotal` of the latest snapshot that has it.
     pub mem_total_bytes: Option<u64>,
+    /// The process's memory limit (cgroup `memory.max` or `MemTotal`) in the latest snapshot that
+    /// has it.
+    pub limit_bytes: Option<u64>,
+    /// Whether the latest traced snapshot's heap was traced since attach (not from the start).
+    pub heap_since_attach: bool,
+    /// Frees of blocks allocated before tracing began, in each snapshot with a traced heap.
+    pub unknown_frees: Vec<Sample>,
 }
 
 impl ProcessSeries {
@@ -109,13 +117,19 @@ pub fn extract_series<S: Borrow<HostSnapshot>>(snapshots: &[S]) -> Vec<ProcessSe
             if snapshot.mem_total_bytes > 0 {
                 series.mem_total_bytes = Some(snapshot.mem_total_bytes);
             }
+            if process.limit_bytes.is_some() {
+                series.limit_bytes = process.limit_bytes;
+            }
             series.rss.push((ts, process.rss_bytes));
             if process.heap_traced {
                 series.heap_live.push((ts, process.heap_live_bytes));
-                let external = process
-                    .external_bytes
-                    .unwrap_or_else(|| process.rss_bytes.saturating_sub(process.heap_live_bytes));
-                series.external.push((ts, external));
+                series.unknown_frees.push((ts, process.heap_unknown_frees));
+                series.heap_since_attach =
+                    process.external_basis == Some(ExternalBasis::SinceAttach);
+                // Only a heap traced from the start makes RSS - heap external memory.
+                if let Some(external) = process.external_bytes {
+                    series.external.push((ts, external));
+                }
                 for library in &process.libraries {
                     series
                         .libraries
@@ -150,15 +164,33 @@ fn concern_cmp(a: &Pattern, b: &Pattern) -> Ordering {
 }
 
 /// Analyzes one process: the most concerning of its metrics (RSS first on ties) and its libraries.
-/// `None` when no metric has enough samples. The forecast aims at `MemTotal` (a file does not say
-/// which cgroup a past process was in; live callers can use [`super::process_limit`]).
+/// `None` when no metric has enough samples. The forecast aims at the process's limit as its
+/// snapshots give it (`limitBytes`: its cgroup's `memory.max` or `MemTotal`), else at `MemTotal`.
+///
+/// A heap traced since attach whose process frees blocks from before the attach (counted as
+/// unknown frees) grows in live bytes as the new blocks replace the old ones: turnover, not
+/// growth. Its growth patterns are not taken as the process's pattern while such frees happen in
+/// the window.
 pub fn analyze_process(series: &ProcessSeries, config: &PatternConfig) -> Option<ProcessPattern> {
+    let limit = series.limit_bytes.or(series.mem_total_bytes);
+    let turnover = series.heap_since_attach && {
+        let recent = &series.unknown_frees[series
+            .unknown_frees
+            .len()
+            .saturating_sub(config.window_size)..];
+        match (recent.first(), recent.last()) {
+            (Some(first), Some(last)) => last.1 > first.1,
+            _ => false,
+        }
+    };
     let mut best: Option<(Metric, Pattern)> = None;
     for metric in [Metric::Rss, Metric::HeapLive, Metric::External] {
-        let Some(pattern) = detect_pattern(series.metric(metric), config, series.mem_total_bytes)
-        else {
+        let Some(pattern) = detect_pattern(series.metric(metric), config, limit) else {
             continue;
         };
+        if turnover && metric == Metric::HeapLive && pattern.kind.is_growth() {
+            continue;
+        }
         let better = match &best {
             Some((_, current)) => concern_cmp(&pattern, current) == Ordering::Greater,
             None => true,
@@ -435,6 +467,56 @@ mod tests {
         assert_eq!(patterns[0].pattern.kind, PatternType::Leak);
         // No MemTotal in these snapshots: no limit, no forecast.
         assert_eq!(patterns[0].pattern.limit_bytes, None);
+    }
+
+    /// Snapshots of one process traced since attach, RSS flat at 1 GiB, live heap growing like
+    /// `synth::leak`, and `unknown_frees(i)` frees of pre-attach blocks at sample `i`.
+    fn since_attach(unknown_frees: impl Fn(usize) -> u64) -> Vec<HostSnapshot> {
+        synth::leak(3)
+            .iter()
+            .enumerate()
+            .map(|(i, &(ts, heap))| {
+                let mut p = ProcessSnapshot {
+                    pid: 8,
+                    comm: "attached".into(),
+                    rss_bytes: 1 << 30,
+                    heap_traced: true,
+                    heap_live_bytes: heap,
+                    heap_unknown_frees: unknown_frees(i),
+                    limit_bytes: Some(2 << 30),
+                    ..ProcessSnapshot::default()
+                };
+                p.derive_external_since_attach(1 << 30, 0);
+                HostSnapshot {
+                    timestamp: ts,
+                    mem_total_bytes: 8 << 30,
+                    processes: vec![p],
+                    ..HostSnapshot::default()
+                }
+            })
+            .collect()
+    }
+
+    /// A heap traced since attach has no external series (RSS - live heap is not external memory
+    /// there), and its live heap growing while blocks from before the attach are freed is
+    /// turnover, not a leak; without such frees it is a leak.
+    #[test]
+    fn heap_traced_since_attach() {
+        let turnover = since_attach(|i| 1000 * i as u64);
+        let series = extract_series(&turnover);
+        assert!(series[0].external.is_empty());
+        assert!(series[0].heap_since_attach);
+        assert_eq!(series[0].limit_bytes, Some(2 << 30));
+        let patterns = analyze_snapshots(&turnover, &PatternConfig::default());
+        assert_eq!(patterns[0].metric, Metric::Rss, "{patterns:#?}");
+        assert_eq!(patterns[0].pattern.kind, PatternType::Stable);
+
+        let growth = since_attach(|_| 7);
+        let patterns = analyze_snapshots(&growth, &PatternConfig::default());
+        assert_eq!(patterns[0].metric, Metric::HeapLive);
+        assert_eq!(patterns[0].pattern.kind, PatternType::Leak);
+        // The forecast aims at the process's own limit (2 GiB), not MemTotal (8 GiB).
+        assert_eq!(patterns[0].pattern.limit_bytes, Some(2 << 30));
     }
 
     #[test]

@@ -55,6 +55,33 @@ pub fn cgroup_limit(pid: u32) -> Option<u64> {
         .min()
 }
 
+/// What memtrace keeps of a process's cgroup: the container it belongs to and its memory limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupInfo {
+    /// Container id (first 12 hex digits), or "" on the host.
+    pub container: String,
+    /// The smallest `memory.max` of the cgroup (v2) and its ancestors; `None` when unlimited.
+    pub limit: Option<u64>,
+}
+
+/// Container and memory limit of a process, from one read of `/proc/PID/cgroup` and the
+/// `memory.max` files of its cgroup (v2). `None` when the process's cgroup file cannot be read.
+pub fn cgroup_info(pid: u32) -> Option<CgroupInfo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let limit = parse_cgroup_v2_path(&text)
+        .and_then(|path| cgroup_dirs(Path::new(CGROUP_ROOT), path))
+        .and_then(|dirs| {
+            dirs.iter()
+                .filter_map(|dir| std::fs::read_to_string(dir.join("memory.max")).ok())
+                .filter_map(|text| parse_memory_max(&text))
+                .min()
+        });
+    Some(CgroupInfo {
+        container: container_from_cgroup(&text),
+        limit,
+    })
+}
+
 /// Container id of a process from its cgroup path (docker, containerd, cri-o, podman), or "".
 pub fn container_of(pid: u32) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
@@ -152,5 +179,11 @@ mod tests {
     fn live_limit_does_not_panic() {
         let _ = cgroup_limit(std::process::id());
         let _ = cgroup_limit(u32::MAX);
+        assert!(cgroup_info(std::process::id()).is_some());
+        assert_eq!(cgroup_info(u32::MAX), None);
+        assert_eq!(
+            cgroup_info(std::process::id()).map(|i| i.limit),
+            Some(cgroup_limit(std::process::id()))
+        );
     }
 }

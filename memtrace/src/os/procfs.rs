@@ -293,6 +293,17 @@ pub fn self_cost() -> SelfCost {
     }
 }
 
+/// Clock ticks per second of the start times in `/proc/PID/stat` (`_SC_CLK_TCK`, 100 almost
+/// everywhere).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks)
+        .ok()
+        .filter(|&ticks| ticks > 0)
+        .unwrap_or(100)
+}
+
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -78,8 +78,11 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 fn alert_events() -> Vec<AlertEvent> {
-    let mut engine =
-        AlertEngine::with_seed(&ThresholdsConfig::default(), &AlertingConfig::default(), 9);
+    let mut engine = AlertEngine::with_seed(
+        &ThresholdsConfig::default().with_for(0),
+        &AlertingConfig::default().immediate(),
+        9,
+    );
     let mut events = Vec::new();
     for pid in 1..=3 {
         let p = ProcessSnapshot {
@@ -88,7 +91,7 @@ fn alert_events() -> Vec<AlertEvent> {
             rss_bytes: 300 << 20,
             ..Default::default()
         };
-        events.extend(engine.check_thresholds(&p, None, JAN15 + u64::from(pid)));
+        events.extend(engine.check_thresholds(&p, JAN15 + u64::from(pid)));
     }
     let id = events[1].alert().id.clone();
     events.push(AlertEvent::Resolved(
@@ -260,8 +263,11 @@ fn alerts_fold_restores_active_ones() {
     assert_eq!(resolved[0].id, events[1].alert().id);
     assert_eq!(resolved[0].resolved_at, Some(JAN15 + 10));
 
-    let mut engine =
-        AlertEngine::with_seed(&ThresholdsConfig::default(), &AlertingConfig::default(), 1);
+    let mut engine = AlertEngine::with_seed(
+        &ThresholdsConfig::default().with_for(0),
+        &AlertingConfig::default().immediate(),
+        1,
+    );
     engine.restore(loaded);
     let active: Vec<u32> = engine.active().iter().map(|a| a.context.pid).collect();
     assert_eq!(active, [3, 1]);
@@ -325,8 +331,11 @@ fn retention_prunes_by_file_date() {
 fn alert_retention_keeps_recent_and_active() {
     let dir = TempDir::new("alert-retention");
     let s = store(&dir);
-    let mut engine =
-        AlertEngine::with_seed(&ThresholdsConfig::default(), &AlertingConfig::default(), 5);
+    let mut engine = AlertEngine::with_seed(
+        &ThresholdsConfig::default().with_for(0),
+        &AlertingConfig::default().immediate(),
+        5,
+    );
     let p = |pid| ProcessSnapshot {
         pid,
         comm: "x".into(),
@@ -338,7 +347,7 @@ fn alert_retention_keeps_recent_and_active() {
     // pid 3: created 40 days before, still active.
     let mut events = Vec::new();
     for pid in 1..=3 {
-        events.extend(engine.check_thresholds(&p(pid), None, t));
+        events.extend(engine.check_thresholds(&p(pid), t));
     }
     let ids: Vec<String> = events.iter().map(|e| e.alert().id.clone()).collect();
     events.push(AlertEvent::Resolved(
