@@ -176,9 +176,11 @@ fn dashboard_end_to_end_in_headless_chromium() {
     let Some(tools) = e2e_tools() else {
         return;
     };
-    // A 1 MiB RSS threshold gives the dashboard active alerts to show and resolve.
+    // A 1 MiB RSS threshold gives the dashboard active alerts to show and resolve. No drill-downs:
+    // the processes traced are the test's.
     let config =
-        "[thresholds]\nrssMB = 1\n\n[alerting]\nchannels = [\"file\"]\nmaxAlertsPerHour = 50\n";
+        "[thresholds]\nrssMB = 1\n\n[alerting]\nchannels = [\"file\"]\nmaxAlertsPerHour = 50\n\n\
+                  [drilldown]\nenabled = false\n";
     let data = TempDir::new("dashboard");
     let Some(agent) = Agent::start(&AgentSpec::new(config, data.path()).token(TOKEN)) else {
         return;
@@ -346,7 +348,8 @@ fn dashboard_shows_the_figures_of_the_api() {
     let Some(tools) = e2e_tools() else {
         return;
     };
-    let config = "[alerting]\nchannels = [\"file\"]\n";
+    // No drill-downs: the processes traced are the test's.
+    let config = "[alerting]\nchannels = [\"file\"]\n\n[drilldown]\nenabled = false\n";
     let data = TempDir::new("dashboard-figures");
     let Some(agent) = Agent::start(&AgentSpec::new(config, data.path()).token(TOKEN)) else {
         return;

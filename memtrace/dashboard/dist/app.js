@@ -1366,6 +1366,7 @@
     select: (pid) => selectPid(Number(pid)),
     // Timestamp of the snapshot the page shows.
     snapshotTimestamp: () => { const s = latest(); return s ? Number(s.timestamp) : null; },
+    refreshStatus: () => loadStatus().then(() => { renderSelected(); return true; }),
     process: (pid) => { const p = findProcess(Number(pid)); return p ? JSON.parse(JSON.stringify(p)) : null; },
     axisLabels: () => ({ memory: axisLabels(memoryChart), ratio: axisLabels(ratioChart) }),
     growth: (pid) => {
