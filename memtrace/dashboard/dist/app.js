@@ -17,6 +17,7 @@
   const state = {
     history: [],            // HostSnapshot[], oldest first
     patterns: new Map(),    // pid -> Pattern (from /processes and /analyze)
+    patternMetrics: new Map(), // pid -> the metric of that pattern, where known (/analyze, stream)
     status: null,
     selectedPid: null,
     userSelected: false,
@@ -26,6 +27,7 @@
     alertsResolved: new Map(), // id -> Alert
     consumersPid: null,
     consumersAt: 0,
+    consumersEntry: undefined, // the consumers answer last shown (re-rendered at each snapshot)
     ws: null,
     wsState: 'connecting',
     wsAttempt: 0,
@@ -33,29 +35,36 @@
   };
 
   // ---------------------------------------------------------------- formatting
+  // One unit system: binary prefixes (1 KiB = 1024 B, 1 MiB = 1024 KiB, ...), three significant
+  // digits. The agent's MB (JSON fields and messages) is 1024 * 1024 bytes, that is MiB.
+  const MiB = 1024 * 1024;
+  const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   function fmtBytes(n) {
     if (n === null || n === undefined || !Number.isFinite(Number(n))) return '–';
     n = Number(n);
     const sign = n < 0 ? '-' : '';
     let v = Math.abs(n);
-    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
     let i = 0;
-    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-    const digits = i === 0 ? 0 : v >= 100 ? 0 : v >= 10 ? 1 : 2;
-    return sign + v.toFixed(digits) + ' ' + units[i];
+    while (v >= 1024 && i < UNITS.length - 1) { v /= 1024; i++; }
+    let digits = i === 0 ? 0 : v >= 100 ? 0 : v >= 10 ? 1 : 2;
+    // 1023.7 MiB rounds to 1024 MiB: say 1.00 GiB instead.
+    if (Number(v.toFixed(digits)) >= 1024 && i < UNITS.length - 1) { v /= 1024; i++; digits = 2; }
+    return sign + v.toFixed(digits) + ' ' + UNITS[i];
   }
   function fmtRatio(r) {
     if (r === null || r === undefined || !Number.isFinite(Number(r))) return '–';
     return Number(r).toFixed(2) + '×';
   }
   function fmtCount(n) {
-    if (n === null || n === undefined) return '–';
+    if (n === null || n === undefined || !Number.isFinite(Number(n))) return '–';
     return Number(n).toLocaleString('en-US');
   }
-  function fmtTime(ms) {
+  function fmtTime(ms, withSeconds) {
     if (!ms) return '–';
     const d = new Date(Number(ms));
-    return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+    const opts = { hour: '2-digit', minute: '2-digit', hour12: false };
+    if (withSeconds !== false) opts.second = '2-digit';
+    return d.toLocaleTimeString([], opts);
   }
   function fmtDateTime(ms) {
     if (!ms) return '–';
@@ -73,9 +82,21 @@
   }
   function fmtRate(bytesPerMin) {
     if (!Number.isFinite(bytesPerMin)) return '–';
-    const sign = bytesPerMin > 0 ? '+' : '';
-    return sign + fmtBytes(bytesPerMin) + '/min';
+    const text = fmtBytes(bytesPerMin);
+    const sign = bytesPerMin > 0 && !/^0(\.0+)? /.test(text) ? '+' : '';
+    return sign + text + '/min';
   }
+  // The agent's free text (alert messages, recommendations, drill-down reasons) says MB for
+  // 1024 * 1024 bytes; on this page that unit is written MiB.
+  function unitsText(text) {
+    return String(text == null ? '' : text)
+      .replace(/(\d)\s?MB\b/g, '$1 MiB')
+      .replace(/\bMB\/min\b/g, 'MiB/min')
+      .replace(/(\d)\s?GB\b/g, '$1 GiB')
+      .replace(/(\d)\s?KB\b/g, '$1 KiB');
+  }
+  const METRIC_LABELS = { rss: 'RSS', heapLive: 'Heap live', external: 'External' };
+  function metricLabel(m) { return METRIC_LABELS[m] || String(m || ''); }
 
   // Small DOM builder: el('td', {class: 'num', text: '1'}, child...)
   function el(tag, attrs, ...children) {
@@ -97,9 +118,13 @@
     return node;
   }
 
+  const TOASTS_SHOWN = 4;
   function toast(message, kind) {
     const t = el('div', { class: 'toast' + (kind ? ' ' + kind : ''), role: 'status', text: message });
-    $('toasts').append(t);
+    const box = $('toasts');
+    box.append(t);
+    // A burst (an analysis finding many patterns) keeps only the newest few on screen.
+    while (box.children.length > TOASTS_SHOWN) box.firstElementChild.remove();
     setTimeout(() => t.remove(), kind === 'error' ? 8000 : 5000);
   }
 
@@ -214,7 +239,24 @@
     loadConsumers(true);
   }
 
-  // Series of the selected process over the history window.
+  // What a snapshot says about the external memory of a process: `full` (RSS minus a heap traced
+  // from the start), `since-attach` (only the growth since tracing began is known), or null. An
+  // agent that does not report a basis gives RSS minus the live heap where the heap is traced.
+  function externalBasis(p) {
+    if (!p) return null;
+    if (typeof p.externalBasis === 'string' && p.externalBasis) return p.externalBasis;
+    return null;
+  }
+  // The external figure of one snapshot: bytes (full basis or no basis reported), or the growth
+  // since attach (`since-attach` basis), or null.
+  function externalFigure(p) {
+    if (!p) return null;
+    if (Number.isFinite(p.externalBytes)) return p.externalBytes;
+    if (externalBasis(p) === 'since-attach' && Number.isFinite(p.externalGrowthBytes)) return p.externalGrowthBytes;
+    return null;
+  }
+
+  // Series of one process over the history window.
   function seriesFor(pid) {
     const out = [];
     for (const snap of state.history) {
@@ -223,28 +265,58 @@
       out.push({
         t: Number(snap.timestamp),
         rss: p.rssBytes,
-        heap: p.heapTraced ? p.heapLiveBytes : null,
-        external: p.externalBytes === undefined ? null : p.externalBytes,
-        ratio: p.externalRatio === undefined ? null : p.externalRatio,
+        heapLive: p.heapTraced ? p.heapLiveBytes : null,
+        external: externalFigure(p),
+        ratio: Number.isFinite(p.externalRatio) ? p.externalRatio : null,
       });
     }
     return out;
   }
 
-  // Least-squares slope of a series in bytes per minute.
-  function slopePerMinute(points, key) {
-    const pts = points.filter((p) => Number.isFinite(p[key]));
-    if (pts.length < 2) return NaN;
-    const t0 = pts[0].t;
-    let sx = 0, sy = 0, sxx = 0, sxy = 0;
-    for (const p of pts) {
-      const x = (p.t - t0) / 60000;
-      sx += x; sy += p[key]; sxx += x * x; sxy += x * p[key];
+  // Least-squares line through (minutes, bytes): slope in bytes per minute, r², samples, span.
+  function fitLine(points) {
+    const n = points.length;
+    if (n < 2) return null;
+    const t0 = points[0].t;
+    let mx = 0, my = 0;
+    for (const p of points) { mx += (p.t - t0) / 60000; my += p.y; }
+    mx /= n; my /= n;
+    let sxx = 0, sxy = 0, syy = 0;
+    for (const p of points) {
+      const dx = (p.t - t0) / 60000 - mx, dy = p.y - my;
+      sxx += dx * dx; sxy += dx * dy; syy += dy * dy;
     }
-    const n = pts.length;
-    const den = n * sxx - sx * sx;
-    if (den === 0) return NaN;
-    return (n * sxy - sx * sy) / den;
+    if (!(sxx > 0)) return null;
+    const slope = sxy / sxx;
+    const r2 = syy > 0 ? (sxy * sxy) / (sxx * syy) : 0;
+    return { slope, r2, n, minutes: (points[n - 1].t - t0) / 60000 };
+  }
+
+  // Growth is "confident" when a line fits the last GROWTH_WINDOW samples well (r² >= 0.8, at
+  // least 4 samples) and it rose by at least 1 MiB over them: smaller moves are noise at this scale.
+  const GROWTH_WINDOW = 20;
+  const GROWTH_MIN_R2 = 0.8;
+  const GROWTH_MIN_SAMPLES = 4;
+  const GROWTH_MIN_BYTES = MiB;
+  function growthFits(series) {
+    const fits = {};
+    for (const key of ['rss', 'heapLive', 'external']) {
+      const pts = series.filter((s) => Number.isFinite(s[key])).slice(-GROWTH_WINDOW).map((s) => ({ t: s.t, y: s[key] }));
+      const f = fitLine(pts);
+      if (!f) continue;
+      f.metric = key;
+      f.confident = f.n >= GROWTH_MIN_SAMPLES && f.r2 >= GROWTH_MIN_R2 && f.slope > 0 && f.slope * f.minutes >= GROWTH_MIN_BYTES;
+      fits[key] = f;
+    }
+    return fits;
+  }
+  // The metric the growth card shows: the largest confident growth among RSS, live heap and
+  // external memory; RSS when nothing grows confidently (or the heap is not traced).
+  function chooseGrowth(series) {
+    const fits = growthFits(series);
+    const confident = Object.values(fits).filter((f) => f.confident).sort((a, b) => b.slope - a.slope);
+    const chosen = confident[0] || fits.rss || null;
+    return { chosen, fits };
   }
 
   // ---------------------------------------------------------------- charts
@@ -262,6 +334,64 @@
     if (note) box.dataset.empty = note;
   }
 
+  // Time axis: ticks on round clock times (every 10 s, 1 min, 5 min, ...), at most 6.
+  const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400].map((s) => s * 1000);
+  function timeTicks(scale) {
+    const min = scale.min, max = scale.max;
+    if (!(max > min)) return;
+    const step = TIME_STEPS.find((s) => (max - min) / s <= 6) || TIME_STEPS[TIME_STEPS.length - 1];
+    // Hours and days fall on the local clock's round values.
+    const offset = step >= 3600000 ? -new Date(min).getTimezoneOffset() * 60000 : 0;
+    const ticks = [];
+    for (let t = Math.ceil((min + offset) / step) * step - offset; t <= max; t += step) ticks.push({ value: t });
+    scale.ticks = ticks;
+  }
+  function timeLabel(value, index, ticks) {
+    const step = ticks.length > 1 ? ticks[1].value - ticks[0].value : 1000;
+    return fmtTime(value, step < 60000);
+  }
+
+  // Decimals a tick step needs to be written exactly (0.25 -> 2, 0.5 -> 1, 64 -> 0), at most 4.
+  function stepDigits(step) {
+    for (let d = 0; d < 4; d++) {
+      const scaled = step * 10 ** d;
+      if (Math.abs(scaled - Math.round(scaled)) < 1e-6 * Math.max(1, scaled)) return d;
+    }
+    return 4;
+  }
+
+  // Byte axis: one unit for the whole axis (the largest in which the top tick is at least 1), a
+  // round binary step (..., 0.25, 0.5, 1, 2, 4, ... of that unit), about five steps.
+  const BYTE_STEPS = [0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+  function byteTicks(scale) {
+    const max = scale.max;
+    if (!(max > 0)) return;
+    let u = 0;
+    while (u < UNITS.length - 1 && max >= 1024 ** (u + 1)) u++;
+    const raw = max / 1024 ** u / 5;
+    let step = BYTE_STEPS.find((c) => c >= raw && (u > 0 || c >= 1)) || 512;
+    step *= 1024 ** u;
+    const top = Math.ceil(max / step - 1e-9) * step;
+    scale.max = top;
+    scale.ticks = [];
+    for (let v = 0; v <= top + step / 2; v += step) scale.ticks.push({ value: v });
+    // A top of 1024 MiB reads 1 GiB: the axis moves to the next unit.
+    if (top >= 1024 ** (u + 1) && u < UNITS.length - 1) u++;
+    scale.byteUnit = u;
+    scale.byteDigits = stepDigits(step / 1024 ** u);
+  }
+  function byteLabel(value) {
+    const u = this.byteUnit || 0;
+    const digits = this.byteDigits || 0;
+    return (value / 1024 ** u).toFixed(digits) + ' ' + UNITS[u];
+  }
+  // Ratio axis: as many decimals as the step needs (0.02×, 0.04×, not 0.0×, 0.0×).
+  function ratioLabel(value, index, ticks) {
+    const step = ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) : 1;
+    const digits = step > 0 ? stepDigits(step) : 1;
+    return (value === 0 ? '0' : Number(value).toFixed(digits)) + '×';
+  }
+
   function initCharts() {
     if (typeof window.Chart !== 'function') {
       toast('Chart library missing (vendor/chart.umd.min.js): charts are disabled', 'error');
@@ -271,23 +401,12 @@
     Chart.defaults.color = '#8b94a5';
     Chart.defaults.borderColor = 'rgba(139, 148, 165, 0.15)';
     Chart.defaults.font.family = 'system-ui, -apple-system, "Segoe UI", "DejaVu Sans", Roboto, sans-serif';
-    const timeAxis = {
+    const timeAxis = () => ({
       type: 'linear',
-      ticks: { callback: function (v) { return chartEmpty(this.chart) ? '' : fmtTime(v); }, maxTicksLimit: 7, maxRotation: 0 },
+      afterBuildTicks: timeTicks,
+      ticks: { callback: function (v, i, t) { return chartEmpty(this.chart) ? '' : timeLabel(v, i, t); }, maxRotation: 0, autoSkip: false },
       grid: { display: false },
-    };
-    // Byte axis ticks on round binary values (256 MiB, 512 MiB, ...), not 477 MiB.
-    const byteTicks = (scale) => {
-      const max = scale.max;
-      if (!(max > 0)) return;
-      const unit = max >= 2 * 1024 ** 3 ? 1024 ** 3 : max >= 2 * 1024 ** 2 ? 1024 ** 2 : max >= 2048 ? 1024 : 1;
-      const raw = max / unit / 5;
-      const step = Math.pow(2, Math.ceil(Math.log2(Math.max(raw, 1)))) * unit;
-      const top = Math.ceil(max / step) * step;
-      scale.max = top;
-      scale.ticks = [];
-      for (let v = 0; v <= top + step / 2; v += step) scale.ticks.push({ value: v });
-    };
+    });
     const common = {
       responsive: true,
       maintainAspectRatio: false,
@@ -297,7 +416,8 @@
       interaction: { mode: 'index', intersect: false },
       elements: { point: { radius: 0, hitRadius: 6, hoverRadius: 3 }, line: { borderWidth: 2, tension: 0.25 } },
       plugins: {
-        legend: { labels: { boxWidth: 12, boxHeight: 12, usePointStyle: false } },
+        // Series without data (no heap traced) stay out of the legend.
+        legend: { labels: { boxWidth: 12, boxHeight: 12, usePointStyle: false, filter: (item, data) => data.datasets[item.datasetIndex].data.length > 0 } },
         tooltip: {
           callbacks: { title: (items) => (items.length ? fmtDateTime(items[0].parsed.x) : '') },
         },
@@ -307,15 +427,15 @@
       type: 'line',
       data: {
         datasets: [
-          { label: 'RSS', data: [], borderColor: '#5b9cf5', backgroundColor: 'rgba(91, 156, 245, 0.12)', fill: true },
+          { label: 'RSS (resident)', data: [], borderColor: '#5b9cf5', backgroundColor: 'rgba(91, 156, 245, 0.12)', fill: true },
           { label: 'Heap live', data: [], borderColor: '#3ecf8e', backgroundColor: 'rgba(62, 207, 142, 0.1)' },
           { label: 'External', data: [], borderColor: '#f0b429', backgroundColor: 'rgba(240, 180, 41, 0.1)' },
         ],
       },
       options: Object.assign({}, common, {
         scales: {
-          x: timeAxis,
-          y: { beginAtZero: true, afterBuildTicks: byteTicks, ticks: { callback: function (v) { return chartEmpty(this.chart) ? '' : fmtBytes(v); } } },
+          x: timeAxis(),
+          y: { beginAtZero: true, afterBuildTicks: byteTicks, ticks: { autoSkip: false, callback: function (v) { return chartEmpty(this.chart) ? '' : byteLabel.call(this, v); } } },
         },
         plugins: Object.assign({}, common.plugins, {
           tooltip: { callbacks: Object.assign({}, common.plugins.tooltip.callbacks, { label: (i) => `${i.dataset.label}: ${fmtBytes(i.parsed.y)}` }) },
@@ -331,8 +451,8 @@
       },
       options: Object.assign({}, common, {
         scales: {
-          x: timeAxis,
-          y: { beginAtZero: true, ticks: { callback: function (v) { return chartEmpty(this.chart) ? '' : Number(v).toFixed(1) + '×'; }, maxTicksLimit: 6 } },
+          x: timeAxis(),
+          y: { beginAtZero: true, ticks: { maxTicksLimit: 6, callback: function (v, i, t) { return chartEmpty(this.chart) ? '' : ratioLabel(v, i, t); } } },
         },
         plugins: Object.assign({}, common.plugins, {
           tooltip: { callbacks: Object.assign({}, common.plugins.tooltip.callbacks, { label: (i) => `ratio: ${fmtRatio(i.parsed.y)}` }) },
@@ -345,11 +465,14 @@
     const pid = state.selectedPid;
     const series = pid === null ? [] : seriesFor(pid);
     const p = pid === null ? null : findProcess(pid);
-    $('chart-memory-title').textContent = p ? `· ${p.comm} (${p.pid})` : '';
+    $('chart-memory-title').textContent = p ? `· ${p.comm} (${p.pid}) · binary units` : '';
+    $('chart-ratio-title').textContent = p ? `· ${p.comm} (${p.pid})` : '';
     if (!memoryChart) return;
+    const basis = externalBasis(p);
     memoryChart.data.datasets[0].data = series.map((s) => ({ x: s.t, y: s.rss }));
-    memoryChart.data.datasets[1].data = series.filter((s) => s.heap !== null).map((s) => ({ x: s.t, y: s.heap }));
-    memoryChart.data.datasets[2].data = series.filter((s) => s.external !== null).map((s) => ({ x: s.t, y: s.external }));
+    memoryChart.data.datasets[1].data = series.filter((s) => s.heapLive !== null).map((s) => ({ x: s.t, y: s.heapLive }));
+    // On the since-attach basis the external figure is a growth, not a size: not on a size chart.
+    memoryChart.data.datasets[2].data = basis === 'since-attach' ? [] : series.filter((s) => s.external !== null).map((s) => ({ x: s.t, y: s.external }));
     // The time axis spans exactly the data (a linear scale would round it out to "nice" bounds).
     const xmin = series.length ? series[0].t : undefined;
     const xmax = series.length ? series[series.length - 1].t : undefined;
@@ -362,16 +485,26 @@
     ratioChart.update('none');
     const waiting = state.history.length ? null : 'Waiting for snapshots…';
     setEmptyNote('chart-memory', waiting || (series.length ? null : 'No snapshot of this process yet'));
-    setEmptyNote('chart-ratio', waiting || (chartEmpty(ratioChart)
-      ? (p && !p.heapTraced ? 'Heap not traced: start tracing to see its ratio' : 'No ratio yet (the live heap is empty)')
-      : null));
+    let ratioNote = null;
+    if (chartEmpty(ratioChart)) {
+      if (p && !p.heapTraced) ratioNote = 'Heap not traced: start tracing to see its ratio';
+      else if (basis === 'since-attach') ratioNote = 'Heap traced since attach: the heap from before is unknown, so there is no ratio';
+      else ratioNote = 'No ratio yet (the live heap is empty)';
+    }
+    setEmptyNote('chart-ratio', waiting || ratioNote);
+  }
+
+  function axisLabels(chart) {
+    if (!chart) return { x: [], y: [] };
+    const labels = (scale) => (scale && Array.isArray(scale.ticks) ? scale.ticks.map((t) => (Array.isArray(t.label) ? t.label.join(' ') : String(t.label ?? ''))) : []);
+    return { x: labels(chart.scales.x), y: labels(chart.scales.y) };
   }
 
   // ---------------------------------------------------------------- cards and header
   function setValue(id, text, level) {
     const node = $(id);
     node.textContent = text;
-    node.classList.remove('ok', 'warn', 'crit');
+    node.classList.remove('ok', 'warn', 'crit', 'quiet');
     if (level) node.classList.add(level);
   }
 
@@ -399,34 +532,114 @@
     if (!p) {
       setValue('external-value', '–'); setValue('ratio-value', '–'); setValue('growth-value', '–');
       $('external-detail').textContent = 'no process selected';
+      $('external-basis').textContent = '';
       $('ratio-detail').textContent = '';
+      $('growth-metric').textContent = '';
       $('growth-detail').textContent = '';
+      $('growth-others').textContent = '';
+      delete $('growth-value').dataset.metric;
       return;
     }
-    if (p.externalBytes === null || p.externalBytes === undefined) {
+    renderExternalCards(p);
+    renderGrowthCard(p);
+  }
+
+  function renderExternalCards(p) {
+    const basis = externalBasis(p);
+    const basisNode = $('external-basis');
+    basisNode.dataset.basis = basis || '';
+    if (basis === 'full') basisNode.textContent = 'basis: full (heap traced from the process start)';
+    else if (basis === 'since-attach') basisNode.textContent = 'basis: since attach (heap before tracing unknown)';
+    else basisNode.textContent = '';
+    if (!p.heapTraced) {
       setValue('external-value', 'n/a');
       $('external-detail').textContent = `${p.comm}: heap not traced — start tracing to measure`;
       setValue('ratio-value', 'n/a');
       $('ratio-detail').textContent = 'needs a traced heap';
-    } else {
-      setValue('external-value', fmtBytes(p.externalBytes), p.externalBytes > 80 * 1024 * 1024 ? 'warn' : null);
+      return;
+    }
+    if (Number.isFinite(p.externalBytes)) {
+      setValue('external-value', fmtBytes(p.externalBytes), p.externalBytes > 80 * MiB ? 'warn' : null);
       $('external-detail').textContent = `${p.comm}: RSS ${fmtBytes(p.rssBytes)} − heap ${fmtBytes(p.heapLiveBytes)}`;
-      const r = p.externalRatio;
-      setValue('ratio-value', fmtRatio(r), Number.isFinite(r) && r > 1.5 ? 'warn' : null);
-      $('ratio-detail').textContent = Number.isFinite(r) ? `${p.comm}: external over live heap` : `${p.comm}: live heap is empty`;
+    } else if (basis === 'since-attach' && Number.isFinite(p.externalGrowthBytes)) {
+      const g = p.externalGrowthBytes;
+      setValue('external-value', (g > 0 ? '≥ +' : '') + fmtBytes(g), g > 80 * MiB ? 'warn' : null);
+      $('external-detail').textContent = `${p.comm}: RSS growth since attach not explained by heap growth (a lower bound)`;
+    } else {
+      setValue('external-value', '–');
+      $('external-detail').textContent = `${p.comm}: no external figure in this snapshot`;
     }
-    const series = seriesFor(p.pid);
+    const r = p.externalRatio;
+    if (Number.isFinite(r)) {
+      setValue('ratio-value', fmtRatio(r), r > 1.5 ? 'warn' : null);
+      $('ratio-detail').textContent = `${p.comm}: external over live heap`;
+    } else {
+      setValue('ratio-value', 'n/a');
+      $('ratio-detail').textContent = basis === 'since-attach' ? `${p.comm}: heap before tracing unknown` : `${p.comm}: live heap is empty`;
+    }
+  }
+
+  function renderGrowthCard(p) {
+    const { chosen, fits } = chooseGrowth(seriesFor(p.pid));
+    const value = $('growth-value');
+    if (!chosen) {
+      setValue('growth-value', '–');
+      delete value.dataset.metric;
+      $('growth-metric').textContent = '';
+      $('growth-detail').textContent = `${p.comm}: needs two snapshots`;
+      $('growth-others').textContent = '';
+      return;
+    }
+    const rate = chosen.slope;
+    const level = chosen.confident ? (rate > 5 * MiB ? 'crit' : rate > MiB ? 'warn' : null) : null;
+    const label = chosen.metric === 'external' && externalBasis(p) === 'since-attach' ? 'External (since attach)' : metricLabel(chosen.metric);
+    setValue('growth-value', fmtRate(rate), chosen.confident ? level : 'quiet');
+    value.dataset.metric = chosen.metric;
+    value.dataset.confident = String(chosen.confident);
+    $('growth-metric').textContent = '· ' + label;
+    const fit = `fit over ${chosen.n} snapshots (${fmtDuration(chosen.minutes * 60)}), r² ${chosen.r2.toFixed(2)}`;
+    $('growth-detail').textContent = chosen.confident
+      ? `${label} of ${p.comm} grows · ${fit}`
+      : `${p.comm}: no confident growth · ${label} trend, ${fit}`;
+    const others = Object.values(fits).filter((f) => f !== chosen).map((f) => `${metricLabel(f.metric)} ${fmtRate(f.slope)}`);
     const pattern = state.patterns.get(p.pid);
-    const key = p.externalBytes === null || p.externalBytes === undefined ? 'rss' : 'external';
-    let rate = slopePerMinute(series, key);
-    let source = `${key === 'rss' ? 'RSS' : 'external'} trend over ${series.length} snapshots`;
-    if (pattern && Number.isFinite(pattern.growthRate)) {
-      rate = pattern.growthRate * 1024 * 1024;
-      source = `${pattern.type} (${Math.round(pattern.confidence)}% confidence)`;
+    if (pattern && pattern.type) {
+      const metric = state.patternMetrics.get(p.pid);
+      others.push(`last analysis: ${pattern.type} ${Math.round(pattern.confidence || 0)}%${metric ? ' on ' + metricLabel(metric) : ''}`);
     }
-    const level = Number.isFinite(rate) && rate > 5 * 1024 * 1024 ? 'crit' : Number.isFinite(rate) && rate > 1024 * 1024 ? 'warn' : null;
-    setValue('growth-value', fmtRate(rate), level);
-    $('growth-detail').textContent = `${p.comm}: ${source}`;
+    $('growth-others').textContent = others.join(' · ');
+  }
+
+  // The selected process's figures in two groups that are never added together: resident memory
+  // (RSS and its parts, swap) and virtual address space (mappings, break).
+  function renderSelectedFacts(p) {
+    const box = $('selected-facts');
+    if (!p) { box.replaceChildren(); return; }
+    const group = (cls, title, items) => el('div', { class: 'fgroup ' + cls, dataset: { group: cls } },
+      el('span', { class: 'glabel', text: title }),
+      items.map(([k, v, key]) => el('span', { class: 'fact', dataset: { key } }, el('span', { class: 'k', text: k }), ' ', el('span', { class: 'v', text: v }))));
+    const parts = [
+      group('res', 'Resident', [
+        ['RSS', fmtBytes(p.rssBytes), 'rssBytes'],
+        ['anon', fmtBytes(p.rssAnonBytes), 'rssAnonBytes'],
+        ['file', fmtBytes(p.rssFileBytes), 'rssFileBytes'],
+        ['shmem', fmtBytes(p.rssShmemBytes), 'rssShmemBytes'],
+        ['swap', fmtBytes(p.swapBytes), 'swapBytes'],
+      ]),
+    ];
+    if (p.heapTraced) {
+      parts.push(group('heap', 'Traced heap', [
+        ['live', fmtBytes(p.heapLiveBytes), 'heapLiveBytes'],
+        ['blocks', fmtCount(p.heapLiveCount), 'heapLiveCount'],
+        ['peak', fmtBytes(p.heapPeakBytes), 'heapPeakBytes'],
+      ]));
+    }
+    parts.push(group('virt', 'Virtual: address space, not in RSS', [
+      ['mapped anon', fmtBytes(p.mappedAnonBytes), 'mappedAnonBytes'],
+      ['mapped file', fmtBytes(p.mappedFileBytes), 'mappedFileBytes'],
+      ['brk', fmtBytes(p.brkBytes), 'brkBytes'],
+    ]));
+    box.replaceChildren(...parts);
   }
 
   function renderSelected() {
@@ -439,7 +652,17 @@
     btn.textContent = traced ? 'Stop tracing' : 'Start tracing';
     btn.classList.toggle('btn-danger', traced);
     btn.dataset.action = traced ? 'stop' : 'start';
+    renderSelectedFacts(p);
   }
+
+  const COUNTERS = [
+    ['eventsLost', 'Kernel events lost', (st) => st.eventsLost, 'ring buffer full'],
+    ['snapshotsDropped', 'Snapshots dropped', (st) => st.snapshotsDropped, 'analysis side too far behind'],
+    ['webhookFailures', 'Webhook failures', (st) => st.failures && st.failures.webhookFailures, 'alert events given up on after the retries'],
+    ['webhookDropped', 'Webhook events dropped', (st) => st.failures && st.failures.webhookDropped, 'dropped from the full queue'],
+    ['storeWriteFailures', 'Data writes failed', (st) => st.failures && st.failures.storeWriteFailures, 'writes to the data directory'],
+    ['storeSkippedLines', 'Data lines skipped', (st) => st.failures && st.failures.storeSkippedLines, 'corrupted or partial lines read'],
+  ];
 
   function renderStatus() {
     const st = state.status;
@@ -455,9 +678,56 @@
     else parts.push(`${(st.tracedPids || []).length} traced`);
     parts.push(`${fmtCount(st.eventsReceived)} events`);
     if (st.eventsLost) parts.push(`${fmtCount(st.eventsLost)} lost`);
+    const problems = COUNTERS.reduce((n, [, , get]) => n + (Number(get(st)) || 0), 0);
     node.textContent = parts.join(' · ');
-    node.className = 'pill ' + (!st.isMonitoring ? 'pill-bad' : st.eventsLost ? 'pill-wait' : 'pill-ok');
+    node.className = 'pill ' + (!st.isMonitoring ? 'pill-bad' : problems ? 'pill-wait' : 'pill-ok');
     node.title = `Agent started ${fmtDateTime(st.startedAt)}; events received ${fmtCount(st.eventsReceived)}, lost ${fmtCount(st.eventsLost)}`;
+    renderCounters(st);
+    renderTraced(st);
+  }
+
+  // Suppressed and failed work the agent lives with (status `failures`, `snapshotsDropped`, ...):
+  // only the counters the agent reports are shown.
+  function renderCounters(st) {
+    const items = [];
+    for (const [key, label, get, hint] of COUNTERS) {
+      const v = get(st);
+      if (v === undefined || v === null) continue;
+      items.push(el('div', { class: 'counter' + (Number(v) > 0 ? ' hot' : ''), dataset: { counter: key }, title: hint },
+        el('dt', { text: label }), el('dd', { text: fmtCount(v) })));
+    }
+    items.push(el('div', { class: 'counter', dataset: { counter: 'eventsReceived' } }, el('dt', { text: 'Kernel events received' }), el('dd', { text: fmtCount(st.eventsReceived) })));
+    if (Number.isFinite(st.snapshotInterval)) {
+      items.push(el('div', { class: 'counter', dataset: { counter: 'snapshotInterval' } }, el('dt', { text: 'Snapshot every' }), el('dd', { text: fmtDuration(st.snapshotInterval) })));
+    }
+    $('agent-counters').replaceChildren(...items);
+  }
+
+  const REASONS = { configured: 'configured (agent.pids / --pid)', requested: 'requested (API or dashboard)', drilldown: 'drill-down (it grew)' };
+  function renderTraced(st) {
+    const box = $('traced');
+    const traced = Array.isArray(st.traced) ? st.traced : [];
+    const drills = new Map((Array.isArray(st.drilldowns) ? st.drilldowns : []).map((d) => [d.pid, d]));
+    $('traced-count').textContent = st.mallocAll ? '· every process (agent.mallocAll)' : `· ${traced.length}`;
+    if (!traced.length) {
+      box.replaceChildren(el('p', { class: 'empty', text: st.mallocAll ? 'Every process is traced (agent.mallocAll).' : 'No process is traced: select one and start tracing.' }));
+      return;
+    }
+    const body = el('tbody');
+    for (const t of traced.slice().sort((a, b) => (b.since || 0) - (a.since || 0))) {
+      const d = drills.get(t.pid);
+      const lib = String(t.library || '');
+      body.append(el('tr', { dataset: { pid: String(t.pid), reason: String(t.reason || '') }, onclick: () => selectPid(t.pid) },
+        el('td', { class: 'num', text: String(t.pid) }),
+        el('td', { class: 'comm', text: t.comm || '?' }),
+        el('td', { class: 'reason', text: (REASONS[t.reason] || String(t.reason || '?')) + (d ? ` until ${fmtTime(d.endsAt)}` : '') , title: d ? unitsText(d.reason) : '' }),
+        el('td', { text: fmtDateTime(t.since) }),
+        el('td', { class: 'lib', title: lib, text: lib.split('/').pop() || '–' }),
+        el('td', { class: 'num', title: Array.isArray(t.functions) ? t.functions.join(', ') : '', text: Array.isArray(t.functions) ? String(t.functions.length) : '–' }),
+      ));
+    }
+    const head = el('thead', null, el('tr', null, ['PID', 'Command', 'Why', 'Since', 'Allocator', 'Probes'].map((h) => el('th', { text: h }))));
+    box.replaceChildren(el('div', { class: 'table-wrap short' }, el('table', { class: 'data', id: 'traced-table' }, head, body)));
   }
 
   function setConnection(s, detail) {
@@ -513,18 +783,27 @@
     for (const p of shown) {
       const pat = state.patterns.get(p.pid);
       const traced = p.heapTraced;
-      const na = (v, fmt) => (v === null || v === undefined ? el('td', { class: 'num na', text: '–' }) : el('td', { class: 'num', text: fmt(v) }));
+      const cell = (col, text, cls) => el('td', { class: 'num' + (cls ? ' ' + cls : ''), dataset: { col }, text });
+      const bytes = (col, v, cls) => (Number.isFinite(v) ? cell(col, fmtBytes(v), cls) : cell(col, '–', 'na' + (cls ? ' ' + cls : '')));
+      let external;
+      if (Number.isFinite(p.externalBytes)) external = bytes('externalBytes', p.externalBytes);
+      else if (externalBasis(p) === 'since-attach' && Number.isFinite(p.externalGrowthBytes)) {
+        external = cell('externalBytes', (p.externalGrowthBytes > 0 ? '+' : '') + fmtBytes(p.externalGrowthBytes), 'since-attach');
+        external.title = 'growth since tracing began that the heap does not explain (a lower bound)';
+      } else external = cell('externalBytes', '–', 'na');
+      const metric = state.patternMetrics.get(p.pid);
       const tr = el('tr', { dataset: { pid: String(p.pid) }, class: p.pid === state.selectedPid ? 'selected' : null, title: traced ? 'heap traced' : 'heap not traced' },
-        el('td', { class: 'num', text: String(p.pid) }),
-        el('td', { class: 'comm' }, traced ? el('span', { class: 'dot-traced', title: 'heap traced' }) : null, p.comm || '?'),
-        el('td', { class: 'num', text: fmtBytes(p.rssBytes) }),
-        traced ? el('td', { class: 'num', text: fmtBytes(p.heapLiveBytes) }) : el('td', { class: 'num na', text: '–' }),
-        na(p.externalBytes, fmtBytes),
-        na(p.externalRatio, fmtRatio),
-        el('td', { class: 'num', text: fmtBytes(p.mappedAnonBytes) }),
-        el('td', { class: 'num', text: fmtBytes(p.mappedFileBytes) }),
-        el('td', { class: 'num', text: fmtBytes(p.brkBytes) }),
-        el('td', null, pat ? el('span', { class: 'tag ' + pat.type, title: pat.recommendation || '' }, `${pat.type} ${Math.round(pat.confidence)}%`) : el('span', { class: 'muted', text: '–' })),
+        el('td', { class: 'num', dataset: { col: 'pid' }, text: String(p.pid) }),
+        el('td', { class: 'comm', dataset: { col: 'comm' } }, traced ? el('span', { class: 'dot-traced', title: 'heap traced' }) : null, el('span', { class: 'comm-text', text: p.comm || '?' })),
+        bytes('rssBytes', p.rssBytes, 'grp-res'),
+        bytes('swapBytes', p.swapBytes),
+        traced ? bytes('heapLiveBytes', p.heapLiveBytes, 'grp-heap') : cell('heapLiveBytes', '–', 'na grp-heap'),
+        external,
+        Number.isFinite(p.externalRatio) ? cell('externalRatio', fmtRatio(p.externalRatio)) : cell('externalRatio', '–', 'na'),
+        bytes('mappedAnonBytes', p.mappedAnonBytes, 'virt grp-virt'),
+        bytes('mappedFileBytes', p.mappedFileBytes, 'virt'),
+        bytes('brkBytes', p.brkBytes, 'virt'),
+        el('td', { dataset: { col: 'pattern' } }, pat ? el('span', { class: 'tag ' + pat.type, title: unitsText(pat.recommendation || '') }, `${pat.type} ${Math.round(pat.confidence)}%${metric ? ' · ' + metricLabel(metric) : ''}`) : el('span', { class: 'muted', text: '–' })),
       );
       frag.append(tr);
     }
@@ -541,12 +820,14 @@
     const pid = state.selectedPid;
     const box = $('consumers');
     if (pid === null) {
+      box.dataset.pid = '';
       box.replaceChildren(el('p', { class: 'empty', text: 'Select a process to see which libraries hold its memory.' }));
       $('consumers-title').textContent = '';
       return;
     }
     const now = Date.now();
     if (!force && pid === state.consumersPid && now - state.consumersAt < 15000) return;
+    if (pid !== state.consumersPid) state.consumersEntry = undefined;
     state.consumersPid = pid;
     state.consumersAt = now;
     const seq = ++consumersSeq;
@@ -557,21 +838,57 @@
       data = await api('GET', '/consumers?pid=' + encodeURIComponent(pid));
     } catch (err) {
       if (seq !== consumersSeq) return;
+      box.dataset.pid = String(pid);
       box.replaceChildren(el('p', { class: 'empty', text: 'Consumers unavailable: ' + err.message }));
       return;
     }
     if (seq !== consumersSeq) return;
-    const entry = data && Array.isArray(data.processes) ? data.processes.find((q) => q.pid === pid) || data.processes[0] : null;
-    renderConsumers(entry, p);
+    const entry = data && Array.isArray(data.processes) ? data.processes.find((q) => q.pid === pid) || null : null;
+    renderConsumers(entry, findProcess(pid) || p);
+  }
+
+  // Library roll-ups. A library's figure from the agent is what it asked for: the requested sizes
+  // of its live heap blocks plus the lengths of its live mappings. Mappings are address space (a
+  // reservation needs no memory until touched), so that sum can exceed what the process holds. No
+  // library can hold more than the process holds, RSS + swap: the figure shown ("held") is the
+  // smaller of the two, marked "≤" when capped, and the asked-for figure stays in the detail with
+  // its split into heap blocks and mapped (virtual) bytes. The bars are shares of RSS + swap.
+  function libraryRollups(entry, p) {
+    const libraries = (entry && Array.isArray(entry.libraries) && entry.libraries.length ? entry.libraries : (p && p.libraries) || []);
+    const consumers = entry && Array.isArray(entry.consumers) ? entry.consumers : [];
+    const split = new Map();
+    for (const c of consumers) {
+      if (c.metadata && c.metadata.allocatorInternal) continue;
+      const s = split.get(c.category) || { heap: 0, mapped: 0 };
+      if (c.type === 'malloc') s.heap += c.allocatedMemory || 0; else s.mapped += c.allocatedMemory || 0;
+      split.set(c.category, s);
+    }
+    const cap = p ? (Number(p.rssBytes) || 0) + (Number(p.swapBytes) || 0) : Infinity;
+    return libraries.map((lib) => {
+      const asked = Number(lib.liveBytes) || 0;
+      const s = split.get(lib.library) || { heap: 0, mapped: 0 };
+      const held = Math.min(asked, cap);
+      return { library: lib.library, asked, heap: s.heap, mapped: s.mapped, other: Math.max(0, asked - s.heap - s.mapped), held, capped: asked > cap, cap, peak: lib.peakBytes, calls: lib.calls };
+    }).sort((a, b) => b.held - a.held || b.asked - a.asked || String(a.library).localeCompare(String(b.library)));
   }
 
   function renderConsumers(entry, p) {
     const box = $('consumers');
-    const libraries = (entry && entry.libraries && entry.libraries.length ? entry.libraries : (p && p.libraries) || []).slice()
-      .sort((a, b) => (b.liveBytes || 0) - (a.liveBytes || 0));
-    const consumers = (entry && entry.consumers ? entry.consumers : []).slice()
+    state.consumersEntry = entry;
+    box.dataset.pid = p ? String(p.pid) : '';
+    // The snapshot whose RSS + swap bounds the library figures.
+    const snap = latest();
+    box.dataset.snapshot = snap ? String(snap.timestamp) : '';
+    // Re-rendered at each snapshot: the stacks a reader opened stay open.
+    const open = new Set([...box.querySelectorAll('details[open]')].map((d) => d.dataset.consumerId || d.dataset.folded));
+    const libraries = libraryRollups(entry, p);
+    const all = (entry && entry.consumers ? entry.consumers : []).slice()
       .sort((a, b) => (b.allocatedMemory || 0) - (a.allocatedMemory || 0));
-    if (!libraries.length && !consumers.length) {
+    // The allocator's own mappings and break growth back heap blocks already counted at their
+    // callers: folded into one heap row, never listed as consumers of their own.
+    const internal = all.filter((c) => c.metadata && c.metadata.allocatorInternal);
+    const consumers = all.filter((c) => !(c.metadata && c.metadata.allocatorInternal));
+    if (!libraries.length && !all.length) {
       const msg = isTraced(p)
         ? 'No live allocations attributed yet.'
         : 'The heap of this process is not traced: start tracing to see its consumers per library and their stacks.';
@@ -580,38 +897,73 @@
     }
     const frag = document.createDocumentFragment();
     if (libraries.length) {
-      frag.append(el('h3', { class: 'sub', text: 'Live bytes per library' }));
-      const max = Math.max(1, ...libraries.map((l) => l.liveBytes || 0));
-      const list = el('ul', { class: 'lib-list' });
+      const cap = libraries[0].cap;
+      frag.append(el('h3', { class: 'sub', text: 'Per library: memory held' }));
+      frag.append(el('p', { class: 'rule', text: Number.isFinite(cap)
+        ? `A library holds at most what the process holds, RSS + swap = ${fmtBytes(cap)}; bars are shares of it. What a library asked for (heap blocks + mapped address space) is in the detail, and figures above RSS + swap are shown capped (≤).`
+        : 'What each library asked for (heap blocks + mapped address space).' }));
+      const list = el('ul', { class: 'lib-list', dataset: { capBytes: String(cap) } });
       for (const lib of libraries.slice(0, 12)) {
         const fill = el('span');
-        fill.style.width = (100 * (lib.liveBytes || 0) / max).toFixed(1) + '%';
-        list.append(el('li', { class: 'lib-row', dataset: { library: lib.library } },
+        const share = Number.isFinite(cap) && cap > 0 ? lib.held / cap : 0;
+        fill.style.width = (100 * Math.min(1, share)).toFixed(1) + '%';
+        const detail = [`asked ${fmtBytes(lib.asked)}`];
+        if (lib.heap) detail.push(`heap ${fmtBytes(lib.heap)}`);
+        if (lib.mapped) detail.push(`mapped ${fmtBytes(lib.mapped)} virtual`);
+        if (lib.other) detail.push(`${fmtBytes(lib.other)} in evicted consumers`);
+        list.append(el('li', { class: 'lib-row' + (lib.capped ? ' capped' : ''), dataset: { library: lib.library, heldBytes: String(lib.held), askedBytes: String(lib.asked) } },
           el('span', { class: 'name', title: lib.library, text: lib.library }),
           el('div', { class: 'bar' }, fill),
-          el('span', { class: 'amount', text: `${fmtBytes(lib.liveBytes)} · peak ${fmtBytes(lib.peakBytes)} · ${fmtCount(lib.calls)} calls` }),
+          el('span', { class: 'held', title: lib.capped ? `asked for ${fmtBytes(lib.asked)}, more than the process holds (RSS + swap ${fmtBytes(lib.cap)})` : '', text: (lib.capped ? '≤ ' : '') + fmtBytes(lib.held) }),
+          el('span', { class: 'amount', title: `${fmtCount(lib.calls)} calls · peak ${fmtBytes(lib.peak)}`, text: detail.join(' · ') }),
         ));
       }
       frag.append(list);
     }
-    if (consumers.length) {
+    if (consumers.length || internal.length) {
       frag.append(el('h3', { class: 'sub', text: `Allocation sites (${consumers.length})` }));
       for (const c of consumers.slice(0, 50)) {
         const stack = Array.isArray(c.stackTrace) ? c.stackTrace : [];
+        const virtual = c.type !== 'malloc';
         const details = el('details', { class: 'consumer', dataset: { consumerId: String(c.id) } },
           el('summary', null,
             el('span', { class: 'cname', title: c.name },
               el('span', { class: 'kind', text: c.type || '' }), c.name || String(c.id)),
             el('span', { class: 'cmeta', text: c.category || '' }),
-            el('span', { class: 'cmeta' }, el('span', { class: 'cbytes', text: fmtBytes(c.allocatedMemory) }), ` · ${fmtCount(c.activeAllocations)} live`),
+            el('span', { class: 'cmeta' }, el('span', { class: 'cbytes', text: fmtBytes(c.allocatedMemory) }), virtual ? el('span', { class: 'virt-word', text: ' virtual' }) : null, ` · ${fmtCount(c.activeAllocations)} live`),
           ),
           el('div', { class: 'facts', text: `peak ${fmtBytes(c.peakMemory)} · ${fmtCount(c.totalCalls)} calls · average ${fmtBytes(c.averageSize)}` }),
           stack.length ? el('ol', { class: 'stack' }, stack.map((f) => el('li', { text: f }))) : el('div', { class: 'facts', text: 'no stack captured' }),
         );
         frag.append(details);
       }
+      if (internal.length) {
+        const bytes = internal.reduce((n, c) => n + (c.allocatedMemory || 0), 0);
+        const owners = [...new Set(internal.map((c) => c.category || '?'))].join(', ');
+        frag.append(el('details', { class: 'consumer folded', dataset: { folded: 'allocator', bytes: String(bytes), count: String(internal.length) } },
+          el('summary', null,
+            el('span', { class: 'cname' }, el('span', { class: 'kind', text: 'heap' }), `allocator's own memory (${owners})`),
+            el('span', { class: 'cmeta', text: `${internal.length} mapping${internal.length === 1 ? '' : 's'}` }),
+            el('span', { class: 'cmeta' }, el('span', { class: 'cbytes', text: fmtBytes(bytes) }), el('span', { class: 'virt-word', text: ' virtual' })),
+          ),
+          el('div', { class: 'facts', text: 'Arenas and break growth the allocator made to hold heap blocks; those blocks are counted at the sites that asked for them, so this is in no library\'s figure.' }),
+          el('ul', { class: 'folded-list' }, internal.map((c) => el('li', { text: `${c.type || ''} ${c.name || c.id} · ${fmtBytes(c.allocatedMemory)}` }))),
+        ));
+      }
+    }
+    for (const d of frag.querySelectorAll('details')) {
+      if (open.has(d.dataset.consumerId || d.dataset.folded)) d.open = true;
     }
     box.replaceChildren(frag);
+  }
+
+  // At each snapshot the library figures follow the process's RSS + swap (the consumers themselves
+  // are fetched again every 15 s).
+  function rerenderConsumers() {
+    const pid = state.selectedPid;
+    if (pid === null || state.consumersPid !== pid || state.consumersEntry === undefined) return;
+    if ($('consumers').dataset.pid !== String(pid)) return;
+    renderConsumers(state.consumersEntry, findProcess(pid));
   }
 
   // ---------------------------------------------------------------- alerts
@@ -629,13 +981,13 @@
     const ctx = a.context || {};
     const where = ctx.comm || ctx.pid ? `${ctx.comm || '?'} (pid ${ctx.pid ?? '?'})` : '';
     const meta = [fmtDateTime(a.timestamp), a.type, where, ctx.library ? 'lib ' + ctx.library : ''].filter(Boolean).join(' · ');
-    const recs = Array.isArray(ctx.recommendations) ? ctx.recommendations : [];
+    const recs = Array.isArray(ctx.recommendations) ? ctx.recommendations.map(unitsText) : [];
     const item = el('li', { class: 'alert ' + (a.severity || 'info'), dataset: { alertId: String(a.id) } },
       el('div', { class: 'row' },
         el('span', { class: 'sev ' + (a.severity || 'info'), text: a.severity || 'info' }),
         active ? el('button', { type: 'button', class: 'btn btn-small btn-ghost resolve', text: 'Resolve', onclick: () => resolveAlert(a.id, item) }) : null,
       ),
-      el('div', { class: 'msg', text: a.message || '' }),
+      el('div', { class: 'msg', text: unitsText(a.message || '') }),
       el('div', { class: 'meta', text: meta }),
       !active ? el('div', { class: 'meta', text: `resolved ${fmtDateTime(a.resolvedAt)}${a.resolvedBy ? ' by ' + a.resolvedBy : ''}` }) : null,
       recs.length ? el('details', null, el('summary', { text: `${recs.length} recommendation${recs.length > 1 ? 's' : ''}` }), el('ul', null, recs.map((r) => el('li', { text: r })))) : null,
@@ -673,10 +1025,15 @@
 
   async function loadAlerts() {
     const data = await api('GET', '/alerts');
+    // A resolution is final: an answer fetched before an alert was resolved (here or by the stream)
+    // must not bring it back as active. Active alerts are replaced by the answer's.
     state.alertsActive.clear();
-    state.alertsResolved.clear();
     for (const a of (data && data.recent) || []) upsertAlert(a);
     for (const a of (data && data.active) || []) upsertAlert(Object.assign({}, a, { resolved: !!a.resolved }));
+    if (state.alertsResolved.size > 400) {
+      const keep = [...state.alertsResolved.values()].sort((x, y) => (y.resolvedAt || y.timestamp) - (x.resolvedAt || x.timestamp)).slice(0, 200);
+      state.alertsResolved = new Map(keep.map((x) => [x.id, x]));
+    }
     renderAlerts();
   }
 
@@ -698,8 +1055,27 @@
     }
   }
 
+  // The "top library" of an analysis row: its most concerning library (the agent lists them most
+  // concerning first), with its size at the analysis, capped like the roll-ups at RSS + swap.
+  function topLibraryText(r) {
+    const libs = Array.isArray(r.libraries) ? r.libraries.filter((l) => l && l.library) : [];
+    if (!libs.length) return '–';
+    const lib = libs[0];
+    const pat = lib.pattern || {};
+    const p = findProcess(r.pid);
+    const cap = p ? (Number(p.rssBytes) || 0) + (Number(p.swapBytes) || 0) : Infinity;
+    const bytes = Number(pat.currentBytes);
+    const size = Number.isFinite(bytes) && bytes > 0 ? (bytes > cap ? '≤ ' + fmtBytes(cap) : fmtBytes(bytes)) : null;
+    return [lib.library, size, pat.type && pat.type !== 'stable' ? `(${pat.type})` : null].filter(Boolean).join(' ');
+  }
+
   function renderAnalysis(results) {
-    for (const r of results) if (r && r.pattern && r.pid !== undefined) state.patterns.set(r.pid, r.pattern);
+    for (const r of results) {
+      if (r && r.pattern && r.pid !== undefined) {
+        state.patterns.set(r.pid, r.pattern);
+        if (r.metric) state.patternMetrics.set(r.pid, r.metric);
+      }
+    }
     const box = $('analysis-result');
     $('analysis-time').textContent = '· ' + fmtTime(Date.now()) + ` · ${results.length} process${results.length === 1 ? '' : 'es'}`;
     if (!results.length) {
@@ -709,17 +1085,16 @@
       const body = el('tbody');
       for (const r of sorted) {
         const pat = r.pattern || {};
-        const top = Array.isArray(r.libraries) && r.libraries.length ? r.libraries.slice().sort((a, b) => (b.liveBytes || 0) - (a.liveBytes || 0))[0] : null;
         body.append(el('tr', { dataset: { pid: String(r.pid) }, onclick: () => selectPid(r.pid) },
           el('td', { class: 'num', text: String(r.pid) }),
           el('td', { class: 'comm', text: r.comm || '?' }),
-          el('td', { text: r.metric || '' }),
+          el('td', { text: metricLabel(r.metric) }),
           el('td', null, el('span', { class: 'tag ' + (pat.type || ''), text: `${pat.type || '?'} ${Math.round(pat.confidence || 0)}%` })),
-          el('td', { class: 'num', text: Number.isFinite(pat.growthRate) ? `${pat.growthRate.toFixed(2)} MB/min` : '–' }),
-          el('td', { class: 'num', text: Number.isFinite(pat.duration) ? `${pat.duration.toFixed(1)} min` : '–' }),
+          el('td', { class: 'num', text: Number.isFinite(pat.growthRate) ? fmtRate(pat.growthRate * MiB) : '–' }),
+          el('td', { class: 'num', text: Number.isFinite(pat.duration) ? fmtDuration(pat.duration * 60) : '–' }),
           el('td', { text: pat.severity || '' }),
-          el('td', { text: top ? `${top.library} ${fmtBytes(top.liveBytes)}` : '–' }),
-          el('td', { class: 'rec', text: pat.recommendation || '' }),
+          el('td', { class: 'toplib', dataset: { col: 'topLibrary' }, text: topLibraryText(r) }),
+          el('td', { class: 'rec', text: unitsText(pat.recommendation || '') }),
         ));
       }
       const head = el('thead', null, el('tr', null, ['PID', 'Command', 'Metric', 'Pattern', 'Growth', 'Window', 'Severity', 'Top library', 'Recommendation'].map((h) => el('th', { text: h }))));
@@ -789,6 +1164,7 @@
     renderCards();
     renderCharts();
     renderTable();
+    rerenderConsumers();
   }
 
   async function loadStatus() {
@@ -812,7 +1188,10 @@
     const procs = await api('GET', '/processes');
     if (!Array.isArray(procs)) return;
     for (const p of procs) {
-      if (p.pattern) state.patterns.set(p.pid, p.pattern);
+      if (!p.pattern) continue;
+      const old = state.patterns.get(p.pid);
+      if (!old || old.type !== p.pattern.type) state.patternMetrics.delete(p.pid);
+      state.patterns.set(p.pid, p.pattern);
     }
   }
 
@@ -917,11 +1296,14 @@
       case 'alert:resolved':
         upsertAlert(msg.data);
         renderAlerts();
-        if (msg.type === 'alert:created' && msg.data) toast(`${(msg.data.severity || 'alert').toUpperCase()}: ${msg.data.message || ''}`, msg.data.severity === 'critical' ? 'error' : 'warn');
+        if (msg.type === 'alert:created' && msg.data) toast(`${(msg.data.severity || 'alert').toUpperCase()}: ${unitsText(msg.data.message || '')}`, msg.data.severity === 'critical' ? 'error' : 'warn');
         break;
       case 'pattern:detected': {
         const d = msg.data || {};
-        if (d.pid !== undefined && d.pattern) state.patterns.set(d.pid, d.pattern);
+        if (d.pid !== undefined && d.pattern) {
+          state.patterns.set(d.pid, d.pattern);
+          if (d.metric) state.patternMetrics.set(d.pid, d.metric);
+        }
         else settle(loadPatterns(), 'Processes');
         if (d.pattern) toast(`Pattern ${d.pattern.type} (${Math.round(d.pattern.confidence || 0)}%) in ${d.comm || 'pid ' + d.pid}`, 'warn');
         scheduleRender();
@@ -976,11 +1358,21 @@
     setInterval(() => { if (state.history.length) renderStatus(); }, 30000);
   }
 
+  // Hooks for the end-to-end test (memtrace/dashboard/e2e.mjs).
   window.memtraceDashboard = {
     chartPoints: () => (memoryChart ? memoryChart.data.datasets[0].data.length : 0),
     selectedPid: () => state.selectedPid,
     connection: () => state.wsState,
     select: (pid) => selectPid(Number(pid)),
+    // Timestamp of the snapshot the page shows.
+    snapshotTimestamp: () => { const s = latest(); return s ? Number(s.timestamp) : null; },
+    refreshStatus: () => loadStatus().then(() => { renderSelected(); return true; }),
+    process: (pid) => { const p = findProcess(Number(pid)); return p ? JSON.parse(JSON.stringify(p)) : null; },
+    axisLabels: () => ({ memory: axisLabels(memoryChart), ratio: axisLabels(ratioChart) }),
+    growth: (pid) => {
+      const { chosen, fits } = chooseGrowth(seriesFor(pid === undefined ? state.selectedPid : Number(pid)));
+      return { chosen, fits };
+    },
   };
 
   function start() {
