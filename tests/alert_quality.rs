@@ -165,8 +165,10 @@ fn only_the_leak_is_alerted_on() {
         "{process:#}"
     );
 
-    // The leak is alerted on: after the grace period and its for:, within a few analyses.
+    // The leak is alerted on: after the grace period and its for:, within a few analyses. Before
+    // it is, the API lists it as pending, with when it alerts if it still holds.
     let leak_pid = u64::from(leak.pid());
+    let mut pending = None;
     let alert = wait_for(
         Duration::from_secs(HOLD_S * 2 + ANALYSIS_S * 6),
         "a growth alert for the leak in alerts.jsonl",
@@ -181,11 +183,31 @@ fn only_the_leak_is_alerted_on() {
             )
         },
         || {
+            let alerts = agent.get_json("/api/memory/alerts");
+            if let Some(p) = alerts["pending"]
+                .as_array()
+                .and_then(|v| v.iter().find(|p| p["pid"] == leak_pid))
+            {
+                pending.get_or_insert_with(|| p.clone());
+            }
             alert_lines(data.path()).into_iter().find(|a| {
                 a["context"]["pid"] == leak_pid
                     && matches!(a["type"].as_str(), Some("leak" | "pattern"))
             })
         },
+    );
+    let pending = pending.expect("the leak was pending before it alerted");
+    let since = pending["since"].as_u64().expect("since");
+    let fires_at = pending["firesAt"].as_u64().expect("firesAt");
+    assert!(
+        fires_at >= since + HOLD_S * 1000,
+        "a pending alert fires after its for: {pending:#}"
+    );
+    assert_eq!(pending["suppressed"], false, "{pending:#}");
+    assert!(
+        alert["timestamp"].as_u64().is_some_and(|t| t >= fires_at),
+        "alerted at {} before {fires_at}: {pending:#}",
+        alert["timestamp"]
     );
     let after = leak.started.elapsed();
     eprintln!(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::{
     accounting::Operation,
-    alerts::Alert,
+    alerts::{budget::SuppressedCounts, Alert, AlertType, PendingAlert},
     analysis::{Pattern, ProcessPattern},
     attribution::{Consumer, ConsumerReport, LeakGroup},
     snapshot::{HostSnapshot, LibrarySnapshot, ProcessSnapshot},
@@ -225,6 +225,54 @@ pub struct Alerts {
     pub active: Vec<Alert>,
     /// Active and resolved alerts, newest first (at most 200).
     pub recent: Vec<Alert>,
+    /// Conditions seen true that have not alerted (yet): waiting for their `for:`, the grace
+    /// period of a new process, or a budget. Oldest first.
+    pub pending: Vec<PendingAlert>,
+    /// Alert candidates held back by a budget since the agent started.
+    pub suppressed: Suppressed,
+}
+
+/// Alert candidates held back by a budget, each episode (a condition from when it was first held
+/// back until it clears or alerts) counted once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Suppressed {
+    pub total: u64,
+    /// By alert type (`threshold`, `pattern`, `leak`, `spike`), only types with a count.
+    pub by_type: std::collections::BTreeMap<AlertType, u64>,
+    /// By process identity, largest first (at most 100); `other` sums the rest.
+    pub by_process: Vec<SuppressedProcess>,
+    pub other: u64,
+}
+
+/// Suppressed candidates of one process identity (command name and container, so that a
+/// restarted process keeps its count).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SuppressedProcess {
+    pub comm: String,
+    /// Empty for a process outside containers.
+    pub container: String,
+    pub count: u64,
+}
+
+impl From<SuppressedCounts> for Suppressed {
+    fn from(c: SuppressedCounts) -> Self {
+        Self {
+            total: c.total,
+            by_type: c.by_type.into_iter().collect(),
+            by_process: c
+                .by_process
+                .into_iter()
+                .map(|(id, count)| SuppressedProcess {
+                    comm: id.comm,
+                    container: id.container,
+                    count,
+                })
+                .collect(),
+            other: c.other,
+        }
+    }
 }
 
 /// `GET /api/memory/consumers`.

@@ -25,6 +25,8 @@
     filter: '',
     alertsActive: new Map(),   // id -> Alert
     alertsResolved: new Map(), // id -> Alert
+    alertsPending: [],         // PendingAlert, oldest first
+    alertsSuppressed: null,    // the budget's suppressed counts
     consumersPid: null,
     consumersAt: 0,
     consumersEntry: undefined, // the consumers answer last shown (re-rendered at each snapshot)
@@ -995,6 +997,32 @@
     return item;
   }
 
+  // A condition seen true that has not alerted: it waits for its `for:` (or a young process's grace
+  // period), or a budget held it back when it was due.
+  function pendingItem(p) {
+    const when = p.suppressed ? 'held back by a budget' : `alerts at ${fmtTime(p.firesAt)} if it still holds`;
+    return el('li', { class: 'alert pending ' + (p.severity || 'info'), dataset: { pid: String(p.pid), trigger: String(p.trigger || '') } },
+      el('div', { class: 'row' }, el('span', { class: 'sev ' + (p.severity || 'info'), text: p.severity || 'info' })),
+      el('div', { class: 'msg', text: unitsText(p.message || '') }),
+      el('div', { class: 'meta', text: [`${p.comm || '?'} (pid ${p.pid})`, p.trigger, `true since ${fmtTime(p.since)}`, when].join(' · ') }),
+    );
+  }
+
+  // Suppressed candidates: how many, of which type, of which processes.
+  function renderSuppressed(s) {
+    const node = $('alerts-suppressed');
+    if (!s || !s.total) {
+      node.textContent = 'No alert held back by a budget.';
+      node.classList.remove('hot');
+      return;
+    }
+    const types = Object.entries(s.byType || {}).map(([t, n]) => `${t} ${fmtCount(n)}`).join(', ');
+    const procs = (s.byProcess || []).slice(0, 5).map((p) => `${p.comm || '?'}${p.container ? ' [' + p.container + ']' : ''} ${fmtCount(p.count)}`);
+    const rest = (s.byProcess || []).length > 5 || s.other ? ', …' : '';
+    node.textContent = `Held back by a budget since start: ${fmtCount(s.total)} (${types}); by process: ${procs.join(', ')}${rest}`;
+    node.classList.add('hot');
+  }
+
   function renderAlerts() {
     const active = [...state.alertsActive.values()].sort((a, b) => b.timestamp - a.timestamp);
     const resolved = [...state.alertsResolved.values()].sort((a, b) => (b.resolvedAt || b.timestamp) - (a.resolvedAt || a.timestamp)).slice(0, RESOLVED_SHOWN);
@@ -1002,6 +1030,9 @@
     ulA.replaceChildren(...(active.length ? active.map((a) => alertItem(a, true)) : [el('li', { class: 'empty', text: 'No active alerts.' })]));
     const ulR = $('alerts-resolved');
     ulR.replaceChildren(...(resolved.length ? resolved.map((a) => alertItem(a, false)) : [el('li', { class: 'empty', text: 'None yet.' })]));
+    const pending = state.alertsPending;
+    $('alerts-pending').replaceChildren(...(pending.length ? pending.map(pendingItem) : [el('li', { class: 'empty', text: 'None.' })]));
+    renderSuppressed(state.alertsSuppressed);
     const count = $('alerts-count');
     count.textContent = String(active.length);
     count.classList.toggle('hot', active.length > 0);
@@ -1028,6 +1059,8 @@
     // A resolution is final: an answer fetched before an alert was resolved (here or by the stream)
     // must not bring it back as active. Active alerts are replaced by the answer's.
     state.alertsActive.clear();
+    state.alertsPending = Array.isArray(data && data.pending) ? data.pending : [];
+    state.alertsSuppressed = (data && data.suppressed) || null;
     for (const a of (data && data.recent) || []) upsertAlert(a);
     for (const a of (data && data.active) || []) upsertAlert(Object.assign({}, a, { resolved: !!a.resolved }));
     if (state.alertsResolved.size > 400) {

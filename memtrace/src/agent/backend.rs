@@ -381,7 +381,7 @@ impl Backend for Agent {
                 runs_total: runs,
             })
             .collect();
-        input.alerts_suppressed_total = core.alerts_suppressed_total;
+        input.alerts_suppressed_total = core.alerts.suppressed.total;
         let mut counts: HashMap<(AlertType, Severity), u64> = HashMap::new();
         for alert in &core.alerts.active {
             *counts.entry((alert.kind, alert.severity)).or_default() += 1;

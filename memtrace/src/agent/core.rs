@@ -396,8 +396,9 @@ impl Core {
                     .into_iter()
                     .cloned()
                     .collect(),
+                pending: self.engine.pending(),
+                suppressed: self.engine.suppressed().into(),
             },
-            alerts_suppressed_total: self.engine.suppressed_total(),
             reports: self.reports.clone(),
             exited: self.exited.iter().cloned().collect(),
             operations: Arc::new(self.operations.iter().cloned().collect()),
@@ -630,6 +631,61 @@ mod tests {
         let again = core.analyze_if_due(now(23)).expect("due");
         assert_eq!(again[0].alert_id.as_deref(), Some(alert.id.as_str()));
         assert_eq!(core.shared.core.load().alerts.active.len(), 1, "one alert");
+    }
+
+    #[test]
+    fn conditions_waiting_for_their_duration_are_published_as_pending() {
+        let mut config = config();
+        config.alerting.pattern_for = 60;
+        let mut core = core(config);
+        feed_growth(&mut core);
+        core.analyze(now(12));
+        let view = core.shared.core.load();
+        assert!(view.alerts.active.is_empty(), "{:?}", view.alerts.active);
+        let pending = &view.alerts.pending;
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!((pending[0].pid, pending[0].comm.as_str()), (10, "leaker"));
+        assert_eq!(pending[0].fires_at, pending[0].since + 60_000);
+        assert!(!pending[0].suppressed);
+        assert_eq!(view.alerts.suppressed, Default::default());
+    }
+
+    #[test]
+    fn alerts_held_back_by_a_budget_are_counted_by_type_and_identity() {
+        let mut config = config();
+        config.alerting.max_alerts_per_process_per_hour = 1;
+        let mut core = core(config);
+        // Two leaking processes of one identity (command name, no container).
+        for s in 0..12 {
+            core.on_collected(collected(
+                s,
+                vec![
+                    process(10, "leaker", 100 * MIB + s * 10 * MIB),
+                    process(12, "leaker", 100 * MIB + s * 10 * MIB),
+                ],
+            ));
+        }
+        core.analyze(now(12));
+        let view = core.shared.core.load();
+        assert_eq!(view.alerts.active.len(), 1, "{:?}", view.alerts.active);
+        let suppressed = &view.alerts.suppressed;
+        assert_eq!(suppressed.total, 1, "{suppressed:?}");
+        let kind = view.alerts.active[0].kind;
+        assert_eq!(suppressed.by_type.get(&kind), Some(&1), "{suppressed:?}");
+        assert_eq!(suppressed.by_process.len(), 1, "{suppressed:?}");
+        let by = &suppressed.by_process[0];
+        assert_eq!(
+            (by.comm.as_str(), by.container.as_str(), by.count),
+            ("leaker", "", 1)
+        );
+        // The held-back condition stays pending, marked.
+        let held: Vec<_> = view
+            .alerts
+            .pending
+            .iter()
+            .filter(|p| p.suppressed)
+            .collect();
+        assert_eq!(held.len(), 1, "{:?}", view.alerts.pending);
     }
 
     #[test]

@@ -52,7 +52,6 @@ pub struct CoreView {
     /// When the last analysis ran (ms since the Unix epoch).
     pub last_analysis: Option<u64>,
     pub alerts: Alerts,
-    pub alerts_suppressed_total: u64,
     /// Consumers of traced processes (and the last ones of processes no longer traced), by pid.
     pub reports: BTreeMap<u32, Arc<ConsumerReport>>,
     /// The last figures of recently exited processes, most recent last.

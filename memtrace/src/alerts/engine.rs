@@ -32,7 +32,7 @@ use std::{
     hash::BuildHasher,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
@@ -153,7 +153,7 @@ struct Pending {
 }
 
 /// A pending condition, for the API and the dashboard (Prometheus' "pending" alerts).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingAlert {
     pub pid: u32,

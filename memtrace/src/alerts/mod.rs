@@ -31,7 +31,7 @@ pub enum AlertError {
 }
 
 /// What kind of condition raised the alert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertType {
     /// A configured threshold is exceeded.

@@ -14,12 +14,15 @@ use super::backend::{
 };
 use crate::{
     accounting::SiteClass,
-    alerts::{AlertContext, AlertType, ResolvedBy, Severity as AlertSeverity, Trigger},
+    alerts::{
+        AlertContext, AlertType, PendingAlert, ResolvedBy, Severity as AlertSeverity, Trigger,
+    },
     analysis::{Metric, Pattern, PatternType, ProcessPattern, Severity},
     api::{
         Alert, Alerts, Consumers, DrilldownSettings, Export, Growth, GrowthRow, Health,
         HealthMemory, HealthStatus, ProcessDetail, ProcessRow, Report, ReportHistory, ReportHost,
-        ReportSummary, Status, StreamEvent, TraceStarted, TraceStopped,
+        ReportSummary, Status, StreamEvent, Suppressed, SuppressedProcess, TraceStarted,
+        TraceStopped,
     },
     attribution::{Consumer, ConsumerMetadata, ConsumerReport},
     config::Config,
@@ -248,6 +251,26 @@ impl MockBackend {
         Alerts {
             active: self.active_alerts(),
             recent: vec![self.alert(resolved)],
+            pending: vec![PendingAlert {
+                pid: 100,
+                comm: "node".to_string(),
+                trigger: Trigger::LeakDetected,
+                severity: AlertSeverity::Warning,
+                message: "node (pid 100): heap grows 2 MB/min".to_string(),
+                since: MOCK_TIMESTAMP - 60_000,
+                fires_at: MOCK_TIMESTAMP + 240_000,
+                suppressed: false,
+            }],
+            suppressed: Suppressed {
+                total: 2,
+                by_type: [(AlertType::Pattern, 2)].into_iter().collect(),
+                by_process: vec![SuppressedProcess {
+                    comm: "node".to_string(),
+                    container: String::new(),
+                    count: 2,
+                }],
+                other: 0,
+            },
         }
     }
 }
