@@ -68,6 +68,9 @@ pub struct Status {
     /// Drill-downs running now.
     pub drilldowns: Vec<Drilldown>,
     pub drilldown_options: DrilldownSettings,
+    /// Processes let go because tracing them would cost more than their CPU budget, most recent
+    /// last (at most 20).
+    pub trace_refusals: Vec<TraceRefusal>,
     /// Kernel events read from the ring buffer since start.
     pub events_received: u64,
     /// Kernel events lost (ring buffer full) since start.
@@ -127,6 +130,77 @@ pub struct TracedProcess {
     /// Where each function's entry probe sits (the first instruction the kernel emulates, when
     /// that is safe: see docs/trace.md).
     pub placements: Vec<crate::probes::placement::Placement>,
+    /// What tracing costs the process against its CPU budget.
+    pub budget: TraceBudget,
+}
+
+/// The CPU budget of one traced process: its allocator call rate measured while traced, what
+/// that costs it, and what the agent does about it (docs/trace.md, "What tracing costs a
+/// process").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceBudget {
+    /// `measuring` (the first half second, no decision yet), `tracing` (all the time, within the
+    /// budget), `sample-on` / `sample-off` (over the budget: traced in windows, now in one or
+    /// between two).
+    pub phase: crate::probes::budget::Phase,
+    /// The CPU tracing may add to the process, in cores (`drilldown.cpuBudget` or
+    /// `probes.cpuBudget`).
+    pub budget_cores: f64,
+    /// The CPU one traced allocator call costs (measured by `cargo xtask bench`), ns.
+    pub per_call_ns: f64,
+    /// Allocator calls per second measured while traced (`null` while measuring).
+    pub calls_per_second: Option<f64>,
+    /// The CPU tracing adds on average, in cores, sampling included (`null` while measuring).
+    pub added_cores: Option<f64>,
+    /// The share of time traced when sampling (1 otherwise).
+    pub duty: f64,
+    /// The heap figures cover only the traced windows: each window's figures start afresh when
+    /// its probes attach (`externalBasis: "since-attach"`).
+    pub partial: bool,
+    /// Sampling windows traced so far.
+    pub windows: u64,
+    /// The latest decision, in words.
+    pub reason: Option<String>,
+}
+
+impl TraceBudget {
+    pub fn of(meter: &crate::probes::budget::Meter) -> Self {
+        use crate::probes::budget::Decision;
+        let (added_cores, duty) = match meter.decision() {
+            None => (None, 1.0),
+            Some(Decision::Allow { added_cores, .. }) => (Some(*added_cores), 1.0),
+            Some(Decision::Sample {
+                added_cores, duty, ..
+            }) => (Some(*added_cores), *duty),
+            Some(Decision::Refuse { .. }) => (Some(0.0), 0.0),
+        };
+        Self {
+            phase: meter.phase(),
+            budget_cores: meter.budget().cores,
+            per_call_ns: meter.per_call_ns(),
+            calls_per_second: meter.rate(),
+            added_cores,
+            duty,
+            partial: meter.partial(),
+            windows: meter.windows(),
+            reason: meter.decision().map(|d| d.reason().to_string()),
+        }
+    }
+}
+
+/// A process the agent did not trace, or stopped tracing, because its allocator calls would cost
+/// it more than its budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceRefusal {
+    pub pid: u32,
+    pub comm: String,
+    /// Why it was traced.
+    pub trace_reason: TraceReason,
+    /// When it was let go.
+    pub at: u64,
+    pub reason: String,
 }
 
 /// A drill-down: a growing process whose heap is traced for a bounded window.
@@ -150,6 +224,8 @@ pub struct DrilldownSettings {
     pub enabled: bool,
     pub window_seconds: u64,
     pub max_processes: usize,
+    /// The CPU a drill-down may add to its process, in cores.
+    pub cpu_budget: f64,
 }
 
 /// One row of `GET /api/memory/processes`: a process of the latest snapshot and its current
@@ -310,6 +386,8 @@ pub struct TraceStarted {
     pub missing: Vec<String>,
     /// Where each function's entry probe sits.
     pub placements: Vec<crate::probes::placement::Placement>,
+    /// The budget's decision after the first half second of tracing.
+    pub budget: TraceBudget,
 }
 
 /// `DELETE /api/memory/trace/{pid}`.

@@ -197,6 +197,10 @@ pub struct ProbesConfig {
     /// kernel emulates (see docs/trace.md, "Where the probes sit"): about ten times the cost per
     /// call where the first instruction is single-stepped (glibc's `free`).
     pub entry_probes: bool,
+    /// CPU that tracing a process's heap on request (API, `--pid`, `agent.pids`) may add to it, in
+    /// cores (0.5 = half of one core): over it the process is traced in windows (its figures then
+    /// partial), far over it not at all. See docs/trace.md, "What tracing costs a process".
+    pub cpu_budget: f64,
 }
 
 impl Default for ProbesConfig {
@@ -211,6 +215,7 @@ impl Default for ProbesConfig {
             unwind_depth: memtrace_common::UNWIND_MAX_FRAMES as u32,
             unwind_processes: 256,
             entry_probes: false,
+            cpu_budget: crate::probes::budget::EXPLICIT_BUDGET_CORES,
         }
     }
 }
@@ -231,6 +236,8 @@ pub struct DrilldownConfig {
     pub window: u64,
     /// Processes drilled into at once.
     pub max_processes: usize,
+    /// CPU a drill-down may add to the process it traces, in cores (0.05 = 5% of one core).
+    pub cpu_budget: f64,
 }
 
 impl Default for DrilldownConfig {
@@ -239,6 +246,7 @@ impl Default for DrilldownConfig {
             enabled: true,
             window: 60,
             max_processes: 2,
+            cpu_budget: crate::probes::budget::DRILLDOWN_BUDGET_CORES,
         }
     }
 }
@@ -758,12 +766,14 @@ impl Config {
             u64::from(pr.unwind_processes),
             65_536,
         )?;
+        cores("probes.cpuBudget", pr.cpu_budget)?;
 
         let d = &self.drilldown;
         at_least("drilldown.window", d.window, 1)?;
         at_most("drilldown.window", d.window, DRILLDOWN_WINDOW_MAX)?;
         at_least("drilldown.maxProcesses", d.max_processes as u64, 1)?;
         at_most("drilldown.maxProcesses", d.max_processes as u64, 64)?;
+        cores("drilldown.cpuBudget", d.cpu_budget)?;
 
         let t = &self.thresholds;
         positive("thresholds.externalMB", t.external_mb)?;
@@ -1012,6 +1022,18 @@ fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(key, format!("must be <= {max}")));
     }
     Ok(())
+}
+
+/// A CPU budget: more than nothing, at most 1024 cores.
+fn cores(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= 1024.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{value} is not a CPU budget: a number of cores above 0, at most 1024 (0.05 = 5% of one core)"),
+        ))
+    }
 }
 
 fn positive(key: &'static str, value: f64) -> Result<(), ConfigError> {
@@ -1313,6 +1335,9 @@ mod tests {
                 "drilldown.window",
             ),
             ("[drilldown]\nmaxProcesses = 0", "drilldown.maxProcesses"),
+            ("[drilldown]\ncpuBudget = 0", "drilldown.cpuBudget"),
+            ("[probes]\ncpuBudget = -1", "probes.cpuBudget"),
+            ("[probes]\ncpuBudget = nan", "probes.cpuBudget"),
             ("[retention]\nalertsDays = 0", "retention.alertsDays"),
             (
                 "[retention]\noperationsHours = 0",

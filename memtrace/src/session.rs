@@ -109,6 +109,25 @@ impl Session {
         Ok(report)
     }
 
+    /// Detaches the allocator probes of `pid` for a pause between two sampling windows (its
+    /// unwind tables stay for the next window); its heap is untraced meanwhile.
+    pub fn pause_pid(&mut self, pid: u32) {
+        self.probes.pause_allocator(Some(pid));
+        self.accounting.set_traced(pid, false);
+    }
+
+    /// Attaches the allocator probes of `pid` again after [`Session::pause_pid`]: its heap's
+    /// figures start afresh.
+    pub fn resume_pid(
+        &mut self,
+        pid: u32,
+        prepared: &Prepared,
+    ) -> Result<AttachReport, ProbeError> {
+        let report = self.probes.attach_prepared(prepared)?;
+        self.accounting.set_traced(pid, true);
+        Ok(report)
+    }
+
     /// Like [`Session::trace_target`], for a child that has not yet run its program (it waits
     /// for the probes before it execs): its heap is traced from its start.
     pub fn trace_launched(

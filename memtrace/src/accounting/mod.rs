@@ -144,6 +144,20 @@ impl Sites {
         }
     }
 
+    /// Forgets the heap figures of every allocator call site (the sites stay, with their ids):
+    /// what a heap trace that starts afresh needs.
+    fn forget_heap(&mut self) {
+        for stats in &mut self.stats {
+            if stats.key.class == SiteClass::Malloc {
+                stats.live_bytes = 0;
+                stats.live_count = 0;
+                stats.peak_bytes = 0;
+                stats.total_calls = 0;
+                stats.total_bytes = 0;
+            }
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u32, &SiteStats)> {
         self.stats.iter().enumerate().map(|(i, s)| (i as u32, s))
     }
@@ -413,6 +427,10 @@ impl Accounting {
             let status = self.source.status(pid);
             let state = self.state(pid);
             if !state.heap_traced {
+                // A heap traced before (a drill-down, a sampling window, a stopped request) lost
+                // the frees made while it was not: its figures start afresh, since this attach.
+                state.heap = Heap::default();
+                state.sites.forget_heap();
                 state.heap_traced = true;
                 state.heap_from_start = false;
                 state.attach_baseline = status
@@ -606,8 +624,11 @@ impl Accounting {
                     self.new_operations += 1;
                 }
             }
+            // Events of a process whose probes were just detached (still in the ring buffer)
+            // are counted but do not mark its heap traced again.
+            let traced = self.trace_all || self.traced.contains(&pid);
             let state = self.event_state(pid);
-            state.heap_traced = true;
+            state.heap_traced |= traced;
             let site = state.sites.intern(SiteKey {
                 class: SiteClass::Malloc,
                 stack_id: ev.stack_id,
@@ -938,6 +959,7 @@ mod tests {
     #[test]
     fn heap_events_per_process() {
         let mut a = acct();
+        a.set_trace_all(true);
         a.apply_batch(&[
             ev(Kind::Malloc, 1, 0x1000, 100, 0),
             ev(Kind::Malloc, 1, 0x2000, 200, 0),
@@ -1136,6 +1158,34 @@ mod tests {
         a.set_traced(5, false);
         let p = a.snapshot(5).expect("snapshot");
         assert_eq!((p.external_basis, p.external_growth_bytes), (None, None));
+    }
+
+    /// Bug: tracing a process again (a second drill-down, a sampling window, a request after a
+    /// stop) kept the blocks of the earlier trace as live, though their frees while untraced were
+    /// never seen: phantom live bytes and leak candidates. The heap starts afresh at each attach.
+    #[test]
+    fn tracing_again_starts_the_heap_afresh() {
+        let source = FakeSource::default();
+        let mut a = Accounting::new(Box::new(source.clone()));
+        source.set_rss(5, 100 << 20);
+        a.state(5);
+        a.set_traced(5, true);
+        a.apply_batch(&[malloc(5, 0x1000, 4 << 20), malloc(5, 0x2000, 1 << 20)]);
+        assert_eq!(a.process(5).expect("state").heap.live_bytes, 5 << 20);
+        a.set_traced(5, false);
+        // (0x1000 is freed while untraced: no event.)
+        a.set_traced(5, true);
+        a.apply_batch(&[malloc(5, 0x3000, 2 << 20)]);
+        let state = a.process(5).expect("state");
+        assert_eq!(state.heap.live_bytes, 2 << 20);
+        assert_eq!(state.heap.total_allocs, 1);
+        let site_live: u64 = state.sites.iter().map(|(_, s)| s.live_bytes).sum();
+        assert_eq!(site_live, 2 << 20, "call sites start afresh too");
+        // The free of a block from before the attach is unknown, not a double count.
+        a.apply_batch(&[ev(Kind::Free, 5, 0x2000, 0, 0)]);
+        let state = a.process(5).expect("state");
+        assert_eq!(state.heap.live_bytes, 2 << 20);
+        assert_eq!(state.heap.unknown_frees, 1);
     }
 
     /// A process traced from its start (`trace -- CMD`) keeps external = RSS - live heap.

@@ -41,6 +41,7 @@ impl From<TraceError> for BackendError {
         match err {
             TraceError::NoProcess(_) | TraceError::NotTraced(_) => Self::NotFound(err.to_string()),
             TraceError::Refused(_) => Self::BadRequest(err.to_string()),
+            TraceError::OverBudget { .. } => Self::Conflict(err.to_string()),
             TraceError::Unavailable => Self::Unavailable(err.to_string()),
             TraceError::Failed(_) => Self::Internal(err.to_string()),
         }
@@ -148,7 +149,9 @@ impl Backend for Agent {
                 enabled: config.drilldown.enabled,
                 window_seconds: config.drilldown.window,
                 max_processes: config.drilldown.max_processes,
+                cpu_budget: config.drilldown.cpu_budget,
             },
+            trace_refusals: intake.refusals.clone(),
             events_received: shared
                 .stats
                 .received

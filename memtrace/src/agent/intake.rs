@@ -5,10 +5,13 @@
 //!
 //! Heap tracing of a process ends when it exits or execs into another program (its probes are
 //! detached, so a new process that gets the same pid is never shown as traced), when its
-//! drill-down window is over, or on request.
+//! drill-down window is over, on request, or when its allocator calls cost it more than its CPU
+//! budget ([`Meter`]): every traced process is measured for its first half second and then again
+//! while traced, and is traced all the time, in windows (sampled, its figures partial), or not at
+//! all.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,18 +24,32 @@ use super::{core::CoreMessage, view::IntakeView, AgentError, Now, Shared};
 use crate::{
     accounting::{Lifecycle, Operation},
     alerts::rules::DrillRequest,
-    api::{Drilldown, TraceReason, TraceStarted, TraceStopped, TracedProcess},
+    api::{
+        Drilldown, TraceBudget, TraceReason, TraceRefusal, TraceStarted, TraceStopped,
+        TracedProcess,
+    },
     attribution::{AttributionInput, StackSource},
     config::Config,
     events::{PipelineStats, DRAIN_INTERVAL},
     os::clock,
-    probes::{self, KernelCounters, Prepared, ProbeError, ProgramIds},
+    probes::{
+        self,
+        budget::{self, Action, Budget, Meter},
+        KernelCounters, Prepared, ProbeError, ProgramIds,
+    },
     session::Session,
     snapshot::{HostSnapshot, ProcessSnapshot},
 };
 
 /// A turn of the intake loop longer than this is logged (with what took the time).
 const SLOW_TURN: Duration = Duration::from_millis(250);
+
+/// Processes let go for their budget, kept for the status answer.
+const REFUSALS_KEPT: usize = 20;
+
+/// How long a process let go for its budget is not drilled into again (each drill-down costs it
+/// a half-second measurement at full cost).
+const REFUSED_DRILL_PAUSE_MS: u64 = 3_600_000;
 
 /// What the intake hands the core at each snapshot interval.
 #[derive(Debug)]
@@ -59,7 +76,7 @@ pub struct DrilldownEnded {
 }
 
 /// Why a trace request failed; each maps to one HTTP status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("process {0} does not exist")]
     NoProcess(u32),
@@ -68,6 +85,10 @@ pub enum TraceError {
     /// The request cannot be carried out as asked (the agent itself, no allocator, unreadable).
     #[error("{0}")]
     Refused(String),
+    /// Tracing it would cost the process more than its CPU budget (measured while traced for
+    /// the first half second).
+    #[error("not tracing pid {pid}: {reason}")]
+    OverBudget { pid: u32, reason: String },
     #[error("{0}")]
     Failed(String),
     #[error("the agent is not collecting (its intake thread stopped)")]
@@ -104,7 +125,7 @@ pub enum IntakeCommand {
 }
 
 /// One process whose heap the intake traces.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Traced {
     start_time: u64,
     comm: String,
@@ -112,8 +133,29 @@ struct Traced {
     since_ms: u64,
     library: PathBuf,
     functions: Vec<&'static str>,
+    missing: Vec<&'static str>,
     placements: Vec<crate::probes::placement::Placement>,
     drilldown: Option<DrillState>,
+    /// Its CPU budget and where it stands against it.
+    meter: Meter,
+    /// What attaching needs again after a sampling pause.
+    prepared: Arc<Prepared>,
+    /// The request that started it, answered when the budget first decides.
+    reply: Option<mpsc::SyncSender<Result<TraceStarted, TraceError>>>,
+}
+
+impl Traced {
+    fn started(&self, pid: u32) -> TraceStarted {
+        TraceStarted {
+            pid,
+            traced: true,
+            library: self.library.display().to_string(),
+            attached: self.functions.iter().map(|s| s.to_string()).collect(),
+            missing: self.missing.iter().map(|s| s.to_string()).collect(),
+            placements: self.placements.clone(),
+            budget: TraceBudget::of(&self.meter),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +175,14 @@ pub struct Intake {
     drilldowns_total: u64,
     traces_started: u64,
     traces_stopped: u64,
+    /// Processes let go for their budget (since start, and the latest).
+    traces_refused: u64,
+    refusals: VecDeque<TraceRefusal>,
+    /// Processes let go for their budget, by pid: their start time and until when (monotonic ms)
+    /// no drill-down measures them again.
+    no_drill: HashMap<u32, (u64, u64)>,
+    /// Processes switched to sampling since start.
+    traces_sampled: u64,
     next_snapshot_ms: u64,
     /// Snapshots the core could not take in time (its queue was full).
     snapshots_dropped: Arc<AtomicU64>,
@@ -174,13 +224,17 @@ impl Intake {
             drilldowns_total: 0,
             traces_started: 0,
             traces_stopped: 0,
+            traces_refused: 0,
+            refusals: VecDeque::new(),
+            no_drill: HashMap::new(),
+            traces_sampled: 0,
             next_snapshot_ms: now.mono_ms,
             snapshots_dropped: Arc::default(),
         };
         for &pid in &config.agent.pids {
             let prepared = probes::prepare(pid, config.probes.entry_probes);
             intake
-                .trace(pid, prepared, TraceReason::Configured, None, now)
+                .trace(pid, prepared, TraceReason::Configured, None, None, now)
                 .map_err(|source| AgentError::Trace { pid, source })?;
         }
         Ok(intake)
@@ -214,68 +268,258 @@ impl Intake {
     }
 
     /// The one way heap tracing starts: seed the process's state from `/proc`, attach its
-    /// allocator's probes, mark it traced.
+    /// allocator's probes, mark it traced, and start measuring what that costs it. `reply` is
+    /// answered when its budget first decides (half a second later), or at once on an error.
     fn trace(
         &mut self,
         pid: u32,
         prepared: Result<Prepared, ProbeError>,
         reason: TraceReason,
         drilldown: Option<DrillState>,
+        reply: Option<mpsc::SyncSender<Result<TraceStarted, TraceError>>>,
         now: Now,
-    ) -> Result<TraceStarted, TraceError> {
+    ) -> Result<(), TraceError> {
+        let fail = |reply: Option<mpsc::SyncSender<_>>, err: TraceError| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err.clone()));
+            }
+            Err(err)
+        };
         if self.config.agent.malloc_all {
-            return Err(TraceError::Refused(format!(
-                "every process's heap is traced already (agent.mallocAll); pid {pid} is included"
-            )));
+            return fail(
+                reply,
+                TraceError::Refused(format!(
+                    "every process's heap is traced already (agent.mallocAll); pid {pid} is included"
+                )),
+            );
         }
-        let prepared = prepared?;
-        let target = &prepared.target;
-        let report = self.session.trace_prepared(pid, &prepared)?;
+        let limit = self.budget_of(reason);
+        if let Some(traced) = self.traced.get_mut(&pid) {
+            // A request for a process under drill-down keeps it traced with no end, on the
+            // request's budget.
+            log::debug!(
+                "pid {pid} was traced already ({:?}); now {reason:?}",
+                traced.reason
+            );
+            if reason != TraceReason::Drilldown {
+                traced.reason = reason;
+                traced.drilldown = None;
+                if !traced.meter.attached() {
+                    if let Err(err) = self.session.resume_pid(pid, &traced.prepared) {
+                        return fail(reply, err.into());
+                    }
+                }
+                let count = calls(&self.session, pid);
+                traced.meter = Meter::new(limit, traced.meter.per_call_ns(), now.mono_ms, count);
+            }
+            return match (reply, traced.reply.is_none()) {
+                (Some(reply), true) => {
+                    traced.reply = Some(reply);
+                    Ok(())
+                }
+                (Some(reply), false) => {
+                    let _ = reply.send(Ok(traced.started(pid)));
+                    Ok(())
+                }
+                (None, _) => Ok(()),
+            };
+        }
+        let prepared = match prepared {
+            Ok(prepared) => Arc::new(prepared),
+            Err(err) => return fail(reply, err.into()),
+        };
+        let report = match self.session.trace_prepared(pid, &prepared) {
+            Ok(report) => report,
+            Err(err) => return fail(reply, err.into()),
+        };
         let state = self.session.accounting.state(pid);
         let (start_time, comm) = (state.start_time, state.comm.clone());
         self.traces_started += 1;
-        let previous = self.traced.insert(
+        let meter = Meter::new(
+            limit,
+            budget::per_call_ns(&report.placements),
+            now.mono_ms,
+            calls(&self.session, pid),
+        );
+        log::info!(
+            "tracing the malloc family of pid {pid} ({comm}) in {} ({:?}): {}; measuring its \
+             allocator call rate against a budget of {:.1}% of a core",
+            prepared.target.path.display(),
+            reason,
+            report.attached.join(", "),
+            meter.budget().cores * 100.0
+        );
+        self.traced.insert(
             pid,
             Traced {
                 start_time,
-                comm: comm.clone(),
+                comm,
                 reason,
                 since_ms: now.wall_ms,
-                library: target.path.clone(),
-                functions: report.attached.clone(),
-                placements: report.placements.clone(),
+                library: prepared.target.path.clone(),
+                functions: report.attached,
+                missing: report.missing,
+                placements: report.placements,
                 drilldown,
+                meter,
+                prepared,
+                reply,
             },
         );
-        if let Some(previous) = previous {
-            // A request for a process under drill-down keeps it traced with no end.
-            log::debug!(
-                "pid {pid} was traced already ({:?}); now {reason:?}",
-                previous.reason
-            );
+        Ok(())
+    }
+
+    fn budget_of(&self, reason: TraceReason) -> Budget {
+        match reason {
+            TraceReason::Drilldown => Budget {
+                cores: self.config.drilldown.cpu_budget,
+                ..Budget::drilldown()
+            },
+            TraceReason::Configured | TraceReason::Requested => Budget {
+                cores: self.config.probes.cpu_budget,
+                ..Budget::explicit()
+            },
         }
-        log::info!(
-            "tracing the malloc family of pid {pid} ({comm}) in {} ({:?}): {}",
-            target.path.display(),
-            reason,
-            report.attached.join(", ")
-        );
-        Ok(TraceStarted {
-            pid,
-            traced: true,
-            library: target.path.display().to_string(),
-            attached: report.attached.iter().map(|s| s.to_string()).collect(),
-            missing: report.missing.iter().map(|s| s.to_string()).collect(),
-            placements: report.placements,
-        })
     }
 
     /// The one way heap tracing stops.
     fn untrace(&mut self, pid: u32) -> Option<Traced> {
-        let traced = self.traced.remove(&pid)?;
+        let mut traced = self.traced.remove(&pid)?;
         self.session.untrace_pid(pid);
         self.traces_stopped += 1;
+        if let Some(reply) = traced.reply.take() {
+            // It went before its budget decided (it exited, a stop request): it was traced.
+            let _ = reply.send(Ok(traced.started(pid)));
+        }
         Some(traced)
+    }
+
+    /// Keeps every traced process within its budget: measures, pauses and resumes sampling,
+    /// lets go of a process far over its budget. Returns what ended (drill-downs let go).
+    fn meter(&mut self, now: Now) -> (bool, Vec<CoreMessage>) {
+        let mut changed = false;
+        let mut out = Vec::new();
+        let pids: Vec<u32> = self.traced.keys().copied().collect();
+        for pid in pids {
+            let count = calls(&self.session, pid);
+            let Some(traced) = self.traced.get_mut(&pid) else {
+                continue;
+            };
+            let was_partial = traced.meter.partial();
+            let decided = traced.meter.decision().is_some();
+            let action = traced.meter.step(now.mono_ms, count);
+            if action == Action::Keep && decided {
+                continue;
+            }
+            changed = true;
+            match action {
+                Action::Keep => {}
+                Action::Detach => {
+                    if !was_partial {
+                        self.traces_sampled += 1;
+                        log::warn!(
+                            "pid {pid} ({}): {}",
+                            traced.comm,
+                            traced
+                                .meter
+                                .decision()
+                                .map(|d| d.reason())
+                                .unwrap_or_default()
+                        );
+                    }
+                    self.session.pause_pid(pid);
+                }
+                Action::Attach => {
+                    if let Err(err) = self.session.resume_pid(pid, &traced.prepared) {
+                        let reason = format!(
+                            "attaching for a sampling window failed: {}",
+                            crate::error_chain(&err)
+                        );
+                        log::warn!("pid {pid}: {reason}: no longer traced");
+                        if let Some(end) = self.let_go(pid, reason, now, false) {
+                            out.push(end);
+                        }
+                        continue;
+                    }
+                }
+                Action::Stop(reason) => {
+                    if let Some(end) = self.let_go(pid, reason, now, true) {
+                        out.push(end);
+                    }
+                    continue;
+                }
+            }
+            if !decided {
+                let Some(traced) = self.traced.get_mut(&pid) else {
+                    continue;
+                };
+                let budget = TraceBudget::of(&traced.meter);
+                log::info!(
+                    "pid {pid} ({}): {}",
+                    traced.comm,
+                    budget.reason.as_deref().unwrap_or_default()
+                );
+                if let Some(reply) = traced.reply.take() {
+                    let _ = reply.send(Ok(traced.started(pid)));
+                }
+            }
+        }
+        (changed, out)
+    }
+
+    /// Stops tracing `pid` for its budget (or a failed re-attach), says so to whoever asked, and
+    /// hands an ended drill-down to the core.
+    fn let_go(&mut self, pid: u32, reason: String, now: Now, budget: bool) -> Option<CoreMessage> {
+        let traced = self.traced.get_mut(&pid)?;
+        if let Some(reply) = traced.reply.take() {
+            let err = if budget {
+                TraceError::OverBudget {
+                    pid,
+                    reason: reason.clone(),
+                }
+            } else {
+                TraceError::Failed(reason.clone())
+            };
+            let _ = reply.send(Err(err));
+        }
+        let drill = traced.drilldown.is_some();
+        let ended = if drill {
+            let traced = &self.traced[&pid];
+            traced
+                .drilldown
+                .clone()
+                .map(|d| self.drilldown_ended(pid, traced.comm.clone(), d, now))
+        } else {
+            None
+        };
+        let traced = self.untrace(pid)?;
+        if budget {
+            log::warn!(
+                "not tracing the heap of pid {pid} ({}, {:?}) any more: {reason}",
+                traced.comm,
+                traced.reason
+            );
+            self.traces_refused += 1;
+            self.no_drill.retain(|_, (_, until)| *until > now.mono_ms);
+            self.no_drill.insert(
+                pid,
+                (
+                    traced.start_time,
+                    now.mono_ms.saturating_add(REFUSED_DRILL_PAUSE_MS),
+                ),
+            );
+            if self.refusals.len() == REFUSALS_KEPT {
+                self.refusals.pop_front();
+            }
+            self.refusals.push_back(TraceRefusal {
+                pid,
+                comm: traced.comm,
+                trace_reason: traced.reason,
+                at: now.wall_ms,
+                reason,
+            });
+        }
+        ended.map(CoreMessage::DrilldownEnded)
     }
 
     /// Carries out a command.
@@ -286,8 +530,15 @@ impl Intake {
                 prepared,
                 reply,
             } => {
-                let result = self.trace(pid, *prepared, TraceReason::Requested, None, now);
-                let _ = reply.send(result);
+                // Answered when the budget decides (or at once on an error).
+                let _ = self.trace(
+                    pid,
+                    *prepared,
+                    TraceReason::Requested,
+                    None,
+                    Some(reply),
+                    now,
+                );
             }
             IntakeCommand::TraceStop { pid, reply } => {
                 let result = match self.untrace(pid) {
@@ -334,6 +585,19 @@ impl Intake {
                 "{running} drill-downs already running (drilldown.maxProcesses)"
             ));
         }
+        if let Some(&(start_time, until)) = self.no_drill.get(&request.pid) {
+            let same = self
+                .session
+                .accounting
+                .process(request.pid)
+                .is_some_and(|p| p.start_time == start_time);
+            if same && now.mono_ms < until {
+                return Err(
+                    "its allocator calls were over its drill-down budget within the hour"
+                        .to_string(),
+                );
+            }
+        }
         let window_ms = options.window.saturating_mul(1000);
         let state = DrillState {
             started_at: now.wall_ms,
@@ -347,6 +611,7 @@ impl Intake {
             prepared,
             TraceReason::Drilldown,
             Some(state),
+            None,
             now,
         )
         .map_err(|e| e.to_string())?;
@@ -388,6 +653,9 @@ impl Intake {
                 )));
             }
         }
+        let (metered, ended) = self.meter(now);
+        changed |= metered;
+        out.extend(ended);
         let due: Vec<u32> = self
             .traced
             .iter()
@@ -400,13 +668,13 @@ impl Intake {
             .collect();
         for pid in due {
             // Attribution reads the state before the probes go.
-            let Some(traced) = self.traced.get(&pid).cloned() else {
+            let Some(traced) = self.traced.get(&pid) else {
                 continue;
             };
-            let Some(drill) = traced.drilldown else {
+            let Some(drill) = traced.drilldown.clone() else {
                 continue;
             };
-            let ended = self.drilldown_ended(pid, traced.comm, drill, now);
+            let ended = self.drilldown_ended(pid, traced.comm.clone(), drill, now);
             self.untrace(pid);
             changed = true;
             out.push(CoreMessage::DrilldownEnded(ended));
@@ -484,6 +752,7 @@ impl Intake {
                 library: t.library.display().to_string(),
                 functions: t.functions.iter().map(|f| f.to_string()).collect(),
                 placements: t.placements.clone(),
+                budget: TraceBudget::of(&t.meter),
             })
             .collect();
         let drilldowns = self
@@ -508,6 +777,9 @@ impl Intake {
             snapshots_dropped: self.snapshots_dropped.load(Ordering::Relaxed),
             traces_started: self.traces_started,
             traces_stopped: self.traces_stopped,
+            traces_refused: self.traces_refused,
+            traces_sampled: self.traces_sampled,
+            refusals: self.refusals.iter().cloned().collect(),
             start_times: self
                 .traced
                 .iter()
@@ -584,4 +856,12 @@ impl Intake {
             Err(mpsc::TrySendError::Disconnected(_)) => {}
         }
     }
+}
+
+/// Allocator calls of `pid` counted since its probes were last attached.
+fn calls(session: &Session, pid: u32) -> u64 {
+    session.accounting.process(pid).map_or(0, |state| {
+        let heap = &state.heap;
+        heap.total_allocs + heap.total_frees + heap.total_reallocs
+    })
 }

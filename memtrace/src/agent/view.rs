@@ -28,6 +28,11 @@ pub struct IntakeView {
     /// Heap tracings started and stopped since start.
     pub traces_started: u64,
     pub traces_stopped: u64,
+    /// Processes let go for their CPU budget, and switched to sampling, since start.
+    pub traces_refused: u64,
+    pub traces_sampled: u64,
+    /// The latest processes let go for their budget, most recent last.
+    pub refusals: Vec<crate::api::TraceRefusal>,
     /// Start time (clock ticks after boot) of each traced process: with the pid, its identity.
     pub start_times: BTreeMap<u32, u64>,
 }

@@ -28,6 +28,10 @@ pub enum BackendError {
     /// 400: the request cannot be carried out as asked (e.g. resolving an alert twice).
     #[error("{0}")]
     BadRequest(String),
+    /// 409: carrying the request out would break a limit the agent keeps (e.g. tracing a process
+    /// whose allocator calls would cost it more than its CPU budget).
+    #[error("{0}")]
+    Conflict(String),
     /// 503: the agent cannot answer now (e.g. its collection stopped, or it is too busy).
     #[error("{0}")]
     Unavailable(String),

@@ -21,8 +21,8 @@ use crate::{
     api::{
         Alert, Alerts, Consumers, DrilldownSettings, Export, Growth, GrowthRow, Health,
         HealthMemory, HealthStatus, ProcessDetail, ProcessRow, Report, ReportHistory, ReportHost,
-        ReportSummary, Status, StreamEvent, Suppressed, SuppressedProcess, TraceStarted,
-        TraceStopped,
+        ReportSummary, Status, StreamEvent, Suppressed, SuppressedProcess, TraceBudget,
+        TraceStarted, TraceStopped,
     },
     attribution::{Consumer, ConsumerMetadata, ConsumerReport},
     config::Config,
@@ -275,6 +275,14 @@ impl MockBackend {
     }
 }
 
+/// A process measured at 1,000 allocator calls a second: traced all the time.
+fn mock_budget() -> TraceBudget {
+    use crate::probes::budget::{Budget, Meter, DEFAULT_PER_CALL_NS};
+    let mut meter = Meter::new(Budget::explicit(), DEFAULT_PER_CALL_NS, 0, 0);
+    meter.step(500, 500);
+    TraceBudget::of(&meter)
+}
+
 fn mock_snapshot() -> HostSnapshot {
     let mut node = ProcessSnapshot {
         pid: 100,
@@ -379,7 +387,9 @@ impl Backend for MockBackend {
                 enabled: true,
                 window_seconds: 60,
                 max_processes: 2,
+                cpu_budget: 0.05,
             },
+            trace_refusals: Vec::new(),
             events_received: 12345,
             events_lost: 0,
             snapshots_dropped: 0,
@@ -474,6 +484,7 @@ impl Backend for MockBackend {
             attached: vec!["malloc".into(), "free".into()],
             missing: Vec::new(),
             placements: Vec::new(),
+            budget: mock_budget(),
         })
     }
 

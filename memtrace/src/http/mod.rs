@@ -289,6 +289,7 @@ impl From<BackendError> for ApiError {
         let status = match &err {
             BackendError::NotFound(_) => StatusCode::NOT_FOUND,
             BackendError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            BackendError::Conflict(_) => StatusCode::CONFLICT,
             BackendError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BackendError::Internal(_) => {
                 log::error!("HTTP request failed: {err}");

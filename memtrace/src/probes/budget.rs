@@ -12,6 +12,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use super::placement::Placement;
+
 /// CPU cost to the traced process of one traced allocator call, with placed probes, user stacks
 /// captured and exact accounting, in ns: half the 4,012 ns of CPU per malloc+free pair that
 /// `cargo xtask bench` measured for `memtrace trace` on the malloc loop (full run of
@@ -176,28 +180,180 @@ pub fn decide(load: Load, budget: Budget) -> Decision {
     }
 }
 
-/// What each kind of trap costs, to estimate a per-call cost from where the probes sit.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TrapCosts {
-    /// An entry probe on an instruction the kernel emulates (one trap), with its BPF program.
-    pub emulated_entry_ns: f64,
-    /// An entry probe on an instruction the kernel single-steps (two traps).
-    pub single_stepped_entry_ns: f64,
-    /// A return probe (the return trampoline), with its BPF program.
-    pub return_ns: f64,
+/// CPU cost of one traced call when the hot allocator functions' entry probes are single-stepped
+/// (`probes.entryProbes`, or no safe place past the entry): half the 13,486 ns per malloc+free
+/// pair measured for `memtrace trace --entry-probes` in the same run as [`DEFAULT_PER_CALL_NS`].
+pub const SINGLE_STEPPED_PER_CALL_NS: f64 = 6_743.0;
+
+/// How long a newly traced process is measured before its budget decides: its probes are
+/// attached, its allocator calls counted.
+pub const PROBATION: Duration = Duration::from_millis(500);
+
+/// How often the call rate of a process traced all the time is measured again.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// The per-call cost to budget with, from where the probes of the hot functions (`malloc`,
+/// `free`, `calloc`, `realloc`, with or without an allocator's prefix) sit: one of them
+/// single-stepped prices every call so (an upper bound).
+pub fn per_call_ns(placements: &[Placement]) -> f64 {
+    let hot = |symbol: &str| {
+        ["malloc", "free", "calloc", "realloc"]
+            .iter()
+            .any(|f| symbol == *f || symbol.ends_with(&format!("_{f}")))
+    };
+    if placements.iter().any(|p| hot(&p.symbol) && !p.emulated) {
+        SINGLE_STEPPED_PER_CALL_NS
+    } else {
+        DEFAULT_PER_CALL_NS
+    }
 }
 
-/// Average cost of one call in a malloc/free mix (as many frees as allocations): an allocation
-/// costs its entry probe and its return probe, a free its entry probe.
-pub fn per_call_ns(malloc_emulated: bool, free_emulated: bool, costs: TrapCosts) -> f64 {
-    let entry = |emulated: bool| {
-        if emulated {
-            costs.emulated_entry_ns
-        } else {
-            costs.single_stepped_entry_ns
+/// Where a metered process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Traced for [`PROBATION`], its call rate measured; no decision yet.
+    Measuring,
+    /// Traced all the time, measured again every [`RECHECK`].
+    Tracing,
+    /// Sampling, in a traced window.
+    SampleOn,
+    /// Sampling, detached until the next window.
+    SampleOff,
+}
+
+/// What the owner of the probes must do after [`Meter::step`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Keep,
+    /// Detach the probes (a sampling pause begins).
+    Detach,
+    /// Attach the probes again (a sampling window begins; the heap's figures start afresh).
+    Attach,
+    /// Stop tracing the process, for this reason.
+    Stop(String),
+}
+
+/// Keeps one traced process within its budget: measures its allocator call rate while its probes
+/// are attached (first for [`PROBATION`], then every [`RECHECK`] or at the end of each sampling
+/// window) and decides ([`decide`]) whether it stays traced, is sampled, or is let go. A sampling
+/// pause after a traced stretch is long enough that the stretch's cost, averaged over both, fits
+/// the budget: no process pays more than its budget beyond one probation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Meter {
+    budget: Budget,
+    per_call_ns: f64,
+    phase: Phase,
+    /// Monotonic ms when the phase began and when it ends.
+    started_ms: u64,
+    until_ms: u64,
+    /// Calls counted when the phase began.
+    calls_at_start: u64,
+    decision: Option<Decision>,
+    rate: Option<f64>,
+    /// Sampling windows traced.
+    windows: u64,
+}
+
+impl Meter {
+    /// A process whose probes were just attached at `now_ms`, with `calls` allocator calls
+    /// counted so far.
+    pub fn new(budget: Budget, per_call_ns: f64, now_ms: u64, calls: u64) -> Self {
+        Self {
+            budget,
+            per_call_ns,
+            phase: Phase::Measuring,
+            started_ms: now_ms,
+            until_ms: now_ms.saturating_add(PROBATION.as_millis() as u64),
+            calls_at_start: calls,
+            decision: None,
+            rate: None,
+            windows: 0,
         }
-    };
-    (entry(malloc_emulated) + costs.return_ns + entry(free_emulated)) / 2.0
+    }
+
+    /// `calls`: the allocator calls counted for the process since its probes were last
+    /// attached (the count starts again at each sampling window).
+    pub fn step(&mut self, now_ms: u64, calls: u64) -> Action {
+        if now_ms < self.until_ms {
+            return Action::Keep;
+        }
+        if self.phase == Phase::SampleOff {
+            self.phase = Phase::SampleOn;
+            self.started_ms = now_ms;
+            self.until_ms = now_ms.saturating_add(self.budget.window.as_millis() as u64);
+            self.calls_at_start = 0;
+            self.windows += 1;
+            return Action::Attach;
+        }
+        let traced_ms = now_ms.saturating_sub(self.started_ms).max(1);
+        let rate = calls.saturating_sub(self.calls_at_start) as f64 * 1000.0 / traced_ms as f64;
+        let decision = decide(
+            Load {
+                calls_per_second: rate,
+                per_call_ns: self.per_call_ns,
+            },
+            self.budget,
+        );
+        let action = match &decision {
+            Decision::Allow { .. } => {
+                self.phase = Phase::Tracing;
+                self.until_ms = now_ms.saturating_add(RECHECK.as_millis() as u64);
+                Action::Keep
+            }
+            Decision::Sample { off, duty, .. } => {
+                // The stretch just traced, paid back at the budget's duty.
+                let payback = (traced_ms as f64 * (1.0 - duty) / duty).ceil() as u64;
+                let off_ms = (off.as_millis() as u64).max(payback);
+                self.phase = Phase::SampleOff;
+                self.until_ms = now_ms.saturating_add(off_ms);
+                Action::Detach
+            }
+            Decision::Refuse { reason } => Action::Stop(reason.clone()),
+        };
+        self.started_ms = now_ms;
+        self.calls_at_start = calls;
+        self.rate = Some(rate);
+        self.decision = Some(decision);
+        action
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The probes are attached in this phase.
+    pub fn attached(&self) -> bool {
+        self.phase != Phase::SampleOff
+    }
+
+    /// The latest decision (none while measuring).
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// Calls per second measured last.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    pub fn per_call_ns(&self) -> f64 {
+        self.per_call_ns
+    }
+
+    /// Sampling windows traced so far.
+    pub fn windows(&self) -> u64 {
+        self.windows
+    }
+
+    /// The process was sampled at some point: its heap figures cover only traced windows.
+    pub fn partial(&self) -> bool {
+        matches!(self.phase, Phase::SampleOn | Phase::SampleOff)
+    }
 }
 
 fn round(rate: f64) -> String {
@@ -352,27 +508,111 @@ mod tests {
         ));
     }
 
+    fn placed(symbol: &str, emulated: bool) -> Placement {
+        Placement {
+            symbol: symbol.into(),
+            object: "libc.so.6".into(),
+            offset: if emulated { 9 } else { 0 },
+            file_offset: 0,
+            instruction: String::new(),
+            emulated,
+            note: None,
+        }
+    }
+
     #[test]
-    fn per_call_cost_follows_where_the_probes_sit() {
-        let costs = TrapCosts {
-            emulated_entry_ns: 1_500.0,
-            single_stepped_entry_ns: 16_000.0,
-            return_ns: 700.0,
-        };
-        // Placed: (1.5 + 0.7 + 1.5) / 2 µs per call.
-        assert!((per_call_ns(true, true, costs) - 1_850.0).abs() < 1e-9);
-        // free single-stepped (glibc's free at +0): (1.5 + 0.7 + 16) / 2.
-        assert!((per_call_ns(true, false, costs) - 9_100.0).abs() < 1e-9);
-        // Which a budget sees: 20k calls/s fit 5% placed (3.7%), not at +0 (18%).
-        let placed = load(20_000.0, per_call_ns(true, true, costs));
-        let entry = load(20_000.0, per_call_ns(true, false, costs));
+    fn per_call_cost_follows_where_the_hot_probes_sit() {
+        let placed_all = [placed("malloc", true), placed("free", true)];
+        assert_eq!(per_call_ns(&placed_all), DEFAULT_PER_CALL_NS);
+        // A rare function single-stepped does not change the price of the hot pair.
+        let rare = [
+            placed("malloc", true),
+            placed("free", true),
+            placed("posix_memalign", false),
+        ];
+        assert_eq!(per_call_ns(&rare), DEFAULT_PER_CALL_NS);
+        // free single-stepped (glibc's free at +0, or je_free).
+        let entry = [placed("malloc", true), placed("free", false)];
+        assert_eq!(per_call_ns(&entry), SINGLE_STEPPED_PER_CALL_NS);
+        assert_eq!(
+            per_call_ns(&[placed("je_free", false)]),
+            SINGLE_STEPPED_PER_CALL_NS
+        );
+        // Which a budget sees: 20k calls/s fit 5% placed (4.0%), not single-stepped (13%).
         assert!(matches!(
-            decide(placed, Budget::drilldown()),
+            decide(
+                load(20_000.0, per_call_ns(&placed_all)),
+                Budget::drilldown()
+            ),
             Decision::Allow { .. }
         ));
         assert!(matches!(
-            decide(entry, Budget::drilldown()),
+            decide(load(20_000.0, per_call_ns(&entry)), Budget::drilldown()),
             Decision::Sample { .. }
         ));
+    }
+
+    #[test]
+    fn a_quiet_process_is_measured_then_traced_and_measured_again() {
+        let mut m = Meter::new(Budget::drilldown(), 2_000.0, 1_000, 0);
+        assert_eq!(m.phase(), Phase::Measuring);
+        assert_eq!(m.step(1_400, 100), Action::Keep, "probation not over");
+        // 500 calls in 500 ms: 1k/s × 2 µs = 0.2% of a core.
+        assert_eq!(m.step(1_500, 500), Action::Keep);
+        assert_eq!(m.phase(), Phase::Tracing);
+        assert!((m.rate().unwrap() - 1_000.0).abs() < 1e-9);
+        assert!(!m.partial());
+        // Five seconds later it allocates 100k/s: sampled from then on.
+        assert_eq!(m.step(6_499, 600), Action::Keep);
+        assert_eq!(m.step(6_500, 500 + 500_000), Action::Detach);
+        assert_eq!(m.phase(), Phase::SampleOff);
+        assert!(m.partial());
+    }
+
+    #[test]
+    fn a_busy_process_is_sampled_in_windows_that_average_within_the_budget() {
+        let budget = Budget::drilldown();
+        let mut m = Meter::new(budget, 2_000.0, 0, 0);
+        // 50k calls/s × 2 µs = 10%, twice the budget: traced half the time at most.
+        assert_eq!(m.step(500, 25_000), Action::Detach);
+        let Some(Decision::Sample { duty, .. }) = m.decision().cloned() else {
+            panic!("{:?}", m.decision());
+        };
+        assert!((duty - 0.5).abs() < 0.01, "{duty}");
+        // The pause: the decision's (2 s window, duty 0.5 → 2 s), not less.
+        assert_eq!(m.step(2_499, 0), Action::Keep);
+        assert_eq!(m.step(2_500, 0), Action::Attach);
+        assert_eq!((m.phase(), m.windows()), (Phase::SampleOn, 1));
+        assert!(m.attached());
+        // A window of 2 s at the same rate: detached again.
+        assert_eq!(m.step(4_499, 99_000), Action::Keep);
+        assert_eq!(m.step(4_500, 100_000), Action::Detach);
+        // Traced 0.5 + 2 s of 4.5 s so far, and then paused until 6.5 s: within 50%.
+        assert_eq!(m.step(6_500, 0), Action::Attach);
+        // The process calmed down: traced all the time again, not partial any more.
+        assert_eq!(m.step(8_500, 100), Action::Keep);
+        assert_eq!(m.phase(), Phase::Tracing);
+        assert!(!m.partial());
+    }
+
+    #[test]
+    fn a_long_probation_over_the_budget_is_paid_back_in_full() {
+        // Measured over 5 s (a recheck) at twice the budget: paused 5 s, not the window's 2 s.
+        let mut m = Meter::new(Budget::drilldown(), 2_000.0, 0, 0);
+        assert_eq!(m.step(500, 10), Action::Keep);
+        assert_eq!(m.step(5_500, 10 + 250_000), Action::Detach);
+        assert_eq!(m.step(10_499, 0), Action::Keep);
+        assert_eq!(m.step(10_500, 0), Action::Attach);
+    }
+
+    #[test]
+    fn a_process_far_over_the_budget_is_let_go_with_the_reason() {
+        let mut m = Meter::new(Budget::drilldown(), 2_000.0, 0, 0);
+        // 2M calls/s × 2 µs = 4 cores, 80× a 5% budget: sampling would trace 1.25% of the time,
+        // less than the 2% minimum.
+        match m.step(500, 1_000_000) {
+            Action::Stop(reason) => assert!(reason.contains("2000k allocator calls/s"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

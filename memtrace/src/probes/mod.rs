@@ -351,7 +351,8 @@ impl Probes {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
-        self.detach_allocator(target.pid);
+        // Attached again: the old links go, the unwind tables stay (the caller registers again).
+        self.pause_allocator(target.pid);
         let mut report = AttachReport::default();
         let mut links = Vec::new();
         let result = (|| {
@@ -454,10 +455,16 @@ impl Probes {
     /// Detaches the malloc family of `pid` (`None`: the host-wide attachment). Returns whether
     /// anything was attached.
     pub fn detach_allocator(&mut self, pid: Option<u32>) -> bool {
-        self.set_stack_pid(pid, false);
         if let Some(pid) = pid {
             self.unwind().unregister(pid);
         }
+        self.pause_allocator(pid)
+    }
+
+    /// Detaches the allocator probes of `pid` but keeps its unwind tables, for a pause between
+    /// two sampling windows. Returns whether anything was attached.
+    pub fn pause_allocator(&mut self, pid: Option<u32>) -> bool {
+        self.set_stack_pid(pid, false);
         let Some(links) = self.links.remove(&pid) else {
             return false;
         };
