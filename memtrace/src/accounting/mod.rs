@@ -870,6 +870,8 @@ fn snapshot_of(
     let mut snapshot = ProcessSnapshot {
         pid: state.pid,
         comm: state.comm.clone(),
+        // Read by the core when it takes the snapshot.
+        cgroup: String::new(),
         rss_bytes: status.rss,
         rss_anon_bytes: status.rss_anon,
         rss_file_bytes: status.rss_file,

@@ -2,7 +2,10 @@
 //! its cgroup and ancestors) and the container it belongs to. Reading never fails loudly: anything
 //! missing or unparsable is `None` (or empty). The parsing is in pure functions over the text.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Component, Path, PathBuf},
+};
 
 /// Where cgroup v2 is mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -14,6 +17,66 @@ pub fn parse_cgroup_v2_path(proc_pid_cgroup: &str) -> Option<&str> {
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(str::trim)
+}
+
+/// The cgroup of a process from the text of `/proc/PID/cgroup`, as one path: the cgroup v2 path
+/// (`0::/path`) where there is one, else (cgroup v1 only) the `memory` controller's path, else the
+/// first line's. `None` for text without any `id:controllers:path` line.
+pub fn parse_cgroup_path(proc_pid_cgroup: &str) -> Option<&str> {
+    if let Some(path) = parse_cgroup_v2_path(proc_pid_cgroup) {
+        return Some(path);
+    }
+    let lines = proc_pid_cgroup.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((controllers, path.trim()))
+    });
+    let mut first = None;
+    for (controllers, path) in lines {
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(path);
+        }
+        first.get_or_insert(path);
+    }
+    first
+}
+
+/// The cgroups of the processes of successive snapshots (see [`parse_cgroup_path`]), read again at
+/// each snapshot (a process may be moved) and kept from the last read when a process has exited
+/// before it (its `/proc/PID/cgroup` is gone), while its pid and command name are the same.
+#[derive(Debug, Default)]
+pub struct CgroupPaths {
+    /// pid -> (command name, cgroup path) of the last read.
+    last: HashMap<u32, (String, String)>,
+}
+
+impl CgroupPaths {
+    /// The cgroup of a process, or "" when unknown.
+    pub fn of(&mut self, pid: u32, comm: &str) -> String {
+        let read = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|text| parse_cgroup_path(&text).map(str::to_string));
+        self.resolve(pid, comm, read)
+    }
+
+    /// [`Self::of`] without the read: `read` is what `/proc/PID/cgroup` gave.
+    fn resolve(&mut self, pid: u32, comm: &str, read: Option<String>) -> String {
+        match read {
+            Some(path) => {
+                self.last.insert(pid, (comm.to_string(), path.clone()));
+                path
+            }
+            None => match self.last.get(&pid) {
+                Some((last_comm, path)) if last_comm == comm => path.clone(),
+                _ => String::new(),
+            },
+        }
+    }
+
+    /// Forgets the processes not in `alive`.
+    pub fn retain(&mut self, alive: &HashSet<u32>) {
+        self.last.retain(|pid, _| alive.contains(pid));
+    }
 }
 
 /// A `memory.max` value in bytes; `None` for `max` (no limit) or anything unparsable.
@@ -125,6 +188,35 @@ mod tests {
         );
         assert_eq!(parse_cgroup_v2_path("4:memory:/docker/abc\n"), None);
         assert_eq!(parse_cgroup_v2_path(""), None);
+    }
+
+    #[test]
+    fn cgroup_path_prefers_v2_then_the_memory_controller() {
+        let hybrid = "12:memory:/docker/abc\n1:name=systemd:/user.slice\n0::/user.slice/s.scope\n";
+        assert_eq!(parse_cgroup_path(hybrid), Some("/user.slice/s.scope"));
+        let v1 = "5:cpu,cpuacct:/docker/x\n4:memory:/docker/abc\n1:name=systemd:/docker/y\n";
+        assert_eq!(parse_cgroup_path(v1), Some("/docker/abc"));
+        assert_eq!(parse_cgroup_path("3:cpu:/a\n2:pids:/b\n"), Some("/a"));
+        assert_eq!(parse_cgroup_path(""), None);
+        assert_eq!(parse_cgroup_path("garbage\n"), None);
+    }
+
+    #[test]
+    fn cgroup_paths_outlive_the_process_with_its_name() {
+        let mut paths = CgroupPaths::default();
+        assert_eq!(
+            paths.resolve(7, "sh", Some("/system.slice/cron.service".into())),
+            "/system.slice/cron.service"
+        );
+        // Exited since: the last read, for the same process (pid and name).
+        assert_eq!(paths.resolve(7, "sh", None), "/system.slice/cron.service");
+        // Another program under that pid: unknown.
+        assert_eq!(paths.resolve(7, "python3", None), "");
+        paths.retain(&HashSet::new());
+        assert_eq!(paths.resolve(7, "sh", None), "");
+        // This process: a real read.
+        let own = paths.of(std::process::id(), "x");
+        assert!(own.starts_with('/'), "{own:?}");
     }
 
     #[test]
