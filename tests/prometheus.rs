@@ -832,15 +832,16 @@ fn a_churning_host_keeps_the_series_bounded() {
     agent.stop();
 }
 
-/// An alert in Alertmanager: its alertname, severity and cgroup.
-type AlertKey = (String, String, String);
+/// An alert in Alertmanager: its alertname, severity, cgroup and pid.
+type AlertKey = (String, String, String, String);
 /// Its state (`active`, `suppressed`) and the number of alerts inhibiting it.
 type AlertState = (String, usize);
 
 /// The shipped alertmanager.yml in a real Alertmanager: with the warning and the critical alert
 /// of one rule firing for one identity (as `memtrace-rules.test.yml` shows they do), only the
 /// critical one is active; the warning of another identity (same name, another cgroup) is not
-/// touched; the agent's own alerts are inhibited by type.
+/// touched; `MemtraceAgentAlertsActive` is inhibited by type, and the alerts the agent posts
+/// itself (`alerting.webhookFormat = "alertmanager"`, labelled by pid) by process.
 #[test]
 fn alertmanager_inhibits_the_warning_of_an_identity_with_a_critical_alert() {
     let Some(alertmanager_bin) = peer_program(
@@ -906,13 +907,24 @@ fn alertmanager_inhibits_the_warning_of_an_identity_with_a_critical_alert() {
                 "instance": "h1", "type": "threshold"}}, "annotations": {{"summary": "test"}}}}"#
         )
     };
+    // As the agent posts its own alerts (alerting.webhookFormat = "alertmanager"): per process.
+    let posted_by_agent = |severity: &str, pid: u32| {
+        format!(
+            r#"{{"labels": {{"alertname": "MemtraceRssThreshold", "severity": "{severity}",
+                "type": "threshold", "trigger": "rss_threshold", "pid": "{pid}", "comm": "node",
+                "instance": "h1", "job": "memtrace"}}, "annotations": {{"summary": "test"}}}}"#
+        )
+    };
     let alerts = format!(
-        "[{}, {}, {}, {}, {}]",
+        "[{}, {}, {}, {}, {}, {}, {}, {}]",
         external("warning", app),
         external("critical", app),
         external("warning", batch),
         agent_alerts("warning"),
         agent_alerts("critical"),
+        posted_by_agent("critical", 41),
+        posted_by_agent("warning", 41),
+        posted_by_agent("warning", 42),
     );
     let posted = server
         .client
@@ -930,7 +942,12 @@ fn alertmanager_inhibits_the_warning_of_an_identity_with_a_critical_alert() {
             .map(|a| {
                 let label = |k: &str| a["labels"][k].as_str().unwrap_or_default().to_string();
                 (
-                    (label("alertname"), label("severity"), label("cgroup")),
+                    (
+                        label("alertname"),
+                        label("severity"),
+                        label("cgroup"),
+                        label("pid"),
+                    ),
                     (
                         a["status"]["state"]
                             .as_str()
@@ -941,27 +958,48 @@ fn alertmanager_inhibits_the_warning_of_an_identity_with_a_critical_alert() {
                 )
             })
             .collect();
-        (states.len() == 5 && states.values().filter(|(s, _)| s == "suppressed").count() == 2)
+        (states.len() == 8 && states.values().filter(|(s, _)| s == "suppressed").count() == 3)
             .then_some(states)
     };
     let states = wait_for(
         Duration::from_secs(30),
-        "the two warnings inhibited",
+        "the three warnings inhibited",
         || format!("{:#?}\n{}", server.get("/api/v2/alerts"), server.log()),
         states,
     );
-    let key = |alertname: &str, severity: &str, cgroup: &str| {
+    let key = |alertname: &str, severity: &str, cgroup: &str, pid: &str| {
         (
             alertname.to_string(),
             severity.to_string(),
             cgroup.to_string(),
+            pid.to_string(),
         )
     };
     let ext = "MemtraceExternalMemoryHigh";
     let own = "MemtraceAgentAlertsActive";
-    assert_eq!(states[&key(ext, "warning", app)], ("suppressed".into(), 1));
-    assert_eq!(states[&key(ext, "critical", app)], ("active".into(), 0));
-    assert_eq!(states[&key(ext, "warning", batch)], ("active".into(), 0));
-    assert_eq!(states[&key(own, "warning", "")], ("suppressed".into(), 1));
-    assert_eq!(states[&key(own, "critical", "")], ("active".into(), 0));
+    let rss = "MemtraceRssThreshold";
+    assert_eq!(
+        states[&key(ext, "warning", app, "")],
+        ("suppressed".into(), 1)
+    );
+    assert_eq!(states[&key(ext, "critical", app, "")], ("active".into(), 0));
+    assert_eq!(
+        states[&key(ext, "warning", batch, "")],
+        ("active".into(), 0)
+    );
+    assert_eq!(
+        states[&key(own, "warning", "", "")],
+        ("suppressed".into(), 1)
+    );
+    assert_eq!(states[&key(own, "critical", "", "")], ("active".into(), 0));
+    assert_eq!(
+        states[&key(rss, "critical", "", "41")],
+        ("active".into(), 0)
+    );
+    assert_eq!(
+        states[&key(rss, "warning", "", "41")],
+        ("suppressed".into(), 1)
+    );
+    // Another process of the same name: its own warning stands.
+    assert_eq!(states[&key(rss, "warning", "", "42")], ("active".into(), 0));
 }

@@ -25,7 +25,7 @@ use crate::{
     analysis::{analyze_snapshots, ProcessPattern},
     api::{Alert, Alerts, ConsumerReport, StreamEvent},
     attribution::{Attributor, StackSource},
-    os::{cgroup, clock},
+    os::clock,
     snapshot::{HostSnapshot, ProcessSnapshot},
     store::UtcDate,
 };
@@ -62,8 +62,6 @@ pub struct Core {
     operations: VecDeque<Operation>,
     exited: VecDeque<ProcessSnapshot>,
     last_pids: HashSet<u32>,
-    /// The cgroup of each process, read at each snapshot (kept for processes that exited since).
-    cgroups: cgroup::CgroupPaths,
     last_prune_day: Option<UtcDate>,
     next_analysis_ms: u64,
 }
@@ -129,7 +127,6 @@ impl Core {
             operations: VecDeque::new(),
             exited: VecDeque::new(),
             last_pids: HashSet::new(),
-            cgroups: cgroup::CgroupPaths::default(),
             last_prune_day: None,
             next_analysis_ms: now
                 .mono_ms
@@ -176,7 +173,6 @@ impl Core {
             self.reports.insert(input.pid, Arc::new(report));
         }
         for process in &mut snapshot.processes {
-            process.cgroup = self.cgroups.of(process.pid, &process.comm);
             if let Some(report) = self.reports.get(&process.pid) {
                 process.libraries = report.libraries.clone();
             }
@@ -186,9 +182,7 @@ impl Core {
         while self.history.len() > config.agent.history.max(1) {
             self.history.pop_front();
         }
-        for mut process in exited {
-            // Gone since the last snapshot: the cgroup read then.
-            process.cgroup = self.cgroups.of(process.pid, &process.comm);
+        for process in exited {
             if !self
                 .exited
                 .iter()
@@ -210,7 +204,6 @@ impl Core {
             self.reports.remove(pid);
             self.patterns.remove(pid);
         }
-        self.cgroups.retain(&alive);
         self.last_pids = alive;
         for process in &snapshot.processes {
             events.extend(self.engine.check_thresholds(process, at.wall_ms));
@@ -612,19 +605,6 @@ mod tests {
             snapshots += usize::from(matches!(event, StreamEvent::Snapshot(_)));
         }
         assert_eq!(snapshots, 40, "every snapshot is streamed");
-    }
-
-    /// Guards the identity `/metrics` keys series by: each process of a snapshot carries its
-    /// cgroup, read by the core (this test process's own, a real one).
-    #[test]
-    fn snapshots_carry_the_cgroup_of_each_process() {
-        let mut core = core(config());
-        let me = std::process::id();
-        let own = std::fs::read_to_string(format!("/proc/{me}/cgroup")).expect("own cgroup");
-        let expected = crate::os::cgroup::parse_cgroup_path(&own).expect("a cgroup line");
-        let snapshot = core.on_collected(collected(0, vec![process(me, "test", MIB)]));
-        assert_eq!(snapshot.processes[0].cgroup, expected);
-        assert!(expected.starts_with('/'), "{expected:?}");
     }
 
     #[test]

@@ -20,10 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use prometheus::{CounterVec, GaugeVec, Opts, Registry, TextEncoder};
 
 use super::backend::{MetricsInput, PatternMetric, ProcessMetrics};
-use crate::{
-    config::MetricsConfig, events::Kind, os::cgroup::container_from_cgroup,
-    snapshot::ProcessSnapshot,
-};
+use crate::{config::MetricsConfig, events::Kind, snapshot::ProcessSnapshot};
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -42,12 +39,15 @@ pub enum MetricsError {
     Encode(#[source] prometheus::Error),
 }
 
-/// Who a process is for `/metrics`: its command name and its cgroup. Every process of a service
-/// (one cgroup) with the same name shares an identity, across restarts and pid reuse.
+/// Who a process is for `/metrics`: its command name and its cgroup (and the container id found in
+/// the cgroup). Every process of a service (one cgroup) with the same name shares an identity,
+/// across restarts and pid reuse.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Identity {
     pub comm: String,
     pub cgroup: String,
+    /// The container id found in the cgroup (the snapshot's `container`), or "".
+    pub container: String,
 }
 
 impl Identity {
@@ -55,6 +55,7 @@ impl Identity {
         Self {
             comm: snapshot.comm.clone(),
             cgroup: snapshot.cgroup.clone(),
+            container: snapshot.container.clone(),
         }
     }
 
@@ -63,17 +64,17 @@ impl Identity {
         Self {
             comm: OTHER.to_string(),
             cgroup: OTHER.to_string(),
+            container: String::new(),
         }
     }
 
     /// Values of [`IDENTITY_LABELS`].
     fn labels(&self) -> [String; 3] {
-        let container = if self.cgroup == OTHER {
-            String::new()
-        } else {
-            container_from_cgroup(&self.cgroup)
-        };
-        [self.comm.clone(), container, self.cgroup.clone()]
+        [
+            self.comm.clone(),
+            self.container.clone(),
+            self.cgroup.clone(),
+        ]
     }
 }
 

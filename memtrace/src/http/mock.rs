@@ -326,6 +326,7 @@ fn mock_snapshot() -> HostSnapshot {
             "/system.slice/docker-0123456789ab{}.scope",
             "cdef0123456789abcdef0123456789abcdef0123456789abcdef"
         ),
+        container: "0123456789ab".to_string(),
         rss_bytes: 100 << 20,
         rss_anon_bytes: 60 << 20,
         rss_file_bytes: 20 << 20,

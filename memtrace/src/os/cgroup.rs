@@ -2,10 +2,7 @@
 //! its cgroup and ancestors) and the container it belongs to. Reading never fails loudly: anything
 //! missing or unparsable is `None` (or empty). The parsing is in pure functions over the text.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::{Component, Path, PathBuf},
-};
+use std::path::{Component, Path, PathBuf};
 
 /// Where cgroup v2 is mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -39,44 +36,6 @@ pub fn parse_cgroup_path(proc_pid_cgroup: &str) -> Option<&str> {
         first.get_or_insert(path);
     }
     first
-}
-
-/// The cgroups of the processes of successive snapshots (see [`parse_cgroup_path`]), read again at
-/// each snapshot (a process may be moved) and kept from the last read when a process has exited
-/// before it (its `/proc/PID/cgroup` is gone), while its pid and command name are the same.
-#[derive(Debug, Default)]
-pub struct CgroupPaths {
-    /// pid -> (command name, cgroup path) of the last read.
-    last: HashMap<u32, (String, String)>,
-}
-
-impl CgroupPaths {
-    /// The cgroup of a process, or "" when unknown.
-    pub fn of(&mut self, pid: u32, comm: &str) -> String {
-        let read = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|text| parse_cgroup_path(&text).map(str::to_string));
-        self.resolve(pid, comm, read)
-    }
-
-    /// [`Self::of`] without the read: `read` is what `/proc/PID/cgroup` gave.
-    fn resolve(&mut self, pid: u32, comm: &str, read: Option<String>) -> String {
-        match read {
-            Some(path) => {
-                self.last.insert(pid, (comm.to_string(), path.clone()));
-                path
-            }
-            None => match self.last.get(&pid) {
-                Some((last_comm, path)) if last_comm == comm => path.clone(),
-                _ => String::new(),
-            },
-        }
-    }
-
-    /// Forgets the processes not in `alive`.
-    pub fn retain(&mut self, alive: &HashSet<u32>) {
-        self.last.retain(|pid, _| alive.contains(pid));
-    }
 }
 
 /// A `memory.max` value in bytes; `None` for `max` (no limit) or anything unparsable.
@@ -118,16 +77,19 @@ pub fn cgroup_limit(pid: u32) -> Option<u64> {
         .min()
 }
 
-/// What memtrace keeps of a process's cgroup: the container it belongs to and its memory limit.
+/// What memtrace keeps of a process's cgroup: its path, the container it belongs to and its
+/// memory limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupInfo {
+    /// The cgroup (see [`parse_cgroup_path`]), or "".
+    pub path: String,
     /// Container id (first 12 hex digits), or "" on the host.
     pub container: String,
     /// The smallest `memory.max` of the cgroup (v2) and its ancestors; `None` when unlimited.
     pub limit: Option<u64>,
 }
 
-/// Container and memory limit of a process, from one read of `/proc/PID/cgroup` and the
+/// Cgroup, container and memory limit of a process, from one read of `/proc/PID/cgroup` and the
 /// `memory.max` files of its cgroup (v2). `None` when the process's cgroup file cannot be read.
 pub fn cgroup_info(pid: u32) -> Option<CgroupInfo> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -140,6 +102,7 @@ pub fn cgroup_info(pid: u32) -> Option<CgroupInfo> {
                 .min()
         });
     Some(CgroupInfo {
+        path: parse_cgroup_path(&text).unwrap_or_default().to_string(),
         container: container_from_cgroup(&text),
         limit,
     })
@@ -202,21 +165,12 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_paths_outlive_the_process_with_its_name() {
-        let mut paths = CgroupPaths::default();
-        assert_eq!(
-            paths.resolve(7, "sh", Some("/system.slice/cron.service".into())),
-            "/system.slice/cron.service"
-        );
-        // Exited since: the last read, for the same process (pid and name).
-        assert_eq!(paths.resolve(7, "sh", None), "/system.slice/cron.service");
-        // Another program under that pid: unknown.
-        assert_eq!(paths.resolve(7, "python3", None), "");
-        paths.retain(&HashSet::new());
-        assert_eq!(paths.resolve(7, "sh", None), "");
-        // This process: a real read.
-        let own = paths.of(std::process::id(), "x");
-        assert!(own.starts_with('/'), "{own:?}");
+    fn cgroup_info_of_this_process_has_its_path() {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let info = cgroup_info(std::process::id()).expect("readable");
+        assert_eq!(Some(info.path.as_str()), parse_cgroup_path(&own));
+        assert!(info.path.starts_with('/'), "{:?}", info.path);
+        assert!(cgroup_info(u32::MAX).is_none());
     }
 
     #[test]
