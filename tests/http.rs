@@ -326,8 +326,19 @@ fn routes_tracing_and_errors_with_a_token() {
         metrics.content_type
     );
     let metrics = metrics.text();
+    // Series are keyed by identity (command name and cgroup), the pid is on the info series.
+    let cgroup = agent.process_json(pid).expect("memops is known")["snapshot"]["cgroup"]
+        .as_str()
+        .expect("a cgroup")
+        .to_string();
+    assert!(
+        metrics.contains(&format!(
+            "memtrace_traced_process_info{{cgroup=\"{cgroup}\",comm=\"memops\",container=\"\",pid=\"{pid}\",reason=\"requested\"}} 1"
+        )),
+        "{metrics}"
+    );
     let series = |name: &str| {
-        let labels = format!("{{comm=\"memops\",container=\"\",pid=\"{pid}\"}} ");
+        let labels = format!("{{cgroup=\"{cgroup}\",comm=\"memops\",container=\"\"}} ");
         metrics
             .lines()
             .find_map(|l| {

@@ -75,6 +75,7 @@ pub struct Config {
     pub alerting: AlertingConfig,
     pub tracking: TrackingConfig,
     pub retention: RetentionConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `[monitor]`: sampling, analysis cadence, the API listener and the data directory.
@@ -562,6 +563,47 @@ impl RetentionConfig {
     }
 }
 
+/// `[metrics]`: which processes and libraries get their own series in Prometheus `/metrics`.
+///
+/// Series are keyed by process identity (command name and cgroup), never by pid alone. The `topK`
+/// identities by RSS get their own series, the rest are summed into `comm="other"`; membership has
+/// hysteresis so that series neither flap nor churn: an identity enters once it has been seen for
+/// `enterAfter` seconds and ranks in the top K by more than `margin`, and leaves once it has been
+/// out of the top K by more than `margin` (or gone) for `leaveAfter` seconds; at most `2 * topK` at
+/// a time. Libraries likewise, by live bytes. See `http::metrics::TopK`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Process identities with their own series.
+    pub top_k: usize,
+    /// (Process identity, library) pairs with their own `memtrace_library_live_bytes` series.
+    pub top_k_libraries: usize,
+    /// Relative margin (0.2 = 20 %): a newcomer enters only when its value is above the
+    /// (K+1)-th largest times (1 + margin), a member is out only when its value times (1 + margin)
+    /// is below the K-th largest.
+    pub margin: f64,
+    /// Seconds an identity must have been seen (in consecutive snapshots) before it gets series;
+    /// processes that live shorter stay in `other`. Those running when the agent starts qualify at once.
+    pub enter_after: u64,
+    /// Seconds a member must have been out of the top K (or gone) before it loses its series.
+    pub leave_after: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 50,
+            top_k_libraries: 50,
+            margin: 0.2,
+            enter_after: 60,
+            leave_after: 300,
+        }
+    }
+}
+
+/// Most identities (or libraries) `metrics.topK` (`topKLibraries`) may give series to.
+pub const METRICS_TOP_K_MAX: usize = 10_000;
+
 /// Values given on the command line, applied over the file's.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigOverrides {
@@ -907,6 +949,22 @@ impl Config {
         at_least("tracking.leakAge", k.leak_age, 1)?;
         at_least("tracking.leakTop", k.leak_top as u64, 1)?;
 
+        let x = &self.metrics;
+        at_most("metrics.topK", x.top_k as u64, METRICS_TOP_K_MAX as u64)?;
+        at_most(
+            "metrics.topKLibraries",
+            x.top_k_libraries as u64,
+            METRICS_TOP_K_MAX as u64,
+        )?;
+        if !(x.margin.is_finite() && (0.0..=10.0).contains(&x.margin)) {
+            return Err(ConfigError::invalid(
+                "metrics.margin",
+                "must be between 0 and 10 (a fraction: 0.2 is 20 %)",
+            ));
+        }
+        at_most("metrics.enterAfter", x.enter_after, DAY)?;
+        at_most("metrics.leaveAfter", x.leave_after, DAY)?;
+
         let r = &self.retention;
         at_least("retention.snapshotsDays", u64::from(r.snapshots_days), 1)?;
         at_least("retention.alertsDays", u64::from(r.alerts_days), 1)?;
@@ -1184,6 +1242,32 @@ mod tests {
     }
 
     #[test]
+    fn metrics_section_parses() {
+        let c = Config::from_toml_str(
+            "[metrics]\ntopK = 10\ntopKLibraries = 0\nmargin = 0\nenterAfter = 5\nleaveAfter = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics,
+            MetricsConfig {
+                top_k: 10,
+                top_k_libraries: 0,
+                margin: 0.0,
+                enter_after: 5,
+                leave_after: 0,
+            }
+        );
+        let defaults = Config::default().metrics;
+        assert_eq!(
+            (defaults.top_k, defaults.top_k_libraries),
+            (50, 50),
+            "issue 14 asks for a default K of 50"
+        );
+        let msg = chain(&Config::from_toml_str("[metrics]\ntopk = 3\n").unwrap_err());
+        assert!(msg.contains("topk"), "{msg}");
+    }
+
+    #[test]
     fn unknown_key_error_names_key_and_line() {
         let err = Config::from_toml_str("[monitor]\nsnapshotInterval = 5\nsnapshotIntervall = 3\n")
             .unwrap_err();
@@ -1239,6 +1323,12 @@ mod tests {
                 "[thresholds]\nexternalRatio = 0",
                 "thresholds.externalRatio",
             ),
+            ("[metrics]\ntopK = 10001", "metrics.topK"),
+            ("[metrics]\ntopKLibraries = 10001", "metrics.topKLibraries"),
+            ("[metrics]\nmargin = -0.1", "metrics.margin"),
+            ("[metrics]\nmargin = 11", "metrics.margin"),
+            ("[metrics]\nenterAfter = 86401", "metrics.enterAfter"),
+            ("[metrics]\nleaveAfter = 86401", "metrics.leaveAfter"),
             (
                 "[thresholds]\nexternalRatio = -1.5",
                 "thresholds.externalRatio",

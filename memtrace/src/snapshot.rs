@@ -10,6 +10,9 @@ pub struct ProcessSnapshot {
     pub pid: u32,
     /// Command name (`/proc/PID/comm`).
     pub comm: String,
+    /// Control group (`/proc/PID/cgroup`): the cgroup v2 path, on cgroup v1 hosts the memory
+    /// controller's; empty when unknown. With `comm`, the identity `/metrics` keys series by.
+    pub cgroup: String,
     /// Resident set size and its parts, from the kernel (`/proc/PID/status`).
     pub rss_bytes: u64,
     pub rss_anon_bytes: u64,

@@ -410,6 +410,10 @@ fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
 /// Debian packages the integration tests need, each with the programs it provides.
 const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("prometheus", &["prometheus", "promtool"]),
+    (
+        "prometheus-alertmanager",
+        &["prometheus-alertmanager", "amtool"],
+    ),
     ("chromium", &["chromium"]),
     ("golang-go", &["go"]),
 ];

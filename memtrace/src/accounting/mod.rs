@@ -891,6 +891,7 @@ fn snapshot_of(
     let mut snapshot = ProcessSnapshot {
         pid: state.pid,
         comm: state.comm.clone(),
+        cgroup: state.cgroup.path.clone(),
         rss_bytes: status.rss,
         rss_anon_bytes: status.rss_anon,
         rss_file_bytes: status.rss_file,
@@ -1110,6 +1111,7 @@ mod tests {
 
         fn cgroup(&self, _: u32) -> Option<CgroupInfo> {
             Some(CgroupInfo {
+                path: format!("/system.slice/docker-0123456789ab{}.scope", "cd".repeat(26)),
                 container: "0123456789ab".into(),
                 limit: Some(512 << 20),
             })
@@ -1140,7 +1142,11 @@ mod tests {
         let json = serde_json::to_value(&p).expect("json");
         assert_eq!(json["externalBasis"], "since-attach");
         assert_eq!(json["externalBytes"], serde_json::Value::Null);
-        // The cgroup gives the container and the limit (below MemTotal, unknown here).
+        // The cgroup gives its path, the container and the limit (below MemTotal, unknown here).
+        assert_eq!(
+            p.cgroup,
+            format!("/system.slice/docker-0123456789ab{}.scope", "cd".repeat(26))
+        );
         assert_eq!(p.container, "0123456789ab");
         assert_eq!(p.limit_bytes, Some(512 << 20));
         // Start time: boot time + 500 ticks.

@@ -21,17 +21,23 @@ use crate::{
     api::{
         Alert, Alerts, Consumers, DrilldownSettings, Export, Failures, Growth, Health,
         HealthMemory, HealthStatus, HostSnapshot, ProcessDetail, ProcessRow, Report, ReportHistory,
-        ReportHost, ReportSummary, Status, StreamEvent, TraceStarted, TraceStopped,
+        ReportHost, ReportSummary, Status, StreamEvent, TraceReason, TraceStarted, TraceStopped,
     },
     events::Kind,
     http::{
-        AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
-        ProcessMetrics,
+        AlertCount, AlertMetrics, Backend, BackendError, BpfProgramStats, MetricsInput,
+        PatternMetric, ProcessMetrics, StoreMetrics, TracedMetric, WebhookMetrics,
     },
     os::{cgroup, clock},
     reports::{self, HeapProfile},
-    snapshot::ProcessSnapshot,
 };
+
+/// Whether the kernel keeps BPF run-time statistics now (`kernel.bpf_stats_enabled`, which also
+/// reads 1 while a process holds them on, as the agent does with `agent.bpfStats`).
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|text| text.trim() == "1")
+}
 
 /// How long a command may wait for the thread that carries it out.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -351,22 +357,33 @@ impl Backend for Agent {
 
     fn metrics(&self) -> MetricsInput {
         let shared = &self.shared;
+        let config = &shared.config;
         let core = shared.core.load();
         let intake = shared.intake.load();
-        let mut input = MetricsInput::default();
+        let mut input = MetricsInput {
+            top_k: config.metrics.top_k,
+            top_k_libraries: config.metrics.top_k_libraries,
+            ..MetricsInput::default()
+        };
         let counters = shared.kernel_counters();
         for kind in Kind::ALL {
             input.events_by_kind[kind.index()] = shared.stats.kind_count(kind);
         }
         input.events_lost_total = counters[memtrace_common::COUNTER_RINGBUF_DROPS as usize]
             + counters[memtrace_common::COUNTER_INFLIGHT_FULL as usize];
-        let webhook = shared.dispatcher.webhook_stats();
-        input.webhook_sent_total = webhook.sent_total;
-        input.webhook_failures_total = webhook.failures_total;
-        input.webhook_dropped_total = webhook.dropped_total;
+        if config.alerting.active_webhook_url().is_some() {
+            let webhook = shared.dispatcher.webhook_stats();
+            input.webhook = Some(WebhookMetrics {
+                sent_total: webhook.sent_total,
+                failures_total: webhook.failures_total,
+                dropped_total: webhook.dropped_total,
+            });
+        }
         if let Some(store) = &shared.store {
-            input.store_write_failures_total = store.persist_failures_total();
-            input.store_skipped_lines_total = store.corrupt_lines_total();
+            input.store = Some(StoreMetrics {
+                write_failures_total: store.persist_failures_total(),
+                skipped_lines_total: store.corrupt_lines_total(),
+            });
         }
         input.snapshots_dropped_total = intake.snapshots_dropped;
         input.heap_traces_started_total = intake.traces_started;
@@ -374,58 +391,87 @@ impl Backend for Agent {
         let cost = crate::os::procfs::self_cost();
         input.agent_cpu_seconds_total = cost.cpu_seconds;
         input.agent_rss_bytes = cost.rss_bytes;
-        input.bpf_programs = shared
-            .programs
-            .stats()
-            .into_iter()
-            .map(|(program, run_time_ns, runs)| BpfProgramStats {
-                program,
-                run_time_seconds_total: run_time_ns as f64 / 1e9,
-                runs_total: runs,
-            })
-            .collect();
-        input.alerts_suppressed_total = core.alerts.suppressed.total;
-        let mut counts: HashMap<(AlertType, Severity), u64> = HashMap::new();
-        for alert in &core.alerts.active {
-            *counts.entry((alert.kind, alert.severity)).or_default() += 1;
+        // While the kernel's BPF statistics are off the run counts stand still (at 0, or where
+        // they stopped): no series then.
+        if bpf_stats_enabled() {
+            input.bpf_programs = shared
+                .programs
+                .stats()
+                .into_iter()
+                .map(|(program, run_time_ns, runs)| BpfProgramStats {
+                    program,
+                    run_time_seconds_total: run_time_ns as f64 / 1e9,
+                    runs_total: runs,
+                })
+                .collect();
         }
-        for kind in [
-            AlertType::Threshold,
-            AlertType::Pattern,
-            AlertType::Leak,
-            AlertType::Spike,
-        ] {
-            for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
-                input.alerts_active.push(AlertCount {
-                    kind: kind.as_str().into(),
-                    severity: severity.as_str().into(),
-                    count: counts.get(&(kind, severity)).copied().unwrap_or(0),
-                });
+        if config.alerting.enabled {
+            let mut counts: HashMap<(AlertType, Severity), u64> = HashMap::new();
+            for alert in &core.alerts.active {
+                *counts.entry((alert.kind, alert.severity)).or_default() += 1;
             }
+            let mut active = Vec::new();
+            for kind in [
+                AlertType::Threshold,
+                AlertType::Pattern,
+                AlertType::Leak,
+                AlertType::Spike,
+            ] {
+                for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+                    active.push(AlertCount {
+                        kind: kind.as_str().into(),
+                        severity: severity.as_str().into(),
+                        count: counts.get(&(kind, severity)).copied().unwrap_or(0),
+                    });
+                }
+            }
+            input.alerts = Some(AlertMetrics {
+                active,
+                suppressed_total: core.alerts.suppressed.total,
+            });
         }
         input.consumers_evicted_total = core.reports.values().map(|r| r.evicted_consumers).sum();
-        input.drilldowns_active = intake.drilldowns.len() as u64;
-        if let Some(last) = core.last_snapshot() {
-            let mut processes: Vec<&ProcessSnapshot> = last.processes.iter().collect();
-            processes.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes));
-            for (rank, p) in processes.into_iter().enumerate() {
-                let pattern = core.patterns.get(&p.pid);
-                input.processes.push(ProcessMetrics {
-                    snapshot: p.clone(),
-                    container: if rank < input.top_k {
-                        cgroup::container_of(p.pid)
-                    } else {
-                        String::new()
-                    },
-                    growth_rate_bytes_per_second: pattern
-                        .map(|pp| pp.pattern.growth_rate * 1024.0 * 1024.0 / 60.0),
-                    pattern: pattern.map(|pp| PatternMetric {
-                        kind: pp.pattern.kind,
-                        confidence: pp.pattern.confidence,
-                    }),
-                });
-            }
+        if config.drilldown.enabled {
+            input.drilldowns_active = Some(intake.drilldowns.len() as u64);
         }
+        input.traced = intake
+            .traced
+            .iter()
+            .map(|t| TracedMetric {
+                pid: t.pid,
+                reason: match t.reason {
+                    TraceReason::Configured => "configured",
+                    TraceReason::Requested => "requested",
+                    TraceReason::Drilldown => "drilldown",
+                }
+                .to_string(),
+            })
+            .collect();
+        if let Some(last) = core.last_snapshot() {
+            input.last_snapshot_ms = Some(last.timestamp);
+            input.processes = last
+                .processes
+                .iter()
+                .map(|p| {
+                    let pattern = core.patterns.get(&p.pid);
+                    ProcessMetrics {
+                        snapshot: p.clone(),
+                        growth_rate_bytes_per_second: pattern
+                            .map(|pp| pp.pattern.growth_rate * 1024.0 * 1024.0 / 60.0),
+                        pattern: pattern.map(|pp| PatternMetric {
+                            kind: pp.pattern.kind,
+                            confidence: pp.pattern.confidence,
+                        }),
+                    }
+                })
+                .collect();
+        }
+        // The identities with series of their own move once per snapshot (with hysteresis).
+        let mut state = self
+            .metrics_state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        input.selection = Some(state.select(&input));
         input
     }
 

@@ -338,6 +338,8 @@ pub struct Agent {
     shared: Arc<Shared>,
     intake: mpsc::Sender<IntakeCommand>,
     core: mpsc::SyncSender<CoreMessage>,
+    /// Which process identities have their own `/metrics` series, kept across scrapes.
+    metrics_state: std::sync::Mutex<crate::http::MetricsState>,
 }
 
 impl Agent {
@@ -415,6 +417,9 @@ where
     };
 
     let agent = Arc::new(Agent {
+        metrics_state: std::sync::Mutex::new(crate::http::MetricsState::new(
+            &shared.config.metrics,
+        )),
         shared: Arc::clone(&shared),
         intake: intake_tx,
         core: core_tx,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use super::metrics::Selection;
 use crate::{
     analysis::{PatternType, ProcessPattern},
     api::{
@@ -82,51 +83,60 @@ pub trait Backend: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent>;
 }
 
-/// Default number of processes, and of libraries, that get their own series in `/metrics`.
+/// Default number of process identities, and of libraries, that get their own series in
+/// `/metrics` (`metrics.topK`, `metrics.topKLibraries`).
 pub const DEFAULT_METRICS_TOP_K: usize = 50;
 
-/// Everything `/metrics` reports, gathered by the backend at scrape time.
+/// Everything `/metrics` reports, gathered by the backend at scrape time. A part that does not
+/// apply (`None`, or an empty list) has no series at all rather than series stuck at 0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricsInput {
-    /// Every process the agent accounts for. The `top_k` largest by RSS get their own series; the
-    /// rest are summed into one `pid="other"` series.
+    /// Every process of the latest snapshot. Series are keyed by identity (command name and
+    /// cgroup, see [`Identity`](super::metrics::Identity)), summed over its processes.
     pub processes: Vec<ProcessMetrics>,
-    /// How many processes get their own series.
+    /// Time of the snapshot `processes` come from (ms since the Unix epoch); `None` before the
+    /// first snapshot.
+    pub last_snapshot_ms: Option<u64>,
+    /// Which identities and libraries get their own series, as the agent's
+    /// [`MetricsState`](super::metrics::MetricsState) chose them across snapshots. `None`: the
+    /// `top_k` / `top_k_libraries` largest of this input alone (no memory between scrapes).
+    pub selection: Option<Selection>,
+    /// How many identities get their own series when `selection` is `None`; the rest are summed
+    /// into one `comm="other"` series.
     pub top_k: usize,
-    /// How many (process, library) pairs get their own `memtrace_library_live_bytes` series, the
-    /// largest by live bytes; the rest are summed into `library="other"`. The libraries come from
-    /// each process's `ProcessSnapshot::libraries`.
+    /// How many (identity, library) pairs get their own `memtrace_library_live_bytes` series when
+    /// `selection` is `None`, the largest by live bytes; the rest are summed into
+    /// `library="other"`. The libraries come from each process's `ProcessSnapshot::libraries`.
     pub top_k_libraries: usize,
-    /// Active alerts by type and severity.
-    pub alerts_active: Vec<AlertCount>,
-    /// Alerts not raised because of the hourly limit.
-    pub alerts_suppressed_total: u64,
+    /// Processes traced by configuration, on request or by a drill-down (not those traced by
+    /// `agent.mallocAll`): the only series with a `pid` label, `memtrace_traced_process_info`.
+    pub traced: Vec<TracedMetric>,
+    /// Alert counts; `None` when alerting is off (`alerting.enabled = false`).
+    pub alerts: Option<AlertMetrics>,
     /// Kernel events decoded, by kind (indexed by `Kind::index`).
     pub events_by_kind: [u64; Kind::ALL.len()],
     /// Kernel events lost (ring buffer full, in-flight map full).
     pub events_lost_total: u64,
     /// Consumers dropped from the consumer table when it was full.
     pub consumers_evicted_total: u64,
-    pub webhook_sent_total: u64,
-    pub webhook_failures_total: u64,
-    /// Alert events dropped from the webhook's full queue (or still queued at shutdown).
-    pub webhook_dropped_total: u64,
-    /// Writes to the data directory that failed (snapshots, alerts, consumers, retention).
-    pub store_write_failures_total: u64,
-    /// Corrupted, partial or over-long lines of data files skipped when reading them.
-    pub store_skipped_lines_total: u64,
+    /// Webhook deliveries; `None` without an active webhook (`alerting.webhookUrl`).
+    pub webhook: Option<WebhookMetrics>,
+    /// Data directory failures; `None` when nothing is written (`agent.persist = false`).
+    pub store: Option<StoreMetrics>,
     /// Snapshots not taken because the analysis side was behind.
     pub snapshots_dropped_total: u64,
     /// Heap tracings of a process started and stopped (requests, drill-downs, exits).
     pub heap_traces_started_total: u64,
     pub heap_traces_stopped_total: u64,
-    /// Processes whose malloc family is traced on request (drill-downs).
-    pub drilldowns_active: u64,
-    /// The agent's own CPU time (user + system).
+    /// Processes whose malloc family is traced by a drill-down now; `None` when drill-downs are
+    /// off (`drilldown.enabled = false`).
+    pub drilldowns_active: Option<u64>,
+    /// The agent's own CPU time (user + system), seconds.
     pub agent_cpu_seconds_total: f64,
-    /// The agent's own resident set size.
+    /// The agent's own resident set size, bytes.
     pub agent_rss_bytes: u64,
-    /// Per eBPF program: run time and run count (from `kernel.bpf_stats_enabled`; zero when off).
+    /// Per eBPF program: run time and run count. Empty while the kernel's BPF statistics are off
+    /// (`kernel.bpf_stats_enabled`, `agent.bpfStats`), and programs that never ran are left out.
     pub bpf_programs: Vec<BpfProgramStats>,
 }
 
@@ -134,22 +144,21 @@ impl Default for MetricsInput {
     fn default() -> Self {
         Self {
             processes: Vec::new(),
+            last_snapshot_ms: None,
+            selection: None,
             top_k: DEFAULT_METRICS_TOP_K,
             top_k_libraries: DEFAULT_METRICS_TOP_K,
-            alerts_active: Vec::new(),
-            alerts_suppressed_total: 0,
+            traced: Vec::new(),
+            alerts: None,
             events_by_kind: [0; Kind::ALL.len()],
             events_lost_total: 0,
             consumers_evicted_total: 0,
-            webhook_sent_total: 0,
-            webhook_failures_total: 0,
-            webhook_dropped_total: 0,
-            store_write_failures_total: 0,
-            store_skipped_lines_total: 0,
+            webhook: None,
+            store: None,
             snapshots_dropped_total: 0,
             heap_traces_started_total: 0,
             heap_traces_stopped_total: 0,
-            drilldowns_active: 0,
+            drilldowns_active: None,
             agent_cpu_seconds_total: 0.0,
             agent_rss_bytes: 0,
             bpf_programs: Vec::new(),
@@ -160,11 +169,9 @@ impl Default for MetricsInput {
 /// One process in `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessMetrics {
-    /// Its latest figures (and its libraries).
+    /// Its latest figures (with its cgroup and libraries).
     pub snapshot: ProcessSnapshot,
-    /// Container id derived from its cgroup, or empty.
-    pub container: String,
-    /// Growth rate of its RSS, where known.
+    /// Growth rate of its RSS (bytes per second), where known.
     pub growth_rate_bytes_per_second: Option<f64>,
     /// Its current pattern, where one was detected.
     pub pattern: Option<PatternMetric>,
@@ -177,6 +184,24 @@ pub struct PatternMetric {
     pub confidence: f64,
 }
 
+/// A process traced by configuration, on request or by a drill-down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracedMetric {
+    pub pid: u32,
+    /// Why: `configured`, `requested` or `drilldown`.
+    pub reason: String,
+}
+
+/// Active and suppressed alerts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertMetrics {
+    /// Active alerts by type and severity (every combination, 0 when none, so that rules see a
+    /// value).
+    pub active: Vec<AlertCount>,
+    /// Alerts not raised because of the hourly limit.
+    pub suppressed_total: u64,
+}
+
 /// Number of active alerts of one type (`threshold`, `pattern`, `leak`, `spike`) and severity
 /// (`info`, `warning`, `critical`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,10 +211,30 @@ pub struct AlertCount {
     pub count: u64,
 }
 
+/// Webhook deliveries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WebhookMetrics {
+    pub sent_total: u64,
+    /// Not accepted after the retries.
+    pub failures_total: u64,
+    /// Dropped from the webhook's full queue (or still queued at shutdown).
+    pub dropped_total: u64,
+}
+
+/// Failures of the data directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Writes that failed (snapshots, alerts, consumers, retention).
+    pub write_failures_total: u64,
+    /// Corrupted, partial or over-long lines of data files skipped when reading them.
+    pub skipped_lines_total: u64,
+}
+
 /// Cost of one eBPF program.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BpfProgramStats {
     pub program: String,
+    /// Seconds.
     pub run_time_seconds_total: f64,
     pub runs_total: u64,
 }

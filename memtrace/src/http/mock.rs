@@ -10,7 +10,8 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::backend::{
-    AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric, ProcessMetrics,
+    AlertCount, AlertMetrics, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
+    ProcessMetrics, TracedMetric, WebhookMetrics,
 };
 use crate::{
     accounting::SiteClass,
@@ -287,6 +288,7 @@ fn mock_snapshot() -> HostSnapshot {
     let mut node = ProcessSnapshot {
         pid: 100,
         comm: "node".to_string(),
+        cgroup: "/system.slice/node.service".to_string(),
         rss_bytes: 200 << 20,
         rss_anon_bytes: 150 << 20,
         rss_file_bytes: 45 << 20,
@@ -328,6 +330,11 @@ fn mock_snapshot() -> HostSnapshot {
     let postgres = ProcessSnapshot {
         pid: 200,
         comm: "postgres".to_string(),
+        cgroup: format!(
+            "/system.slice/docker-0123456789ab{}.scope",
+            "cdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        ),
+        container: "0123456789ab".to_string(),
         rss_bytes: 100 << 20,
         rss_anon_bytes: 60 << 20,
         rss_file_bytes: 20 << 20,
@@ -340,6 +347,7 @@ fn mock_snapshot() -> HostSnapshot {
     let odd = ProcessSnapshot {
         pid: 300,
         comm: "we\"ird\\comm".to_string(),
+        cgroup: "/user.slice/user-1000.slice/session-2.scope".to_string(),
         rss_bytes: 10 << 20,
         rss_anon_bytes: 8 << 20,
         rss_file_bytes: 2 << 20,
@@ -577,11 +585,6 @@ impl Backend for MockBackend {
             .iter()
             .map(|p| ProcessMetrics {
                 snapshot: p.clone(),
-                container: if p.pid == 200 {
-                    "0123456789ab".to_string()
-                } else {
-                    String::new()
-                },
                 growth_rate_bytes_per_second: Some(if p.pid == 100 { 55_924.05 } else { 0.0 }),
                 pattern: (p.pid == 100).then_some(PatternMetric {
                     kind: PatternType::Leak,
@@ -593,20 +596,45 @@ impl Backend for MockBackend {
         for (i, count) in events_by_kind.iter_mut().enumerate() {
             *count = 100 * (i as u64 + 1);
         }
+        let mut active = Vec::new();
+        for kind in ["threshold", "pattern", "leak", "spike"] {
+            for severity in ["info", "warning", "critical"] {
+                active.push(AlertCount {
+                    kind: kind.to_string(),
+                    severity: severity.to_string(),
+                    count: if (kind, severity) == ("threshold", "warning") {
+                        self.active_alerts().len() as u64
+                    } else {
+                        0
+                    },
+                });
+            }
+        }
         MetricsInput {
             processes,
-            alerts_active: vec![AlertCount {
-                kind: "threshold".to_string(),
-                severity: "warning".to_string(),
-                count: self.active_alerts().len() as u64,
-            }],
-            alerts_suppressed_total: 2,
+            last_snapshot_ms: Some(self.snapshot.timestamp),
+            traced: self
+                .state()
+                .traced
+                .iter()
+                .map(|&pid| TracedMetric {
+                    pid,
+                    reason: "requested".to_string(),
+                })
+                .collect(),
+            alerts: Some(AlertMetrics {
+                active,
+                suppressed_total: 2,
+            }),
             events_by_kind,
             events_lost_total: 7,
             consumers_evicted_total: 3,
-            webhook_sent_total: 5,
-            webhook_failures_total: 1,
-            drilldowns_active: self.state().traced.len() as u64,
+            webhook: Some(WebhookMetrics {
+                sent_total: 5,
+                failures_total: 1,
+                dropped_total: 0,
+            }),
+            drilldowns_active: Some(0),
             agent_cpu_seconds_total: 1.25,
             agent_rss_bytes: 30 << 20,
             bpf_programs: vec![

@@ -37,10 +37,11 @@ use tokio::{net::TcpListener, sync::watch};
 pub use self::{
     assets::ASSETS,
     backend::{
-        AlertCount, Backend, BackendError, BpfProgramStats, MetricsInput, PatternMetric,
-        ProcessMetrics, DEFAULT_METRICS_TOP_K,
+        AlertCount, AlertMetrics, Backend, BackendError, BpfProgramStats, MetricsInput,
+        PatternMetric, ProcessMetrics, StoreMetrics, TracedMetric, WebhookMetrics,
+        DEFAULT_METRICS_TOP_K,
     },
-    metrics::{render as render_metrics, MetricsError},
+    metrics::{render as render_metrics, Identity, MetricsError, MetricsState, Selection, TopK},
     routes::{check_query, QueryParams},
 };
 pub use crate::api::StreamEvent;

@@ -16,6 +16,28 @@ pub fn parse_cgroup_v2_path(proc_pid_cgroup: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The cgroup of a process from the text of `/proc/PID/cgroup`, as one path: the cgroup v2 path
+/// (`0::/path`) where there is one, else (cgroup v1 only) the `memory` controller's path, else the
+/// first line's. `None` for text without any `id:controllers:path` line.
+pub fn parse_cgroup_path(proc_pid_cgroup: &str) -> Option<&str> {
+    if let Some(path) = parse_cgroup_v2_path(proc_pid_cgroup) {
+        return Some(path);
+    }
+    let lines = proc_pid_cgroup.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((controllers, path.trim()))
+    });
+    let mut first = None;
+    for (controllers, path) in lines {
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(path);
+        }
+        first.get_or_insert(path);
+    }
+    first
+}
+
 /// A `memory.max` value in bytes; `None` for `max` (no limit) or anything unparsable.
 pub fn parse_memory_max(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -55,16 +77,19 @@ pub fn cgroup_limit(pid: u32) -> Option<u64> {
         .min()
 }
 
-/// What memtrace keeps of a process's cgroup: the container it belongs to and its memory limit.
+/// What memtrace keeps of a process's cgroup: its path, the container it belongs to and its
+/// memory limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupInfo {
+    /// The cgroup (see [`parse_cgroup_path`]), or "".
+    pub path: String,
     /// Container id (first 12 hex digits), or "" on the host.
     pub container: String,
     /// The smallest `memory.max` of the cgroup (v2) and its ancestors; `None` when unlimited.
     pub limit: Option<u64>,
 }
 
-/// Container and memory limit of a process, from one read of `/proc/PID/cgroup` and the
+/// Cgroup, container and memory limit of a process, from one read of `/proc/PID/cgroup` and the
 /// `memory.max` files of its cgroup (v2). `None` when the process's cgroup file cannot be read.
 pub fn cgroup_info(pid: u32) -> Option<CgroupInfo> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -77,6 +102,7 @@ pub fn cgroup_info(pid: u32) -> Option<CgroupInfo> {
                 .min()
         });
     Some(CgroupInfo {
+        path: parse_cgroup_path(&text).unwrap_or_default().to_string(),
         container: container_from_cgroup(&text),
         limit,
     })
@@ -125,6 +151,26 @@ mod tests {
         );
         assert_eq!(parse_cgroup_v2_path("4:memory:/docker/abc\n"), None);
         assert_eq!(parse_cgroup_v2_path(""), None);
+    }
+
+    #[test]
+    fn cgroup_path_prefers_v2_then_the_memory_controller() {
+        let hybrid = "12:memory:/docker/abc\n1:name=systemd:/user.slice\n0::/user.slice/s.scope\n";
+        assert_eq!(parse_cgroup_path(hybrid), Some("/user.slice/s.scope"));
+        let v1 = "5:cpu,cpuacct:/docker/x\n4:memory:/docker/abc\n1:name=systemd:/docker/y\n";
+        assert_eq!(parse_cgroup_path(v1), Some("/docker/abc"));
+        assert_eq!(parse_cgroup_path("3:cpu:/a\n2:pids:/b\n"), Some("/a"));
+        assert_eq!(parse_cgroup_path(""), None);
+        assert_eq!(parse_cgroup_path("garbage\n"), None);
+    }
+
+    #[test]
+    fn cgroup_info_of_this_process_has_its_path() {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let info = cgroup_info(std::process::id()).expect("readable");
+        assert_eq!(Some(info.path.as_str()), parse_cgroup_path(&own));
+        assert!(info.path.starts_with('/'), "{:?}", info.path);
+        assert!(cgroup_info(u32::MAX).is_none());
     }
 
     #[test]
