@@ -226,6 +226,23 @@ fn bpf_links(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits for the agent's BPF links to be `before` again: uprobes are detached in the background
+/// (the kernel takes ~130 ms a link).
+fn links_back_to(agent_pid: u32, before: usize, agent: &Agent) {
+    wait_for(
+        Duration::from_secs(15),
+        "the uprobes to go",
+        || {
+            format!(
+                "{} links, {before} before\n{}",
+                bpf_links(agent_pid),
+                agent.stderr_tail(20)
+            )
+        },
+        || (bpf_links(agent_pid) == before).then_some(()),
+    );
+}
+
 /// Guards issue 11 item 5: a traced process's probes go when it exits, so a process that later
 /// gets its pid is never shown as traced; the tracings are counted.
 #[test]
@@ -258,11 +275,7 @@ fn probes_go_with_their_process() {
         },
     );
     assert_eq!(status["traced"], serde_json::json!([]), "{status}");
-    assert_eq!(
-        bpf_links(agent_pid),
-        before,
-        "every uprobe of pid {pid} went"
-    );
+    links_back_to(agent_pid, before, &agent);
     let metrics = agent.request("GET", "/metrics", None).text();
     for event in ["started", "stopped"] {
         let line = format!("memtrace_heap_traces_total{{event=\"{event}\"}} 1");
@@ -312,5 +325,90 @@ fn tokens_are_trimmed_and_blank_is_unset() {
     };
     let reply = agent.request("POST", "/api/memory/analyze", Some("padded-token"));
     assert_eq!(reply.status, 200, "{}", reply.text());
+    agent.stop();
+}
+
+/// A `grower busy`: allocates and frees as fast as it can (and grows), killed on drop.
+struct Busy(Child);
+
+impl Busy {
+    fn start() -> Self {
+        let mut child = Command::new(workload("grower"))
+            .arg("busy")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("grower starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready");
+        Self(child)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Guards issue 12 item 3 through the API: a request to trace a process whose allocator calls
+/// would cost it far more than `probes.cpuBudget` is answered 409 with the reason once measured,
+/// the process is listed in the status's refusals and counted in /metrics, and its probes are
+/// gone; a quiet process is traced all the time, within the budget, with the decision in the
+/// answer.
+#[test]
+fn a_trace_request_over_the_cpu_budget_is_refused_with_the_reason() {
+    let data = TempDir::new("budget");
+    let Some(agent) = agent("[probes]\ncpuBudget = 0.001\n", &data) else {
+        return;
+    };
+    let agent_pid = agent.pid();
+    let before = bpf_links(agent_pid);
+    let busy = Busy::start();
+    let pid = busy.0.id();
+    let reply = agent.request("POST", &format!("/api/memory/trace/{pid}"), Some(TOKEN));
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    let error = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains(&format!("not tracing pid {pid}")), "{error}");
+    assert!(error.contains("allocator calls/s"), "{error}");
+    assert!(error.contains("the budget of 0.1%"), "{error}");
+    let status = agent.get_json("/api/memory/status");
+    let refusals = status["traceRefusals"].as_array().expect("refusals");
+    let refusal = refusals.iter().find(|r| r["pid"] == pid).expect("listed");
+    assert_eq!(refusal["traceReason"], "requested");
+    let reason = refusal["reason"].as_str().expect("a reason");
+    assert!(error.ends_with(reason), "{error} / {reason}");
+    assert!(!status["tracedPids"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|p| p == pid)));
+    links_back_to(agent_pid, before, &agent);
+    let metrics = agent.request("GET", "/metrics", None).text();
+    let line = "memtrace_heap_traces_total{event=\"refused\"} 1";
+    assert!(metrics.contains(line), "no {line:?} in /metrics");
+
+    // A quiet process (memops waits for commands) fits: traced all the time.
+    let memops = Memops::start();
+    let reply = agent.request(
+        "POST",
+        &format!("/api/memory/trace/{}", memops.pid()),
+        Some(TOKEN),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let budget = &reply.json()["budget"];
+    assert_eq!(budget["phase"], "tracing", "{budget:#}");
+    assert_eq!(budget["partial"], false, "{budget:#}");
+    assert_eq!(budget["budgetCores"], 0.001, "{budget:#}");
+    assert!(
+        budget["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("within the budget of 0.1%")),
+        "{budget:#}"
+    );
     agent.stop();
 }

@@ -43,7 +43,8 @@ fn heavy_reads_during_fast_allocation_lose_nothing() {
     let pid = churn.0.id();
     let data = TempDir::new("load");
     let mut spec = AgentSpec::new(
-        "[monitor]\nanalysisInterval = 2\n[alerting]\nchannels = []\n",
+        // The whole churn traced all the time: a budget of all the cores it could use.
+        "[monitor]\nanalysisInterval = 2\n[alerting]\nchannels = []\n[probes]\ncpuBudget = 64\n",
         data.path(),
     );
     spec.args = vec!["--pid".into(), pid.to_string()];

@@ -314,6 +314,10 @@ pub struct Accounting {
     max_sites: usize,
     /// Processes whose malloc family is traced (their heap figures are known).
     traced: HashSet<u32>,
+    /// When the probes of an untraced process were detached (monotonic ns, the events' clock):
+    /// its heap events stamped later are ignored (its probes go in the background, and a heap
+    /// no longer traced must not change).
+    untraced_at: HashMap<u32, u64>,
     trace_all: bool,
     /// Processes that exited, most recent last (bounded).
     exited: VecDeque<Exited>,
@@ -361,6 +365,7 @@ impl Accounting {
             page: procfs::page_size(),
             max_sites: 65536,
             traced: HashSet::new(),
+            untraced_at: HashMap::default(),
             trace_all: false,
             exited: VecDeque::new(),
             operations: VecDeque::new(),
@@ -419,8 +424,10 @@ impl Accounting {
     pub fn set_traced(&mut self, pid: u32, traced: bool) {
         if traced {
             self.traced.insert(pid);
-        } else {
-            self.traced.remove(&pid);
+            self.untraced_at.remove(&pid);
+        } else if self.traced.remove(&pid) {
+            self.untraced_at
+                .insert(pid, crate::os::clock::monotonic_ns());
         }
         let trace_all = self.trace_all;
         if traced {
@@ -559,6 +566,7 @@ impl Accounting {
         let pid = ev.tgid;
         match kind {
             Kind::Exit => {
+                self.untraced_at.remove(&pid);
                 if self.traced.contains(&pid) {
                     self.lifecycle.push((pid, Lifecycle::Exited));
                 }
@@ -625,8 +633,12 @@ impl Accounting {
                 }
             }
             // Events of a process whose probes were just detached (still in the ring buffer)
-            // are counted but do not mark its heap traced again.
+            // are counted but do not mark its heap traced again; those of calls made after
+            // the detach (its probes go in the background) are ignored.
             let traced = self.trace_all || self.traced.contains(&pid);
+            if !traced && self.untraced_at.get(&pid).is_some_and(|&at| ev.ts_ns > at) {
+                return;
+            }
             let state = self.event_state(pid);
             state.heap_traced |= traced;
             let site = state.sites.intern(SiteKey {
@@ -1192,6 +1204,30 @@ mod tests {
         let state = a.process(5).expect("state");
         assert_eq!(state.heap.live_bytes, 2 << 20);
         assert_eq!(state.heap.unknown_frees, 1);
+    }
+
+    /// Probes go in the background after an untrace: the calls made after it (stamped later) do
+    /// not change the heap, those made before it and read after it still do.
+    #[test]
+    fn calls_after_an_untrace_are_ignored() {
+        let mut a = Accounting::new(Box::new(FakeSource::default()));
+        a.state(5);
+        a.set_traced(5, true);
+        let at = |(kind, event): (Kind, Event), ts_ns: u64| (kind, Event { ts_ns, ..event });
+        let before = crate::os::clock::monotonic_ns();
+        a.apply_batch(&[at(malloc(5, 0x1000, 100), before)]);
+        a.set_traced(5, false);
+        let after = crate::os::clock::monotonic_ns() + 1;
+        a.apply_batch(&[
+            at(malloc(5, 0x2000, 200), before),
+            at(malloc(5, 0x3000, 400), after),
+            at(ev(Kind::Free, 5, 0, 0, 0x1000), after),
+        ]);
+        let heap = &a.process(5).expect("state").heap;
+        assert_eq!(
+            (heap.live_bytes, heap.total_allocs, heap.total_frees),
+            (300, 2, 0)
+        );
     }
 
     /// A process traced from its start (`trace -- CMD`) keeps external = RSS - live heap.

@@ -377,6 +377,7 @@ impl Backend for Agent {
                 sent_total: webhook.sent_total,
                 failures_total: webhook.failures_total,
                 dropped_total: webhook.dropped_total,
+                resent_total: webhook.resent_total,
             });
         }
         if let Some(store) = &shared.store {
@@ -388,6 +389,8 @@ impl Backend for Agent {
         input.snapshots_dropped_total = intake.snapshots_dropped;
         input.heap_traces_started_total = intake.traces_started;
         input.heap_traces_stopped_total = intake.traces_stopped;
+        input.heap_traces_refused_total = intake.traces_refused;
+        input.heap_traces_sampled_total = intake.traces_sampled;
         let cost = crate::os::procfs::self_cost();
         input.agent_cpu_seconds_total = cost.cpu_seconds;
         input.agent_rss_bytes = cost.rss_bytes;
@@ -411,12 +414,7 @@ impl Backend for Agent {
                 *counts.entry((alert.kind, alert.severity)).or_default() += 1;
             }
             let mut active = Vec::new();
-            for kind in [
-                AlertType::Threshold,
-                AlertType::Pattern,
-                AlertType::Leak,
-                AlertType::Spike,
-            ] {
+            for kind in AlertType::ALL {
                 for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
                     active.push(AlertCount {
                         kind: kind.as_str().into(),
@@ -427,7 +425,13 @@ impl Backend for Agent {
             }
             input.alerts = Some(AlertMetrics {
                 active,
-                suppressed_total: core.alerts.suppressed.total,
+                suppressed: AlertType::ALL
+                    .iter()
+                    .map(|kind| {
+                        let count = core.alerts.suppressed.by_type.get(kind).copied();
+                        (kind.as_str().to_string(), count.unwrap_or(0))
+                    })
+                    .collect(),
             });
         }
         input.consumers_evicted_total = core.reports.values().map(|r| r.evicted_consumers).sum();

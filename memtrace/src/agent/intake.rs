@@ -408,7 +408,8 @@ impl Intake {
             let was_partial = traced.meter.partial();
             let decided = traced.meter.decision().is_some();
             let action = traced.meter.step(now.mono_ms, count);
-            if action == Action::Keep && decided {
+            let decides = !decided && traced.meter.decision().is_some();
+            if action == Action::Keep && !decides {
                 continue;
             }
             changed = true;
@@ -449,7 +450,7 @@ impl Intake {
                     continue;
                 }
             }
-            if !decided {
+            if decides {
                 let Some(traced) = self.traced.get_mut(&pid) else {
                     continue;
                 };

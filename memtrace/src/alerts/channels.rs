@@ -74,6 +74,8 @@ pub struct WebhookStats {
     pub dropped_total: u64,
     /// Events waiting now.
     pub queued: u64,
+    /// Posts of the firing alerts again (Alertmanager format), delivered.
+    pub resent_total: u64,
 }
 
 /// Delivers alert events to every configured channel.
@@ -459,6 +461,7 @@ impl Webhook {
             failures_total: self.shared.failures.load(Ordering::Relaxed),
             dropped_total: self.shared.dropped.load(Ordering::Relaxed),
             queued,
+            resent_total: self.resent_total(),
         }
     }
 
@@ -472,6 +475,7 @@ impl Webhook {
                 failures_total: self.shared.failures.load(Ordering::Relaxed),
                 dropped_total: self.shared.dropped.load(Ordering::Relaxed),
                 queued: state.queue.len() as u64,
+                resent_total: self.shared.resent.load(Ordering::Relaxed),
             };
             if pred(&stats) {
                 return true;

@@ -45,6 +45,13 @@ pub enum AlertType {
 }
 
 impl AlertType {
+    pub const ALL: [AlertType; 4] = [
+        AlertType::Threshold,
+        AlertType::Pattern,
+        AlertType::Leak,
+        AlertType::Spike,
+    ];
+
     /// The name used in JSON and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -128,6 +128,9 @@ pub struct MetricsInput {
     /// Heap tracings of a process started and stopped (requests, drill-downs, exits).
     pub heap_traces_started_total: u64,
     pub heap_traces_stopped_total: u64,
+    /// Processes let go, and switched to sampling, for their CPU budget.
+    pub heap_traces_refused_total: u64,
+    pub heap_traces_sampled_total: u64,
     /// Processes whose malloc family is traced by a drill-down now; `None` when drill-downs are
     /// off (`drilldown.enabled = false`).
     pub drilldowns_active: Option<u64>,
@@ -158,6 +161,8 @@ impl Default for MetricsInput {
             snapshots_dropped_total: 0,
             heap_traces_started_total: 0,
             heap_traces_stopped_total: 0,
+            heap_traces_refused_total: 0,
+            heap_traces_sampled_total: 0,
             drilldowns_active: None,
             agent_cpu_seconds_total: 0.0,
             agent_rss_bytes: 0,
@@ -198,8 +203,9 @@ pub struct AlertMetrics {
     /// Active alerts by type and severity (every combination, 0 when none, so that rules see a
     /// value).
     pub active: Vec<AlertCount>,
-    /// Alerts not raised because of the hourly limit.
-    pub suppressed_total: u64,
+    /// Alert candidates held back by a budget, by type (`threshold`, `pattern`, `leak`, `spike`,
+    /// every type, 0 when none).
+    pub suppressed: Vec<(String, u64)>,
 }
 
 /// Number of active alerts of one type (`threshold`, `pattern`, `leak`, `spike`) and severity
@@ -219,6 +225,8 @@ pub struct WebhookMetrics {
     pub failures_total: u64,
     /// Dropped from the webhook's full queue (or still queued at shutdown).
     pub dropped_total: u64,
+    /// Firing alerts posted again (`alerting.webhookResendInterval`, Alertmanager format).
+    pub resent_total: u64,
 }
 
 /// Failures of the data directory.

@@ -678,11 +678,15 @@ pub fn render(input: &MetricsInput) -> Result<String, MetricsError> {
                 count.count as f64,
             )?;
         }
-        counter(
+        let suppressed = scrape.counter(
             "memtrace_alerts_suppressed_total",
-            "Alerts not raised because of the hourly limit.",
-            alerts.suppressed_total as f64,
+            "Alert candidates held back by a budget (per identity, per type, host-wide), each \
+             episode once, by alert type.",
+            &["type"],
         )?;
+        for (kind, count) in &alerts.suppressed {
+            suppressed.set(&[kind.as_str()], *count as f64)?;
+        }
     }
 
     // The pipeline.
@@ -721,6 +725,11 @@ pub fn render(input: &MetricsInput) -> Result<String, MetricsError> {
             "Alert events dropped from the webhook's full queue.",
             webhook.dropped_total as f64,
         )?;
+        counter(
+            "memtrace_webhook_resent_total",
+            "Firing alerts posted to the webhook again (Alertmanager format, webhookResendInterval).",
+            webhook.resent_total as f64,
+        )?;
     }
     if let Some(store) = &input.store {
         counter(
@@ -741,11 +750,14 @@ pub fn render(input: &MetricsInput) -> Result<String, MetricsError> {
     )?;
     let traces = scrape.counter(
         "memtrace_heap_traces_total",
-        "Heap tracings of a process started and stopped (requests, drill-downs, exits).",
+        "Heap tracings of a process started and stopped (requests, drill-downs, exits), and \
+         processes sampled or let go for their CPU budget.",
         &["event"],
     )?;
     traces.set(&["started"], input.heap_traces_started_total as f64)?;
     traces.set(&["stopped"], input.heap_traces_stopped_total as f64)?;
+    traces.set(&["sampled"], input.heap_traces_sampled_total as f64)?;
+    traces.set(&["refused"], input.heap_traces_refused_total as f64)?;
     if let Some(active) = input.drilldowns_active {
         gauge(
             "memtrace_drilldowns_active",
@@ -968,6 +980,7 @@ mod tests {
         "memtrace_webhook_sent_total",
         "memtrace_webhook_failures_total",
         "memtrace_webhook_dropped_total",
+        "memtrace_webhook_resent_total",
         "memtrace_snapshots_dropped_total",
         "memtrace_heap_traces_total",
         "memtrace_drilldowns_active",
@@ -1457,7 +1470,7 @@ mod tests {
                     severity: "critical".to_string(),
                     count: 2,
                 }],
-                suppressed_total: 0,
+                suppressed: Vec::new(),
             }),
             ..MetricsInput::default()
         };

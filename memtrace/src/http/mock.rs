@@ -624,7 +624,13 @@ impl Backend for MockBackend {
                 .collect(),
             alerts: Some(AlertMetrics {
                 active,
-                suppressed_total: 2,
+                suppressed: AlertType::ALL
+                    .iter()
+                    .map(|kind| {
+                        let count = u64::from(*kind == AlertType::Pattern) * 2;
+                        (kind.as_str().to_string(), count)
+                    })
+                    .collect(),
             }),
             events_by_kind,
             events_lost_total: 7,
@@ -633,6 +639,7 @@ impl Backend for MockBackend {
                 sent_total: 5,
                 failures_total: 1,
                 dropped_total: 0,
+                resent_total: 0,
             }),
             drilldowns_active: Some(0),
             agent_cpu_seconds_total: 1.25,

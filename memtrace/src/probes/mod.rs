@@ -6,7 +6,7 @@ use std::{collections::HashMap, ffi::CString, io, num::NonZeroU32, os::fd::AsFd 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope},
         ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
@@ -242,6 +242,44 @@ pub struct Probes {
     unwind: UnwindWorker,
     /// Entry probes stay on the entry (`ProbeOptions::entry_probes`).
     entry_probes: bool,
+    /// Detaches uprobe links off the caller's thread.
+    reaper: Reaper,
+}
+
+/// Detaches uprobe links on a thread of its own. The kernel waits for RCU grace periods on each
+/// uprobe it removes (~130 ms a link here, 2.3 s for a process's 17): on the intake thread that
+/// held event reading for seconds at every detach and pause, and a busy host's ring buffer
+/// overflowed meanwhile. The links' events keep coming until each goes; the caller has already
+/// stopped counting them as traced.
+struct Reaper(Option<std::sync::mpsc::Sender<Vec<UProbeLink>>>);
+
+impl Reaper {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+        let spawned = std::thread::Builder::new()
+            .name("memtrace-detach".into())
+            .spawn(move || {
+                for links in rx {
+                    drop(links);
+                }
+            });
+        match spawned {
+            Ok(_) => Self(Some(tx)),
+            Err(err) => {
+                log::warn!("no thread to detach probes on ({err}): detaching in place");
+                Self(None)
+            }
+        }
+    }
+
+    /// Detaches `links`, in their order, in the background (in place without the thread).
+    fn detach(&self, links: Vec<UProbeLink>) {
+        if let Some(tx) = &self.0 {
+            if let Err(std::sync::mpsc::SendError(links)) = tx.send(links) {
+                drop(links);
+            }
+        }
+    }
 }
 
 /// What attaching the malloc family did.
@@ -327,6 +365,7 @@ impl Probes {
             stats: None,
             unwind,
             entry_probes: options.entry_probes,
+            reaper: Reaper::start(),
         })
     }
 
@@ -353,11 +392,21 @@ impl Probes {
         };
         // Attached again: the old links go, the unwind tables stay (the caller registers again).
         self.pause_allocator(target.pid);
+        if let Some(pid) = target.pid {
+            // Calls in flight when the probes went (their return probes never ran) would hold
+            // the threads' next calls as nested.
+            self.forget_in_flight(pid);
+        }
         let mut report = AttachReport::default();
         let mut links = Vec::new();
         let result = (|| {
             let code = &prepared.code;
-            for function in &ALLOCATOR {
+            // `free` first: a block allocated while the allocating probes were on but `free`'s
+            // not yet would look live for ever, where a free of a block allocated before attach
+            // is only counted as unknown.
+            let (frees, allocs): (Vec<&Function>, Vec<&Function>) =
+                ALLOCATOR.iter().partition(|f| f.entry == "free_enter");
+            for function in frees.into_iter().chain(allocs) {
                 let (location, placement, _) = code.locate(function);
                 match attach_function(&mut self.ebpf, function, location, &target.path, scope) {
                     Ok((function_links, at_entry)) => {
@@ -376,6 +425,10 @@ impl Probes {
                 }
                 report.attached.push(function.symbol);
             }
+            // Reported in the family's order.
+            report
+                .attached
+                .sort_by_key(|symbol| ALLOCATOR.iter().position(|f| f.symbol == *symbol));
             if let (Some(cxx), Some(code)) = (&target.cxx, &prepared.cxx) {
                 for function in &CXX_NEW {
                     let (location, placement, tail) = code.locate(function);
@@ -461,6 +514,25 @@ impl Probes {
         self.pause_allocator(pid)
     }
 
+    /// Removes the in-flight allocator calls of `pid`'s threads.
+    fn forget_in_flight(&mut self, pid: u32) {
+        let Some(map) = self.ebpf.map_mut("INFLIGHT") else {
+            return;
+        };
+        let Ok(mut map) = aya::maps::HashMap::<_, u64, memtrace_common::InFlight>::try_from(map)
+        else {
+            return;
+        };
+        let stale: Vec<u64> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| (id >> 32) as u32 == pid)
+            .collect();
+        for id in stale {
+            let _ = map.remove(&id);
+        }
+    }
+
     /// Detaches the allocator probes of `pid` but keeps its unwind tables, for a pause between
     /// two sampling windows. Returns whether anything was attached.
     pub fn pause_allocator(&mut self, pid: Option<u32>) -> bool {
@@ -468,9 +540,19 @@ impl Probes {
         let Some(links) = self.links.remove(&pid) else {
             return false;
         };
-        for (program, link) in links {
-            detach_link(&mut self.ebpf, program, link);
-        }
+        // The entry probes in the reverse order of attach (`free`'s last: the blocks seen
+        // allocated are seen freed), then the return probes: new calls stop being seen first,
+        // and a call seen entering is seen returning.
+        let (returns, entries): (Vec<_>, Vec<_>) = links
+            .into_iter()
+            .rev()
+            .partition(|(program, _)| *program == RETURN_PROGRAM);
+        let owned = entries
+            .into_iter()
+            .chain(returns)
+            .filter_map(|(program, link)| take_link(&mut self.ebpf, program, link))
+            .collect();
+        self.reaper.detach(owned);
         true
     }
 
@@ -757,18 +839,10 @@ fn attach_function(
     scope: UProbeScope,
 ) -> Result<(Links, bool), ProbeError> {
     let mut links = Vec::new();
+    // The return probe first: an entry recorded before its function's return probe exists would
+    // stay in flight, and every later call of the thread would count as nested in it until it is
+    // stale (seconds of a busy process's calls unseen). Detached in the reverse order.
     let attached = (|| {
-        links.push((
-            function.entry,
-            attach_uprobe(
-                ebpf,
-                function.entry,
-                function.symbol,
-                &location,
-                path,
-                scope,
-            )?,
-        ));
         if function.has_return {
             links.push((
                 RETURN_PROGRAM,
@@ -782,6 +856,17 @@ fn attach_function(
                 )?,
             ));
         }
+        links.push((
+            function.entry,
+            attach_uprobe(
+                ebpf,
+                function.entry,
+                function.symbol,
+                &location,
+                path,
+                scope,
+            )?,
+        ));
         Ok(())
     })();
     match attached {
@@ -807,6 +892,15 @@ fn attach_function(
             Ok((links, true))
         }
     }
+}
+
+/// The owned link `link` of `program`: detached when dropped.
+fn take_link(ebpf: &mut Ebpf, program: &'static str, link: UProbeLinkId) -> Option<UProbeLink> {
+    let uprobe = <&mut UProbe>::try_from(ebpf.program_mut(program)?).ok()?;
+    uprobe
+        .take_link(link)
+        .inspect_err(|err| log::debug!("detaching {program}: {err}"))
+        .ok()
 }
 
 fn detach_link(ebpf: &mut Ebpf, program: &'static str, link: UProbeLinkId) {
