@@ -110,6 +110,8 @@ fn unwind(pc: u64, sp: u64, bp: u64) -> i64 {
             return NO_STACK;
         }
         let id = (*state).hash >> 1;
+        // By reference: the trace is far larger than the BPF stack's 512 bytes.
+        #[allow(clippy::needless_borrows_for_generic_args)]
         match STACK_TRACES.insert(id, &(*state).trace, u64::from(BPF_NOEXIST)) {
             Ok(()) => id as i64,
             // EEXIST: the same stack is stored already.
