@@ -2,11 +2,7 @@
 //! alert; the agent then traces its heap for a bounded window, puts the consumers it found into
 //! the alert's context, and detaches. Driven through the agent's own `Pipeline::tick`.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use memtrace::{
     agent::{Now, Pipeline},
@@ -14,7 +10,7 @@ use memtrace::{
     config::Config,
     probes::budget::Phase,
 };
-use memtrace_integration::{can_trace, workload};
+use memtrace_integration::{can_trace, Grower};
 
 /// Pattern alerts at once, one-second snapshots and analyses, drill-downs of `window` seconds.
 fn config(window: u64) -> Config {
@@ -39,26 +35,6 @@ fn config(window: u64) -> Config {
     config
 }
 
-/// A `grower` (`args`: none, or `busy`), stopped by a line on its stdin.
-fn grower(args: &[&str]) -> Child {
-    let mut child = Command::new(workload("grower"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("grower");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    child
-}
-
-fn stop(mut child: Child) {
-    let _ = child.stdin.as_mut().map(|s| s.write_all(b"\n"));
-    let _ = child.wait();
-}
-
 #[test]
 fn growing_process_is_drilled_into() {
     if !can_trace() {
@@ -66,8 +42,8 @@ fn growing_process_is_drilled_into() {
     }
     let mut pipeline = Pipeline::start(config(3)).expect("agent starts");
 
-    let child = grower(&[]);
-    let pid = child.id();
+    let child = Grower::start(&[]);
+    let pid = child.pid();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut drilled = false;
     let alert = loop {
@@ -119,7 +95,7 @@ fn growing_process_is_drilled_into() {
     );
     assert!(!pipeline.shared.intake.load().is_traced(pid));
     // A sleeping grower makes few allocator calls: traced all the time, its figures complete.
-    stop(child);
+    child.stop();
 }
 
 /// Ticks the pipeline until `check` holds (panics with the intake's view after `timeout`).
@@ -164,8 +140,8 @@ fn a_busy_process_drilled_into_is_sampled_within_its_budget() {
     // half a core or more): 10% of a core is a fraction of it, and a pause of a few seconds.
     config.drilldown.cpu_budget = 0.1;
     let mut pipeline = Pipeline::start(config).expect("agent starts");
-    let child = grower(&["busy"]);
-    let pid = child.id();
+    let child = Grower::start(&["busy"]);
+    let pid = child.pid();
 
     // Drilled into, measured, then paused: sampled.
     let sampled = tick_until(
@@ -217,7 +193,7 @@ fn a_busy_process_drilled_into_is_sampled_within_its_budget() {
         state.heap.live_bytes,
         state.heap.total_allocs
     );
-    stop(child);
+    child.stop();
 }
 
 /// Issue 12 item 3: with a budget the busy process cannot fit even by sampling, the drill-down
@@ -230,8 +206,8 @@ fn a_drilldown_far_over_its_budget_is_refused_with_the_reason() {
     let mut config = config(60);
     config.drilldown.cpu_budget = 0.001;
     let mut pipeline = Pipeline::start(config).expect("agent starts");
-    let child = grower(&["busy"]);
-    let pid = child.id();
+    let child = Grower::start(&["busy"]);
+    let pid = child.pid();
     let mut drilled = false;
     let refusal = tick_until(&mut pipeline, Duration::from_secs(60), "a refusal", |p| {
         let intake = p.shared.intake.load();
@@ -256,5 +232,5 @@ fn a_drilldown_far_over_its_budget_is_refused_with_the_reason() {
         .accounting
         .process(pid)
         .is_some_and(|p| p.heap_traced));
-    stop(child);
+    child.stop();
 }

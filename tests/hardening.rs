@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memtrace_integration::{wait_for, workload, Agent, AgentSpec, Memops, TempDir};
+use memtrace_integration::{wait_for, workload, Agent, AgentSpec, Grower, Memops, TempDir};
 
 const TOKEN: &str = "hardening-token";
 
@@ -328,32 +328,6 @@ fn tokens_are_trimmed_and_blank_is_unset() {
     agent.stop();
 }
 
-/// A `grower busy`: allocates and frees as fast as it can (and grows), killed on drop.
-struct Busy(Child);
-
-impl Busy {
-    fn start() -> Self {
-        let mut child = Command::new(workload("grower"))
-            .arg("busy")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("grower starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready");
-        Self(child)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Guards issue 12 item 3 through the API: a request to trace a process whose allocator calls
 /// would cost it far more than `probes.cpuBudget` is answered 409 with the reason once measured,
 /// the process is listed in the status's refusals and counted in /metrics, and its probes are
@@ -367,8 +341,8 @@ fn a_trace_request_over_the_cpu_budget_is_refused_with_the_reason() {
     };
     let agent_pid = agent.pid();
     let before = bpf_links(agent_pid);
-    let busy = Busy::start();
-    let pid = busy.0.id();
+    let busy = Grower::start(&["busy"]);
+    let pid = busy.pid();
     let reply = agent.request("POST", &format!("/api/memory/trace/{pid}"), Some(TOKEN));
     assert_eq!(reply.status, 409, "{}", reply.text());
     let error = reply.json()["error"]

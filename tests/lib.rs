@@ -701,6 +701,46 @@ impl Drop for Agent {
     }
 }
 
+/// A `grower` workload (see `workloads/grower.c`; `args`: none, `busy` or `steady`), started and
+/// ready. Killed on drop; [`Grower::stop`] ends it as it expects (a line on its stdin).
+pub struct Grower {
+    pub child: Child,
+}
+
+impl Grower {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(workload("grower"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("grower starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout piped"))
+            .read_line(&mut line)
+            .expect("grower says ready");
+        assert_eq!(line.trim(), "ready");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends it with a line on its stdin and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.child.stdin.as_mut().map(|s| s.write_all(b"\n"));
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Grower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A `leaker` workload (see `workloads/leaker.c`): `leak` grows by 2 MiB every 100 ms, `cycle`
 /// allocates and frees 2 MiB every 100 ms. Killed on drop.
 pub struct Leaker {

@@ -332,24 +332,11 @@ fn only_traced_processes_pay_for_mapping_stacks() {
 /// 300,000 events lost meanwhile (`no_loss` below).
 #[test]
 fn a_process_busy_in_its_allocator_is_seen_from_its_next_call() {
-    use std::{
-        io::{BufRead, BufReader},
-        process::{Command, Stdio},
-        time::{Duration, Instant},
-    };
+    use std::time::{Duration, Instant};
     let Some(mut session) = session() else { return };
     // grower steady: mallocs and frees 64 bytes every 10 µs, and keeps 256 KiB every 50 ms.
-    let mut busy = Command::new(memtrace_integration::workload("grower"))
-        .arg("steady")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("grower starts");
-    let mut line = String::new();
-    BufReader::new(busy.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let pid = busy.id();
+    let busy = memtrace_integration::Grower::start(&["steady"]);
+    let pid = busy.pid();
     session.trace_pid(pid).expect("attach");
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
@@ -357,8 +344,7 @@ fn a_process_busy_in_its_allocator_is_seen_from_its_next_call() {
     }
     session.untrace_pid(pid);
     // The probes go in the background; the process's end stops its events.
-    let _ = busy.kill();
-    let _ = busy.wait();
+    drop(busy);
     session.poll();
     let nested = counter(&session, "nested_allocator_calls");
     let heap = session
