@@ -262,3 +262,47 @@ fn json_logs_are_one_object_per_line() {
     assert!(warning["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert!(warning["target"].as_str().is_some());
 }
+
+/// Guards the placement of C++ `operator new` under `trace -- CMD`: the host's `libstdc++.so.6`
+/// is a link, which the placement (opening libraries without following links) refused, so every
+/// `operator new` probe of a C++ program run that way sat on its single-stepped entry.
+#[test]
+fn trace_of_a_cxx_command_places_operator_new() {
+    if !can_trace() {
+        return;
+    }
+    let program = std::path::PathBuf::from(env!("OUT_DIR"))
+        .join("attrib-fp")
+        .join("attrib_main");
+    let mut child = Command::new(memtrace_binary())
+        .args(["trace", "--json", "--"])
+        .arg(&program)
+        .arg("exit")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memtrace runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        stdin.write_all(b"g").expect("the workload goes");
+    }
+    let out = child.wait_with_output().expect("memtrace finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("entry probes on libstdc++"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').expect("a JSON report")..]).expect("JSON");
+    let placements = report["placements"].as_array().expect("placements");
+    let new = placements
+        .iter()
+        .find(|p| p["symbol"] == "_Znwm")
+        .unwrap_or_else(|| panic!("operator new placed: {placements:#?}"));
+    assert!(new["object"]
+        .as_str()
+        .is_some_and(|o| o.starts_with("libstdc++")));
+    assert_eq!(new["emulated"], true, "{new:#}");
+    assert!(new["offset"].as_u64().is_some_and(|o| o > 0), "{new:#}");
+}

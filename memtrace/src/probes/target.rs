@@ -129,6 +129,9 @@ pub fn allocator_for_command(program: &str, pid: u32) -> Result<AllocatorTarget,
                 .find(|p| p.is_file())
         })
     };
+    // The user's own command, resolved as exec will (files of traced processes are opened without
+    // following links, and `/usr/bin/python3` is one).
+    let path = path.map(|p| p.canonicalize().unwrap_or(p));
     let mut target = host_libc()?;
     target.pid = Some(pid);
     if let Some(path) = path.filter(|p| defines_symbol(p, "malloc")) {
@@ -157,6 +160,10 @@ pub fn host_libc() -> Result<AllocatorTarget, ProbeError> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
+    // The host's own library, by its real file: `libstdc++.so.6` is a link, and the placement
+    // opens libraries without following links (it found none, and put every `operator new`
+    // probe on its single-stepped entry, for every C++ program run under `trace -- CMD`).
+    .and_then(|p| p.canonicalize().ok())
     .or_else(|| target.cxx.as_deref().map(strip));
     Ok(target)
 }
@@ -165,6 +172,16 @@ pub fn host_libc() -> Result<AllocatorTarget, ProbeError> {
 mod tests {
     use super::*;
     use crate::os::procfs::MapLine;
+
+    /// The host's allocator files are ones the placement can open (no link left in their path).
+    #[test]
+    fn the_hosts_allocator_files_open_as_regular_files() {
+        let target = host_libc().expect("this host has a libc");
+        for path in std::iter::once(&target.path).chain(target.cxx.as_ref()) {
+            crate::os::files::open_regular(path)
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        }
+    }
 
     fn map(path: &str) -> MapLine {
         MapLine {
