@@ -248,6 +248,10 @@ pub struct SelfCost {
     pub peak_rss_bytes: u64,
     /// Sum of `memlock` of this process's BPF map descriptors (`/proc/self/fdinfo`).
     pub bpf_map_bytes: u64,
+    /// Resident bytes of the BPF maps mapped into this process (the ring buffer, mapped twice,
+    /// and the unwind rows): the same kernel pages are in `rss_bytes`/`peak_rss_bytes` and in
+    /// `bpf_map_bytes`, so a total counts them once by taking this off.
+    pub bpf_mapped_bytes: u64,
 }
 
 pub fn self_cost() -> SelfCost {
@@ -290,7 +294,36 @@ pub fn self_cost() -> SelfCost {
         rss_bytes: field("VmRSS:"),
         peak_rss_bytes: field("VmHWM:"),
         bpf_map_bytes,
+        bpf_mapped_bytes: fs::read_to_string("/proc/self/smaps")
+            .map(|smaps| bpf_mapped_bytes(&smaps))
+            .unwrap_or(0),
     }
+}
+
+/// The `Rss` of the `anon_inode:bpf-map` mappings of an `smaps` text, in bytes.
+fn bpf_mapped_bytes(smaps: &str) -> u64 {
+    let mut in_map = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if in_map {
+                kib += rss
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|range| range.contains('-') && !range.ends_with(':'))
+        {
+            // A mapping's first line: `start-end perms offset dev inode [path]`.
+            in_map = line.split_whitespace().nth(5) == Some("anon_inode:bpf-map");
+        }
+    }
+    kib * 1024
 }
 
 /// Clock ticks per second of the start times in `/proc/PID/stat` (`_SC_CLK_TCK`, 100 almost
@@ -315,6 +348,24 @@ pub fn page_size() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bpf_maps_mapped_into_the_process_are_summed_from_smaps() {
+        let smaps = "\
+55d0c0a00000-55d0c0c00000 r--p 00000000 fe:01 1234 /usr/bin/memtrace
+Size:               2048 kB
+Rss:                1500 kB
+7f0000000000-7f0001000000 rw-s 00000000 00:0f 77 anon_inode:bpf-map
+Size:              16388 kB
+Rss:               16388 kB
+7f0002000000-7f0002800000 rw-s 00000000 00:0f 78 anon_inode:bpf-map
+Size:               8192 kB
+Rss:                8192 kB
+7f0003000000-7f0003100000 rw-p 00000000 00:00 0
+Rss:                 100 kB
+";
+        assert_eq!(bpf_mapped_bytes(smaps), (16388 + 8192) * 1024);
+    }
+
     use super::*;
 
     #[test]
