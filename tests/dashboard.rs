@@ -12,9 +12,8 @@
 //!   screenshots of the cards and charts, of the consumers and of the whole page.
 
 use std::{
-    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -23,7 +22,7 @@ use std::{
 };
 
 use memtrace_integration::{
-    memtrace_binary, peer_program, wait_for, workload, Agent, AgentSpec, Memops, TempDir,
+    memtrace_binary, peer_program, wait_for, workload, Agent, AgentSpec, Leaker, Memops, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -256,11 +255,9 @@ fn binary(bytes: u64) -> String {
 }
 
 /// A memops process started from a copy of the workload under another file name (so under
-/// another command name), driven line by line like [`Memops`].
+/// another command name).
 struct Renamed {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    memops: Memops,
     _dir: TempDir,
 }
 
@@ -269,71 +266,10 @@ impl Renamed {
         let dir = TempDir::new("renamed");
         let path = dir.path().join(name);
         std::fs::copy(workload("memops"), &path).expect("copying memops");
-        let mut child = Command::new(&path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the renamed memops starts");
-        let stdin = child.stdin.take().expect("stdin piped");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("memops says ready");
-        assert_eq!(line.trim(), "ready");
         Self {
-            child,
-            stdin,
-            stdout,
+            memops: Memops::start_at(&path),
             _dir: dir,
         }
-    }
-
-    fn run(&mut self, command: &str) -> u64 {
-        writeln!(self.stdin, "{command}").expect("command sent");
-        self.stdin.flush().expect("flushed");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reply read");
-        line.trim()
-            .strip_prefix("ok ")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{command}: unexpected reply {line:?}"))
-    }
-}
-
-impl Drop for Renamed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `leaker leak MAX` process (2 MiB touched every 100 ms up to MAX MiB), killed on drop.
-struct Leak(Child);
-
-impl Leak {
-    fn start(max_mib: u32) -> Self {
-        let mut child = Command::new(workload("leaker"))
-            .args(["leak", &max_mib.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("leaker starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout piped"))
-            .read_line(&mut line)
-            .expect("leaker says ready");
-        assert_eq!(line.trim(), "ready");
-        Self(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Leak {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -358,9 +294,9 @@ fn dashboard_shows_the_figures_of_the_api() {
     // 1 MiB blocks: once traced, those are the allocator's own memory (`allocatorInternal`).
     let name = "<b>&amp;'\"x";
     let mut marked = Renamed::start(name);
-    let marked_pid = marked.child.id();
-    assert_eq!(marked.run("mallocn 0 64 65536"), 64);
-    assert_eq!(marked.run("mallocn 200 4 1048576"), 4);
+    let marked_pid = marked.memops.pid();
+    assert_eq!(marked.memops.run("mallocn 0 64 65536"), 64);
+    assert_eq!(marked.memops.run("mallocn 200 4 1048576"), 4);
     wait_for(
         Duration::from_secs(20),
         "the break growth of the untraced process in a snapshot",
@@ -373,10 +309,10 @@ fn dashboard_shows_the_figures_of_the_api() {
     trace(&agent, marked_pid);
     // Traced: 4 MiB of heap, and 2 GiB of address space it never touches (1 GiB of anonymous
     // memory reserved by growing a page with mremap, 1 GiB of its own file mapped past its end).
-    assert_eq!(marked.run("mallocn 300 64 65536"), 64);
-    assert_eq!(marked.run("mmap 100 4096 anon"), 1);
-    assert_eq!(marked.run(&format!("mremap 100 4096 {GIB}")), 1);
-    assert_eq!(marked.run(&format!("mmap 101 {GIB} file")), 1);
+    assert_eq!(marked.memops.run("mallocn 300 64 65536"), 64);
+    assert_eq!(marked.memops.run("mmap 100 4096 anon"), 1);
+    assert_eq!(marked.memops.run(&format!("mremap 100 4096 {GIB}")), 1);
+    assert_eq!(marked.memops.run(&format!("mmap 101 {GIB} file")), 1);
     let (snapshot, internal) = wait_for(
         Duration::from_secs(30),
         "the marked process's heap, mappings and allocator-internal consumers",
@@ -435,9 +371,9 @@ fn dashboard_shows_the_figures_of_the_api() {
         })
     };
     // Two leakers (RSS and heap grow together, 20 MiB/s, for 30 s): one traced, one not.
-    let traced_leak = Leak::start(600);
+    let traced_leak = Leaker::start_with(&["leak", "600"]);
     trace(&agent, traced_leak.pid());
-    let untraced_leak = Leak::start(600);
+    let untraced_leak = Leaker::start_with(&["leak", "600"]);
 
     let dir = TempDir::new("dashboard-expect");
     let expect_path = dir.path().join("expect.json");

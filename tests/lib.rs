@@ -110,16 +110,23 @@ impl Memops {
 
     /// A build of the workload by name (`memops`, `memops_static`).
     pub fn start_named(name: &str) -> Self {
-        let mut child = Command::new(workload(name))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("memops starts");
+        Self::start_at(&workload(name))
+    }
+
+    /// memops run from `path` (a copy or a link under another name: the kernel names a process
+    /// after the file it executes). Killed with the test process if that dies first.
+    pub fn start_at(path: &Path) -> Self {
+        let mut command = Command::new(path);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = ready(command.stdin(Stdio::piped()), "memops");
         let stdin = child.stdin.take().expect("stdin piped");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("memops says ready");
-        assert_eq!(line.trim(), "ready");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
         Self {
             child,
             stdin,
@@ -701,6 +708,23 @@ impl Drop for Agent {
     }
 }
 
+/// Spawns `command` with its stdout piped and waits for the workload's `ready` line; the stdout
+/// is put back into the child for the caller (the workloads write nothing more until asked).
+fn ready(command: &mut Command, what: &str) -> Child {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("{what} starts: {err}"));
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .unwrap_or_else(|err| panic!("{what} says ready: {err}"));
+    assert_eq!(line.trim(), "ready", "{what}");
+    child.stdout = Some(stdout.into_inner());
+    child
+}
+
 /// A `grower` workload (see `workloads/grower.c`; `args`: none, `busy` or `steady`), started and
 /// ready. Killed on drop; [`Grower::stop`] ends it as it expects (a line on its stdin).
 pub struct Grower {
@@ -709,17 +733,10 @@ pub struct Grower {
 
 impl Grower {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(workload("grower"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("grower starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout piped"))
-            .read_line(&mut line)
-            .expect("grower says ready");
-        assert_eq!(line.trim(), "ready");
+        let mut command = Command::new(workload("grower"));
+        let mut child = ready(command.args(args).stdin(Stdio::piped()), "grower");
+        // Its stdout is not read again.
+        drop(child.stdout.take());
         Self { child }
     }
 
@@ -749,17 +766,14 @@ pub struct Leaker {
 
 impl Leaker {
     pub fn start(mode: &str) -> Self {
-        let mut child = Command::new(workload("leaker"))
-            .arg(mode)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("leaker starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout piped"))
-            .read_line(&mut line)
-            .expect("leaker says ready");
-        assert_eq!(line.trim(), "ready");
+        Self::start_with(&[mode])
+    }
+
+    /// `leaker ARGS...` (e.g. `leak 600`: stop growing at 600 MiB).
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut command = Command::new(workload("leaker"));
+        let mut child = ready(command.args(args).stdin(Stdio::null()), "leaker");
+        drop(child.stdout.take());
         Self { child }
     }
 

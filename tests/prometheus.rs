@@ -6,10 +6,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -416,54 +416,37 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
 }
 
 /// A `memops` run under another command name (through a symbolic link: the kernel names a
-/// process after the file it executes), driven line by line; killed on drop.
-struct Churner {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+/// process after the file it executes); exits by itself on drop.
+struct Churner(Option<Memops>);
 
 impl Churner {
     fn start(link: &Path) -> Self {
-        let mut command = Command::new(link);
-        command.stdin(Stdio::piped()).stdout(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("memops starts");
-        let stdin = child.stdin.take().expect("stdin piped");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("memops says ready");
-        assert_eq!(line.trim(), "ready");
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
+        Self(Some(Memops::start_at(link)))
+    }
+
+    fn memops(&mut self) -> &mut Memops {
+        self.0.as_mut().expect("running until dropped")
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.as_ref().map_or(0, Memops::pid)
     }
 
     /// Maps and touches `bytes` of anonymous memory (resident at once).
     fn touch(&mut self, bytes: u64) {
-        writeln!(self.stdin, "mmap 0 {bytes} anon").expect("command sent");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reply read");
-        assert_eq!(line.trim(), "ok 1", "mmap of {bytes} bytes");
+        assert_eq!(
+            self.memops().run(&format!("mmap 0 {bytes} anon")),
+            1,
+            "mmap of {bytes} bytes"
+        );
     }
 }
 
 impl Drop for Churner {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "exit 0");
-        let _ = self.child.wait();
+        if let Some(memops) = self.0.take() {
+            memops.exit();
+        }
     }
 }
 
