@@ -233,10 +233,20 @@ pub struct UnwindState {
     /// `UNWIND_GENERATION` when the walk started.
     pub generation: u32,
     pub _pad: u32,
+    /// The user address `window` holds, `UNWIND_WINDOW`-aligned, or 1 (none) at a walk's start.
+    pub window_base: u64,
+    /// A copy of the `UNWIND_WINDOW` bytes of user stack at `window_base`: one read serves every
+    /// frame in it.
+    pub window: [u64; UNWIND_WINDOW / 8],
     pub trace: StackTrace,
 }
 
-const _: () = assert!(size_of::<UnwindState>() == 56 + size_of::<StackTrace>());
+/// Bytes of user stack the unwinder copies at once: a power of two that divides the page size, so
+/// an aligned window lies in one page and reads whole whenever any word of it can be read.
+pub const UNWIND_WINDOW: usize = 512;
+const _: () = assert!(UNWIND_WINDOW.is_power_of_two() && 4096 % UNWIND_WINDOW == 0);
+
+const _: () = assert!(size_of::<UnwindState>() == 64 + UNWIND_WINDOW + size_of::<StackTrace>());
 
 /// Slots of the per-CPU cache of rows found (a power of two).
 pub const UNWIND_CACHE_SLOTS: u32 = 4096;

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{pt_regs, BPF_NOEXIST},
     helpers::{
         bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_task_pt_regs,
+        bpf_task_pt_regs, generated,
     },
 };
 use memtrace_common::{
@@ -21,6 +21,7 @@ use memtrace_common::{
     COUNTER_UNWIND_NO_ROW, COUNTER_UNWIND_READ_FAILED, COUNTER_UNWIND_TRUNCATED,
     COUNTER_UNWIND_UNSUPPORTED, NO_STACK, ROW_CFA_RBP, ROW_CFA_RSP, ROW_END, ROW_PLT,
     UNWIND_MAX_FRAMES, UNWIND_MAX_MAPPINGS, UNWIND_NO_TABLE, UNWIND_ROW_SEARCH_STEPS,
+    UNWIND_WINDOW,
 };
 
 use crate::maps::{
@@ -33,6 +34,9 @@ const NO_SLOT: u32 = u32::MAX;
 /// Binary search steps over a process's mappings (log2 of `UNWIND_MAX_MAPPINGS`).
 const MAPPING_SEARCH_STEPS: u32 = 8;
 const _: () = assert!(1 << MAPPING_SEARCH_STEPS == UNWIND_MAX_MAPPINGS);
+
+/// `UnwindState::window_base` when the window holds nothing (no aligned address is odd).
+const NO_WINDOW: u64 = 1;
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -99,6 +103,7 @@ fn unwind(pc: u64, sp: u64, bp: u64) -> i64 {
         (*state).stop = 0;
         (*state).depth = depth;
         (*state).generation = UNWIND_GENERATION.get(0).copied().unwrap_or(0);
+        (*state).window_base = NO_WINDOW;
         (*state).trace.len = 0;
         // The callback's context must be on the stack: it finds the scratch slot itself.
         let mut unused = 0u64;
@@ -181,16 +186,14 @@ extern "C" fn step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
                 } else {
                     sp.wrapping_add(row.cfa_offset as i64 as u64)
                 };
-                let Ok(ra) = bpf_probe_read_user((cfa - 8) as *const u64) else {
+                let Ok(ra) = read_stack(state, cfa - 8) else {
                     (*state).stop = COUNTER_UNWIND_READ_FAILED;
                     return 1;
                 };
                 let bp = if row.rbp_offset != 0 {
-                    match bpf_probe_read_user(
-                        cfa.wrapping_add((row.rbp_offset as i64 * 8) as u64) as *const u64
-                    ) {
+                    match read_stack(state, cfa.wrapping_add((row.rbp_offset as i64 * 8) as u64)) {
                         Ok(bp) => bp,
-                        Err(_) => {
+                        Err(()) => {
                             (*state).stop = COUNTER_UNWIND_READ_FAILED;
                             return 1;
                         }
@@ -210,7 +213,7 @@ extern "C" fn step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
                 if (*state).slot != NO_SLOT {
                     bump(reason);
                 }
-                match frame_pointer(i, sp, (*state).bp) {
+                match frame_pointer(state, i, sp, (*state).bp) {
                     Ok(Some(next)) => next,
                     Ok(None) => return 1,
                     Err(reason) => {
@@ -236,23 +239,52 @@ extern "C" fn step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
 /// Above it, rbp points at the saved rbp with the return address above that. `Ok(None)`: the
 /// chain ends (rbp 0).
 #[inline(always)]
-fn frame_pointer(i: usize, sp: u64, bp: u64) -> Result<Option<(u64, u64, u64)>, u32> {
-    // SAFETY: user memory read through the helper; failures are reported.
+fn frame_pointer(
+    state: *mut UnwindState,
+    i: usize,
+    sp: u64,
+    bp: u64,
+) -> Result<Option<(u64, u64, u64)>, u32> {
+    if i == 0 {
+        let ra = read_stack(state, sp).map_err(|()| COUNTER_UNWIND_READ_FAILED)?;
+        return Ok(Some((ra, sp + 8, bp)));
+    }
+    if bp == 0 {
+        return Ok(None);
+    }
+    if bp < sp {
+        return Err(COUNTER_UNWIND_BAD_FRAME);
+    }
+    let saved = read_stack(state, bp).map_err(|()| COUNTER_UNWIND_READ_FAILED)?;
+    let ra = read_stack(state, bp + 8).map_err(|()| COUNTER_UNWIND_READ_FAILED)?;
+    Ok(Some((ra, bp + 16, saved)))
+}
+
+/// The user word at `addr`, through the walk's window on the stack: a frame's words are mostly in
+/// the window the frame below it loaded, so most frames read no user memory at all. A window that
+/// cannot be read (and an unaligned address) falls back to reading the one word.
+#[inline(always)]
+fn read_stack(state: *mut UnwindState, addr: u64) -> Result<u64, ()> {
+    const WINDOW: u64 = UNWIND_WINDOW as u64;
+    let base = addr & !(WINDOW - 1);
+    // SAFETY: `state` is this CPU's scratch slot; user memory is read through the helper and
+    // every index into the window is masked into it.
     unsafe {
-        if i == 0 {
-            let ra =
-                bpf_probe_read_user(sp as *const u64).map_err(|_| COUNTER_UNWIND_READ_FAILED)?;
-            return Ok(Some((ra, sp + 8, bp)));
+        if addr & 7 == 0 {
+            if (*state).window_base != base {
+                let window = (&raw mut (*state).window).cast::<core::ffi::c_void>();
+                if generated::bpf_probe_read_user(window, WINDOW as u32, base as *const _) == 0 {
+                    (*state).window_base = base;
+                } else {
+                    (*state).window_base = NO_WINDOW;
+                }
+            }
+            if (*state).window_base == base {
+                let index = ((addr - base) / 8) as usize & (UNWIND_WINDOW / 8 - 1);
+                return Ok((*state).window[index]);
+            }
         }
-        if bp == 0 {
-            return Ok(None);
-        }
-        if bp < sp {
-            return Err(COUNTER_UNWIND_BAD_FRAME);
-        }
-        let saved =
-            bpf_probe_read_user(bp as *const [u64; 2]).map_err(|_| COUNTER_UNWIND_READ_FAILED)?;
-        Ok(Some((saved[1], bp + 16, saved[0])))
+        bpf_probe_read_user(addr as *const u64).map_err(|_| ())
     }
 }
 
