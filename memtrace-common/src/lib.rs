@@ -243,7 +243,7 @@ pub struct UnwindState {
 
 /// Bytes of user stack the unwinder copies at once: a power of two that divides the page size, so
 /// an aligned window lies in one page and reads whole whenever any word of it can be read.
-pub const UNWIND_WINDOW: usize = 512;
+pub const UNWIND_WINDOW: usize = 2048;
 const _: () = assert!(UNWIND_WINDOW.is_power_of_two() && 4096 % UNWIND_WINDOW == 0);
 
 const _: () = assert!(size_of::<UnwindState>() == 64 + UNWIND_WINDOW + size_of::<StackTrace>());
