@@ -3,14 +3,15 @@
 //! It lives in the integration crate (it drives a `Session` and reads the kernel's BPF
 //! statistics); this runs it and lets it print its figures.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-pub fn run(root: &Path) -> anyhow::Result<()> {
+/// Runs the benchmark with `cargo`: a cargo command in the workspace with bpf-linker on its PATH
+/// (the test build compiles the eBPF object).
+pub fn run(mut cargo: Command) -> anyhow::Result<()> {
     eprintln!("bench: unwinding cost and table memory (tests/bench_unwind.rs)");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root)
+    let status = cargo
         .args([
             "test",
             "--release",

@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { json, quick } => {
             let binary = build(&root, true)?;
             bench::run(&root, &binary, json.as_deref(), quick)?;
-            bench_unwind::run(&root)
+            bench_unwind::run(cargo(&root, &bootstrap()?)?)
         }
         Task::Lint => lint(&root),
         Task::Fuzz { seconds, targets } => {
