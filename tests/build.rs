@@ -8,7 +8,9 @@ use std::{
 };
 
 fn compile(compiler: &str, args: &[&str], output: &Path, sources: &[&str]) {
-    for source in sources {
+    // Sources, not the linker flags among them (a missing "file" would run this script again at
+    // every build).
+    for source in sources.iter().filter(|s| !s.starts_with('-')) {
         println!("cargo:rerun-if-changed={source}");
     }
     let status = Command::new(compiler)
@@ -19,6 +21,31 @@ fn compile(compiler: &str, args: &[&str], output: &Path, sources: &[&str]) {
         .status()
         .unwrap_or_else(|err| panic!("{compiler} is needed to build the test workloads: {err}"));
     assert!(status.success(), "compiling {sources:?} failed");
+}
+
+/// Runs a binutils tool in `dir`.
+fn run(dir: &Path, tool: &str, args: &[&str]) {
+    let status = Command::new(tool)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap_or_else(|err| {
+            panic!("{tool} (binutils) is needed to build the test workloads: {err}")
+        });
+    assert!(status.success(), "{tool} {args:?} failed");
+}
+
+/// The GNU build id of `path` in hex, as `readelf -n` prints it.
+fn build_id(path: &Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .expect("readelf (binutils) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: ").map(str::to_string))
+        .unwrap_or_else(|| panic!("{} has no build id", path.display()))
 }
 
 fn main() {
@@ -145,6 +172,48 @@ fn main() {
             &dir.join("unwind_main"),
             &["workloads/unwind/main.c", "-luwa", "-luwwrap", "-ldl"],
         );
+    }
+    // The symbols workload: a library whose static functions and inlined code are named only by
+    // its separate debug file (the library is stripped to .dynsym and links the debug file), found
+    // next to it (symbols-link) or by build id in a debug directory (symbols-buildid/debug).
+    for variant in ["link", "buildid"] {
+        let dir = out.join(format!("symbols-{variant}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("output dir");
+        let lib = dir.join("libsym.so");
+        compile(
+            &cc,
+            &["-O1", "-g", "-fPIC", "-shared", "-Wl,--build-id"],
+            &lib,
+            &["workloads/symbols/libsym.c"],
+        );
+        let dir_arg = format!("-L{}", dir.display());
+        compile(
+            &cc,
+            &["-O1", &dir_arg, "-Wl,-rpath,$ORIGIN"],
+            &dir.join("symbols_main"),
+            &["workloads/symbols/main.c", "-lsym"],
+        );
+        run(
+            &dir,
+            "objcopy",
+            &["--only-keep-debug", "libsym.so", "libsym.so.debug"],
+        );
+        run(&dir, "objcopy", &["--strip-all", "libsym.so"]);
+        run(
+            &dir,
+            "objcopy",
+            &["--add-gnu-debuglink=libsym.so.debug", "libsym.so"],
+        );
+        if variant == "buildid" {
+            let id = build_id(&lib);
+            let target = dir
+                .join("debug/.build-id")
+                .join(&id[..2])
+                .join(format!("{}.debug", &id[2..]));
+            std::fs::create_dir_all(target.parent().expect("a parent")).expect("debug dir");
+            std::fs::rename(dir.join("libsym.so.debug"), &target).expect("debug file moved");
+        }
     }
     // The unwinding benchmark's workload, with and without frame pointers.
     for (name, fp) in [

@@ -414,3 +414,166 @@ fn node_jit_frames_are_named() {
         .unwrap_or_else(|| panic!("{}", dump(&report)));
     assert!(top.allocated_memory >= 65536);
 }
+
+/// Line `LINE:<marker>` of the symbols workload's library source.
+fn marked_line(marker: &str) -> u32 {
+    let source = include_str!("workloads/symbols/libsym.c");
+    let tag = format!("LINE:{marker} ");
+    source
+        .lines()
+        .position(|line| line.contains(&tag))
+        .map(|i| i as u32 + 1)
+        .unwrap_or_else(|| panic!("no {tag} in libsym.c"))
+}
+
+/// Traces `symbols_main` in `dir` keeping 25 blocks of 6,000 bytes and checks the site's frames
+/// by name, file and line: names that only the separate debug file has (a static function, and
+/// the helper inlined into it, as its own frame).
+fn symbols_from_debug_file(dir: &std::path::Path, debug_dirs: Vec<PathBuf>) {
+    let Some(mut session) = session() else { return };
+    let mut w = Driven::start(Command::new(dir.join("symbols_main")), "ready");
+    let pid = w.pid();
+    session.trace_pid(pid).expect("attach");
+    w.send("k");
+    w.expect("ok");
+    named_from_debug_file(&symbols_report(&mut session, pid, debug_dirs));
+}
+
+fn symbols_report(session: &mut Session, pid: u32, debug_dirs: Vec<PathBuf>) -> ConsumerReport {
+    let config = TrackingConfig {
+        leak_age: 0,
+        debug_dirs,
+        ..TrackingConfig::default()
+    };
+    attribute(session, pid, config)
+}
+
+fn named_from_debug_file(report: &ConsumerReport) {
+    let kept = site(
+        report,
+        &["sym_inline_alloc", "sym_static_keep", "sym_keep", "main"],
+    );
+    assert_eq!((kept.live_bytes, kept.live_count), (25 * 6000, 25));
+    let place = |i: usize| {
+        let f = &kept.frames[i];
+        (f.file.as_deref(), f.line, f.inlined)
+    };
+    assert_eq!(
+        place(0),
+        (Some("libsym.c"), Some(marked_line("malloc")), true)
+    );
+    assert_eq!(
+        place(1),
+        (Some("libsym.c"), Some(marked_line("inline")), false)
+    );
+    assert_eq!(
+        place(2),
+        (Some("libsym.c"), Some(marked_line("static")), false)
+    );
+    // Both frames are the one return address in the library.
+    assert_eq!(kept.frames[0].addr, kept.frames[1].addr);
+    let consumer = report
+        .consumers
+        .iter()
+        .find(|c| c.name == "sym_inline_alloc")
+        .unwrap_or_else(|| panic!("{}", dump(report)));
+    assert_eq!(consumer.category, "libsym.so");
+    assert_eq!(consumer.allocated_memory, 25 * 6000);
+    assert!(
+        consumer.stack_trace[0].ends_with(&format!("libsym.c:{} [inlined]", marked_line("malloc"))),
+        "{:?}",
+        consumer.stack_trace
+    );
+}
+
+fn symbols_dir(variant: &str) -> PathBuf {
+    PathBuf::from(env!("OUT_DIR")).join(format!("symbols-{variant}"))
+}
+
+/// The library is stripped; its `.gnu_debuglink` names the debug file next to it.
+#[test]
+fn names_from_a_debug_file_next_to_the_object() {
+    symbols_from_debug_file(&symbols_dir("link"), Vec::new());
+}
+
+/// The debug file is in a debug directory, by build id (`.build-id/xx/yyyy.debug`), as Debian's
+/// `-dbgsym` packages install them.
+#[test]
+fn names_from_a_debug_file_found_by_build_id() {
+    let dir = symbols_dir("buildid");
+    symbols_from_debug_file(&dir, vec![dir.join("debug")]);
+}
+
+/// The library lies in a directory anyone can write, where its traced process could put a FIFO
+/// under the debug link's name: that name is not opened there (a FIFO would stall the symbolizer).
+/// Without a debug directory holding its debug file the library's names come from its .dynsym;
+/// with one, the debug file is found by build id as before.
+#[test]
+fn a_fifo_under_the_debug_link_name_is_not_opened() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mut session) = session() else { return };
+    let built = symbols_dir("buildid");
+    let temp = memtrace_integration::TempDir::new("symbols");
+    let dir = temp.path().join("open");
+    std::fs::create_dir(&dir).expect("dir");
+    for name in ["symbols_main", "libsym.so"] {
+        std::fs::copy(built.join(name), dir.join(name)).expect("copied");
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let fifo = dir.join("libsym.so.debug");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    // A reader blocked on the FIFO is released by a writer; the writer's non-blocking open only
+    // succeeds while a reader has it open. The watchdog records that and lets the reader go.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = std::sync::Arc::clone(&done);
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&fifo)
+                    .is_ok()
+                {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+    };
+    let mut w = Driven::start(Command::new(dir.join("symbols_main")), "ready");
+    let pid = w.pid();
+    session.trace_pid(pid).expect("attach");
+    w.send("k");
+    w.expect("ok");
+
+    let plain = symbols_report(&mut session, pid, Vec::new());
+    let kept = plain
+        .sites
+        .iter()
+        .find(|s| names(s).get(1).map(String::as_str) == Some("sym_keep"))
+        .unwrap_or_else(|| panic!("{:#?}", plain.sites.iter().map(names).collect::<Vec<_>>()));
+    assert_eq!((kept.live_bytes, kept.live_count), (25 * 6000, 25));
+    // The static function is not in .dynsym: it keeps its address.
+    assert!(
+        names(kept)[0].starts_with("libsym.so+0x"),
+        "{:?}",
+        names(kept)
+    );
+
+    named_from_debug_file(&symbols_report(
+        &mut session,
+        pid,
+        vec![built.join("debug")],
+    ));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !watchdog.join().expect("watchdog"),
+        "the symbolizer opened the FIFO"
+    );
+}

@@ -229,9 +229,13 @@ pub struct TraceCli {
     /// Live allocations older than this many seconds are listed as possible leaks.
     #[arg(long, default_value_t = 30)]
     pub leak_age: u64,
-    /// Frames shown per stack.
-    #[arg(long, default_value_t = 10)]
+    /// Frames kept per stack (the JSON output and --pprof; the text shows the first 6).
+    #[arg(long, default_value_t = memtrace_common::UNWIND_MAX_FRAMES)]
     pub stack_depth: usize,
+    /// A directory searched for separate debug files, by build id and by .gnu_debuglink
+    /// (repeatable; default /usr/lib/debug and /lib/debug).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// An allocation wrapper whose frames are skipped when attributing (repeatable).
     #[arg(long = "wrapper")]
     pub wrappers: Vec<String>,

@@ -497,6 +497,10 @@ pub struct TrackingConfig {
     pub wrappers: Vec<String>,
     /// Groups of old live allocations listed in the leak view.
     pub leak_top: usize,
+    /// Directories searched for separate debug files: `<dir>/.build-id/xx/yyyy.debug` by build
+    /// id, and `<dir>/NAME` for an object's `.gnu_debuglink` NAME (which is also searched next to
+    /// the object, where only root can write).
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 impl Default for TrackingConfig {
@@ -505,16 +509,21 @@ impl Default for TrackingConfig {
             enabled: true,
             max_consumers: 1000,
             max_operations: 5000,
-            stack_trace_depth: 10,
+            stack_trace_depth: memtrace_common::UNWIND_MAX_FRAMES as u32,
             min_allocation_size: 1024,
             suspicious_size: 10 * MIB,
             max_consumer_size: 100 * MIB,
             leak_age: 30,
             wrappers: Vec::new(),
             leak_top: 20,
+            debug_dirs: DEFAULT_DEBUG_DIRS.iter().map(PathBuf::from).collect(),
         }
     }
 }
+
+/// Where distributions install separate debug files (Debian's `-dbgsym` packages, RHEL's
+/// `-debuginfo`).
+pub const DEFAULT_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
 impl TrackingConfig {
     pub fn leak_age(&self) -> Duration {
@@ -948,6 +957,12 @@ impl Config {
         at_least("tracking.maxConsumerSize", k.max_consumer_size, 1)?;
         at_least("tracking.leakAge", k.leak_age, 1)?;
         at_least("tracking.leakTop", k.leak_top as u64, 1)?;
+        if let Some(dir) = k.debug_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError::invalid(
+                "tracking.debugDirs",
+                format!("{} is not an absolute path", dir.display()),
+            ));
+        }
 
         let x = &self.metrics;
         at_most("metrics.topK", x.top_k as u64, METRICS_TOP_K_MAX as u64)?;
@@ -1405,6 +1420,10 @@ mod tests {
                 "tracking.stackTraceDepth",
             ),
             ("[tracking]\nleakAge = 0", "tracking.leakAge"),
+            (
+                "[tracking]\ndebugDirs = [\"usr/lib/debug\"]",
+                "tracking.debugDirs",
+            ),
             (
                 "[monitor]\nsnapshotInterval = 60\nanalysisInterval = 30",
                 "monitor.analysisInterval",

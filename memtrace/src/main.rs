@@ -41,6 +41,11 @@ fn main() -> anyhow::Result<()> {
                     leak_age: args.leak_age,
                     stack_trace_depth: u32::try_from(args.stack_depth).unwrap_or(u32::MAX),
                     wrappers: args.wrappers,
+                    debug_dirs: if args.debug_dirs.is_empty() {
+                        memtrace::config::TrackingConfig::default().debug_dirs
+                    } else {
+                        args.debug_dirs
+                    },
                     ..Default::default()
                 },
             };

@@ -342,8 +342,11 @@ pub struct Attributor {
 
 impl Attributor {
     pub fn new(config: TrackingConfig) -> Self {
+        let mut symbolizer = Symbolizer::new();
+        symbolizer.debug_dirs = config.debug_dirs.clone();
         Self {
             config,
+            symbolizer,
             ..Self::default()
         }
     }
@@ -387,15 +390,18 @@ impl Attributor {
             }
         }
         let depth = (self.config.stack_trace_depth as usize).max(1);
+        // One frame per function: an address in inlined code gives the inlined ones first.
         let frames: Vec<Frame> = addrs
             .iter()
             .take(depth + 8)
-            .map(|&addr| {
-                let mut frame =
+            .flat_map(|&addr| {
+                let mut frames =
                     self.symbolizer
-                        .frame(inner, &state.modules, addr.saturating_sub(1));
-                frame.addr = addr;
-                frame
+                        .frames(inner, &state.modules, addr.saturating_sub(1));
+                for frame in &mut frames {
+                    frame.addr = addr;
+                }
+                frames
             })
             .collect();
         let attributed = if frames.is_empty() {
@@ -444,7 +450,7 @@ impl Attributor {
         let mut consumers: HashMap<String, Consumer> = HashMap::new();
         let mut largest_site: HashMap<String, u64> = HashMap::new();
         let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
-        let inner = Blazesym::new();
+        let inner = symbols::blazesym(&self.symbolizer.debug_dirs);
         let mut sites = Vec::new();
         for &(site_id, ref stats) in &state.sites {
             let attributed = self.attribute_site(&inner, state, stats.key, stacks);

@@ -1,5 +1,10 @@
 //! Turning addresses into `function (library+0xoffset) file:line` with blazesym.
 //!
+//! Names come from the object's `.symtab`, then `.dynsym`, then its separate debug file, found by
+//! build id (`<debug dir>/.build-id/xx/yyyy.debug`) or `.gnu_debuglink` (next to the object, then
+//! in the debug directories); where DWARF is present an address in inlined code gives one frame per
+//! inlined function, innermost first, each with its file:line.
+//!
 //! Addresses are resolved through the mapped objects (modules) of their process, recorded when the
 //! process was first seen, so a process that has exited still gets named frames. Results are
 //! cached by the object's build id (or path) and file offset: a library loaded by many processes is
@@ -14,7 +19,7 @@ use std::{
 pub use blazesym::symbolize::Symbolizer as Blazesym;
 use blazesym::symbolize::{
     source::{Elf, Source},
-    Input, Symbolized,
+    CodeInfo, Input, Symbolized,
 };
 use serde::Serialize;
 
@@ -36,6 +41,9 @@ pub struct Frame {
     /// component). Not part of the JSON.
     #[serde(skip)]
     pub source_path: Option<String>,
+    /// Code of this function inlined into the next frame, at the same address.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
     /// The mapping of the object the address is in, as the process had it (pprof's mappings are
     /// made from these). Not part of the JSON.
     #[serde(skip)]
@@ -67,7 +75,7 @@ impl Frame {
     }
 
     /// `function (module+0xoffset) file:line`, or `module+0xoffset` without a symbol; `[jit]` for
-    /// JIT code the runtime did not name.
+    /// JIT code the runtime did not name; ` [inlined]` after a function inlined into the next.
     pub fn display(&self) -> String {
         if self.module == JIT && self.function.is_none() {
             return JIT.into();
@@ -83,6 +91,9 @@ impl Frame {
             if let Some(line) = self.line {
                 text.push_str(&format!(":{line}"));
             }
+        }
+        if self.inlined {
+            text.push_str(" [inlined]");
         }
         text
     }
@@ -107,12 +118,35 @@ pub fn build_id(path: &Path) -> Option<String> {
     }
 }
 
-#[derive(Clone, Debug)]
+/// What one address resolved to: the function it is in and, innermost first, the functions
+/// inlined into it there.
+#[derive(Clone, Debug, Default)]
 struct Resolved {
     function: Option<String>,
+    place: Place,
+    /// Innermost first.
+    inlined: Vec<(String, Place)>,
+}
+
+/// A source location.
+#[derive(Clone, Debug, Default)]
+struct Place {
     file: Option<String>,
     source_path: Option<String>,
     line: Option<u32>,
+}
+
+impl Place {
+    fn of(info: Option<&CodeInfo<'_>>) -> Self {
+        match info {
+            Some(info) => Self {
+                file: Some(info.file.to_string_lossy().into_owned()),
+                source_path: Some(info.to_path().to_string_lossy().into_owned()),
+                line: info.line,
+            },
+            None => Self::default(),
+        }
+    }
 }
 
 /// What identifies an object file: its build id when it has one.
@@ -121,6 +155,25 @@ struct ObjectKey {
     /// The build id (hex), else the path: the cache key of its symbols.
     key: String,
     build_id: Option<String>,
+    debug: DebugSearch,
+}
+
+/// Where an object's separate debug file may be looked for.
+#[derive(Clone, Debug)]
+enum DebugSearch {
+    /// blazesym's own search (build id, then `.gnu_debuglink` next to the object and in the debug
+    /// directories): the object links no debug file (nothing is searched), or the directories
+    /// searched next to it can be written by root alone.
+    Blazesym,
+    /// The object links a debug file but lies where others can write: a FIFO planted under the
+    /// link's name would stall the symbolizer, so only the debug directories are searched, by build
+    /// id. Names then come from that debug file (by address: `segments` turn file offsets into
+    /// addresses), else from the object's own `.symtab` and `.dynsym`.
+    Restricted {
+        debug_file: Option<PathBuf>,
+        /// `(file offset, size, address)` of each loadable segment.
+        segments: Vec<(u64, u64, u64)>,
+    },
 }
 
 /// The module name of frames in JIT code (anonymous executable memory of a process that writes a
@@ -130,6 +183,8 @@ pub const JIT: &str = "[jit]";
 /// A cache keyed by object (build id, else path) and file offset in front of blazesym. blazesym's
 /// own symbolizer is not `Send`, so callers make one per batch of lookups and pass it in.
 pub struct Symbolizer {
+    /// Directories searched for separate debug files (`tracking.debugDirs`).
+    pub debug_dirs: Vec<PathBuf>,
     cache: HashMap<(String, u64), Resolved>,
     keys: HashMap<PathBuf, ObjectKey>,
     /// JIT symbols of processes, from their `/tmp/perf-PID.map`.
@@ -149,6 +204,10 @@ const CACHE_MAX: usize = 1 << 18;
 impl Symbolizer {
     pub fn new() -> Self {
         Self {
+            debug_dirs: crate::config::DEFAULT_DEBUG_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             cache: HashMap::new(),
             keys: HashMap::new(),
             perf_maps: HashMap::new(),
@@ -161,21 +220,26 @@ impl Symbolizer {
             return key.clone();
         }
         let build_id = build_id(path);
+        let debug = crate::os::files::open_regular(path)
+            .map(|file| debug_search(&file, build_id.as_deref(), &self.debug_dirs))
+            .unwrap_or(DebugSearch::Blazesym);
         let key = ObjectKey {
             key: build_id
                 .clone()
                 .unwrap_or_else(|| path.display().to_string()),
             build_id,
+            debug,
         };
         self.keys.insert(path.to_path_buf(), key.clone());
         key
     }
 
-    /// Symbolizes `addr` of a process with these modules. Never fails: unknown frames come back as
-    /// `module+0xoffset` (or `[unknown]+0xaddr`).
-    pub fn frame(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Frame {
+    /// Symbolizes `addr` of a process with these modules: the frame of the function it is in,
+    /// preceded by one frame per function inlined there (innermost first). Never fails: unknown
+    /// frames come back as `module+0xoffset` (or `[unknown]+0xaddr`).
+    pub fn frames(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Vec<Frame> {
         let Some(module) = modules.find(addr) else {
-            return self.jit_frame(modules.pid(), addr);
+            return vec![self.jit_frame(modules.pid(), addr)];
         };
         let offset = addr - module.start + module.offset;
         let path = module.open_path.clone();
@@ -184,7 +248,7 @@ impl Symbolizer {
         let resolved = match self.cache.get(&key) {
             Some(resolved) => resolved.clone(),
             None => {
-                let resolved = lookup(inner, &path, offset);
+                let resolved = lookup(inner, &path, offset, &object.debug);
                 if self.cache.len() >= CACHE_MAX {
                     self.cache.clear();
                 }
@@ -195,22 +259,37 @@ impl Symbolizer {
         if resolved.function.is_none() {
             self.unnamed += 1;
         }
-        Frame {
+        let mapped = Arc::new(MappedObject {
+            start: module.start,
+            end: module.end,
+            offset: module.offset,
+            path: module.path.clone(),
+            build_id: object.build_id,
+        });
+        let frame = |function: Option<String>, place: Place, inlined: bool| Frame {
             addr,
             module: module.name().to_string(),
             offset,
-            function: resolved.function,
-            file: resolved.file,
-            line: resolved.line,
-            source_path: resolved.source_path,
-            object: Some(Arc::new(MappedObject {
-                start: module.start,
-                end: module.end,
-                offset: module.offset,
-                path: module.path.clone(),
-                build_id: object.build_id,
-            })),
-        }
+            function,
+            file: place.file,
+            line: place.line,
+            source_path: place.source_path,
+            inlined,
+            object: Some(Arc::clone(&mapped)),
+        };
+        let mut frames: Vec<Frame> = resolved
+            .inlined
+            .into_iter()
+            .map(|(name, place)| frame(Some(name), place, true))
+            .collect();
+        frames.push(frame(resolved.function, resolved.place, false));
+        frames
+    }
+
+    /// The frame of the function `addr` is in (the outermost of [`Self::frames`]).
+    pub fn frame(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Frame {
+        let mut frames = self.frames(inner, modules, addr);
+        frames.pop().unwrap_or_else(|| Frame::unknown(addr))
     }
 }
 
@@ -344,42 +423,115 @@ fn parse_perf_map(text: &str) -> Vec<(u64, u64, String)> {
     symbols
 }
 
-fn lookup(inner: &Blazesym, path: &Path, offset: u64) -> Resolved {
+fn lookup(inner: &Blazesym, path: &Path, offset: u64, debug: &DebugSearch) -> Resolved {
+    if let DebugSearch::Restricted {
+        debug_file: Some(debug_file),
+        segments,
+    } = debug
+    {
+        let address = segments
+            .iter()
+            .find(|&&(start, size, _)| offset >= start && offset - start < size)
+            .map(|&(start, _, address)| address + (offset - start));
+        if let Some(address) = address {
+            // A root-owned file in a debug directory, found by build id.
+            let source = Source::Elf(Elf::new(debug_file));
+            let resolved = resolve(inner.symbolize_single(&source, Input::VirtOffset(address)));
+            if resolved.function.is_some() {
+                return resolved;
+            }
+        }
+    }
     // The file belongs to a traced process: blazesym opens it through a descriptor checked to be a
     // regular file (a FIFO put in its place must not hang the symbolizer).
     let Ok(file) = crate::os::files::open_regular(path) else {
-        return Resolved {
-            function: None,
-            file: None,
-            source_path: None,
-            line: None,
-        };
+        return Resolved::default();
     };
-    let source = Source::Elf(Elf::new(crate::os::files::reopen_path(&file)));
-    match inner.symbolize_single(&source, Input::FileOffset(offset)) {
+    let mut elf = Elf::new(crate::os::files::reopen_path(&file));
+    elf.debug_syms = matches!(debug, DebugSearch::Blazesym);
+    resolve(inner.symbolize_single(&Source::Elf(elf), Input::FileOffset(offset)))
+}
+
+fn resolve(symbolized: blazesym::Result<Symbolized<'_>>) -> Resolved {
+    match symbolized {
         Ok(Symbolized::Sym(sym)) => {
-            let (file, source_path, line) = match &sym.code_info {
-                Some(info) => (
-                    Some(info.file.to_string_lossy().into_owned()),
-                    Some(info.to_path().to_string_lossy().into_owned()),
-                    info.line,
-                ),
-                None => (None, None, None),
-            };
+            // blazesym lists inlined functions outermost first, each with the place in it.
+            let inlined = sym
+                .inlined
+                .iter()
+                .rev()
+                .map(|f| (f.name.to_string(), Place::of(f.code_info.as_ref())))
+                .collect();
             Resolved {
                 function: Some(sym.name.to_string()),
-                file,
-                source_path,
-                line,
+                place: Place::of(sym.code_info.as_deref()),
+                inlined,
             }
         }
-        _ => Resolved {
-            function: None,
-            file: None,
-            source_path: None,
-            line: None,
-        },
+        _ => Resolved::default(),
     }
+}
+
+/// Where `file`'s separate debug file may be looked for (see [`DebugSearch`]).
+fn debug_search(file: &std::fs::File, build_id: Option<&str>, dirs: &[PathBuf]) -> DebugSearch {
+    use object::{Object, ObjectSegment};
+    let data = object::ReadCache::new(file);
+    let Ok(object) = object::File::parse(&data) else {
+        return DebugSearch::Blazesym;
+    };
+    if !matches!(object.gnu_debuglink(), Ok(Some(_))) {
+        return DebugSearch::Blazesym;
+    }
+    // blazesym searches the directory of the object's real path and its `.debug`.
+    let real = std::fs::read_link(crate::os::files::reopen_path(file)).ok();
+    if let Some(dir) = real.as_deref().and_then(Path::parent) {
+        let dot_debug = dir.join(".debug");
+        if only_root_writes(dir)
+            && (std::fs::symlink_metadata(&dot_debug).is_err() || only_root_writes(&dot_debug))
+        {
+            return DebugSearch::Blazesym;
+        }
+    }
+    let debug_file = build_id.filter(|id| id.len() > 2).and_then(|id| {
+        dirs.iter()
+            .map(|dir| {
+                dir.join(".build-id")
+                    .join(&id[..2])
+                    .join(format!("{}.debug", &id[2..]))
+            })
+            .find(|path| std::fs::metadata(path).is_ok_and(|m| m.is_file()))
+    });
+    let segments = object
+        .segments()
+        .filter_map(|segment| {
+            let (start, size) = segment.file_range();
+            (size > 0).then(|| (start, size, segment.address()))
+        })
+        .collect();
+    DebugSearch::Restricted {
+        debug_file,
+        segments,
+    }
+}
+
+/// Whether only root can add, remove or rename entries of `dir`: it and every directory above it
+/// are root's, and none is writable by others unless sticky (which keeps others from renaming
+/// root's entries), `dir` itself not writable by others at all.
+fn only_root_writes(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().enumerate().all(|(i, path)| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| {
+            let others_write = m.mode() & 0o022 != 0;
+            let sticky = m.mode() & 0o1000 != 0;
+            m.is_dir() && m.uid() == 0 && (!others_write || (i > 0 && sticky))
+        })
+    })
+}
+
+/// blazesym's symbolizer, with `dirs` searched for separate debug files (by build id, then by
+/// `.gnu_debuglink`; the directory of the object itself is searched first for the latter).
+pub fn blazesym(dirs: &[PathBuf]) -> Blazesym {
+    Blazesym::builder().set_debug_dirs(Some(dirs)).build()
 }
 
 #[cfg(test)]

@@ -342,7 +342,15 @@ pub fn heap_profile(report: &ConsumerReport, options: &PprofOptions) -> proto::P
     let mut sample_index: HashMap<(Vec<u64>, i64), usize> = HashMap::new();
     for (site, frames) in profile_sites(report) {
         let mut ids = Vec::with_capacity(frames.len().max(1));
+        // Frames of functions inlined at an address are lines of the location of the function
+        // they are inlined into (pprof's convention: innermost line first).
+        let mut inlined: Vec<&Frame> = Vec::new();
         for frame in frames {
+            if frame.inlined {
+                inlined.push(frame);
+                continue;
+            }
+            let group: Vec<&Frame> = inlined.drain(..).chain([frame]).collect();
             let mapping = frame
                 .object
                 .as_deref()
@@ -353,28 +361,34 @@ pub fn heap_profile(report: &ConsumerReport, options: &PprofOptions) -> proto::P
                 m.has_functions = true;
                 m.has_filenames |= frame.file.is_some();
                 m.has_line_numbers |= frame.line.is_some();
+                m.has_inline_frames |= group.len() > 1;
             }
-            let name = frame.name();
+            let name = group
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join("\n");
             let key = (mapping.as_ref().map(|(k, _)| k.clone()), frame.addr, name);
             let id = match location_ids.get(&key) {
                 Some(&id) => id,
                 None => {
-                    let file = frame
-                        .source_path
-                        .as_deref()
-                        .or(frame.file.as_deref())
-                        .unwrap_or("");
-                    let function_id = function_id(&mut strings, &key.2, file);
+                    let line = group
+                        .iter()
+                        .map(|f| {
+                            let file = f.source_path.as_deref().or(f.file.as_deref()).unwrap_or("");
+                            proto::Line {
+                                function_id: function_id(&mut strings, &f.name(), file),
+                                line: f.line.map_or(0, i64::from),
+                                column: 0,
+                            }
+                        })
+                        .collect();
                     let id = locations.len() as u64 + 1;
                     locations.push(proto::Location {
                         id,
                         mapping_id: mapping.as_ref().map_or(0, |(_, i)| *i as u64 + 1),
                         address: frame.addr,
-                        line: vec![proto::Line {
-                            function_id,
-                            line: frame.line.map_or(0, i64::from),
-                            column: 0,
-                        }],
+                        line,
                         is_folded: false,
                     });
                     location_ids.insert(key, id);
@@ -494,6 +508,7 @@ mod tests {
             file: name.map(|_| "leak.c".to_string()),
             line: name.map(|_| 7),
             source_path: name.map(|_| "/src/leak.c".to_string()),
+            inlined: false,
             object: Some(Arc::clone(object)),
         }
     }
@@ -607,6 +622,45 @@ mod tests {
                 s(p, function.name).to_string()
             })
             .collect()
+    }
+
+    /// A function inlined at an address is a line of the location of the function it is inlined
+    /// into, innermost first, and the mapping says it has inline frames.
+    #[test]
+    fn inlined_frames_are_lines_of_one_location() {
+        let app = object(0x5500_0000_0000, 0x5500_0000_8000, 0x1000, "/usr/bin/app");
+        let mut helper = frame(Some("helper"), &app, 0x40);
+        helper.inlined = true;
+        helper.line = Some(3);
+        let report = ConsumerReport {
+            pid: 7,
+            comm: "app".into(),
+            sites: vec![site(
+                vec![
+                    helper,
+                    frame(Some("caller"), &app, 0x40),
+                    frame(Some("main"), &app, 0x90),
+                ],
+                0,
+                (64, 1),
+                (64, 1),
+            )],
+            ..ConsumerReport::default()
+        };
+        let p = decode(&pprof(&report, 1_700_000_000_000_000_000).expect("profile"));
+        assert_eq!(p.location.len(), 2);
+        let lines: Vec<(String, i64)> = p.location[0]
+            .line
+            .iter()
+            .map(|l| {
+                let f = &p.function[(l.function_id - 1) as usize];
+                (s(&p, f.name).to_string(), l.line)
+            })
+            .collect();
+        assert_eq!(lines, [("helper".into(), 3), ("caller".into(), 7)]);
+        assert_eq!(p.location[0].address, 0x5500_0000_0040);
+        assert_eq!(stack(&p, &p.sample[0]), ["helper", "main"]);
+        assert!(p.mapping[0].has_inline_frames);
     }
 
     #[test]
