@@ -306,3 +306,67 @@ fn trace_of_a_cxx_command_places_operator_new() {
     assert_eq!(new["emulated"], true, "{new:#}");
     assert!(new["offset"].as_u64().is_some_and(|o| o > 0), "{new:#}");
 }
+
+/// `trace -- CMD` stops the command at its exec and at each library it maps until their unwind
+/// tables are loaded: allocations made at once, through code without frame pointers, have whole
+/// stacks, and no event of the command finds it without tables.
+#[test]
+fn trace_of_a_command_unwinds_its_first_allocations() {
+    if !can_trace() {
+        return;
+    }
+    let program = std::path::PathBuf::from(env!("OUT_DIR"))
+        .join("unwind-cfi")
+        .join("unwind_main");
+    let mut child = Command::new(memtrace_binary())
+        .args(["trace", "--json", "--wrapper", "uw_xalloc", "--"])
+        .arg(&program)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memtrace runs");
+    {
+        use std::io::Write as _;
+        // Read by the workload as soon as it starts; then end of input, and it exits.
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        stdin.write_all(b"ab").expect("the workload goes");
+    }
+    let out = child.wait_with_output().expect("memtrace finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').expect("a JSON report")..]).expect("JSON");
+    assert_eq!(report["exitCode"], 0, "{stderr}");
+    assert_eq!(
+        report["kernel"]["unwind_process_without_tables"], 0,
+        "{:#}",
+        report["kernel"]
+    );
+    let consumers = report["attribution"]["consumers"]
+        .as_array()
+        .expect("consumers");
+    for (name, bytes) in [("lib_a_fn", 40 * 5000), ("lib_a_other", 30 * 3000)] {
+        let consumer = consumers
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} among {consumers:#?}"));
+        assert_eq!(consumer["allocatedMemory"], bytes, "{consumer:#}");
+        let stack: Vec<&str> = consumer["stackTrace"]
+            .as_array()
+            .expect("stack")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        assert!(
+            stack[0].starts_with(&format!("{name} (libuwa.so+0x")),
+            "{stack:?}"
+        );
+        assert!(stack[1].starts_with("main (unwind_main+0x"), "{stack:?}");
+        assert!(
+            stack.last().is_some_and(|f| f.starts_with("_start ")),
+            "{stack:?}"
+        );
+    }
+}

@@ -50,6 +50,12 @@ pub static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries
 #[map]
 pub static STACK_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
+/// Processes stopped (SIGSTOP) whenever they map code, until the agent has loaded its unwind
+/// tables and continues them (`memtrace trace -- CMD`: the command's first stacks are whole).
+/// Filled by the agent.
+#[map]
+pub static GATED: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
 /// Frames the unwinder records at most (at most `UNWIND_MAX_FRAMES`).
 #[unsafe(no_mangle)]
 pub static UNWIND_DEPTH: Global<u32> = Global::new(UNWIND_MAX_FRAMES as u32);
@@ -168,6 +174,30 @@ pub fn emit(event: &Event) {
         }
     }
 }
+
+/// [`emit`] for an event that maps code in process `tgid` (an exec, an executable file mapping): a
+/// gated process is woken for at once and stopped until the agent continues it. It is only
+/// stopped when the event is in the ring buffer (the agent continues every process it sees such an
+/// event of).
+#[inline(always)]
+pub fn emit_code_event(event: &Event, tgid: u32) {
+    // SAFETY: a lookup in a map the agent fills; the value is not used.
+    if unsafe { GATED.get(&tgid) }.is_none() {
+        emit(event);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(memtrace_common::COUNTER_RINGBUF_DROPS);
+        return;
+    };
+    entry.write(*event);
+    bump(memtrace_common::COUNTER_EVENTS);
+    entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP));
+    // SAFETY: signals the current process (the one mapping code), as the helper's contract says.
+    unsafe { aya_ebpf::helpers::bpf_send_signal(SIGSTOP) };
+}
+
+const SIGSTOP: u32 = 19;
 
 /// In a syscall tracepoint: the return address at the user stack pointer, i.e. the caller of the
 /// libc syscall wrapper (a leaf that pushes nothing before `syscall`). Frame-pointer stacks start

@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::{KIND_EXEC, KIND_EXIT};
 
-use crate::maps::{current, emit, event, INFLIGHT, UNWIND_PROC_SLOTS};
+use crate::maps::{current, emit, emit_code_event, event, INFLIGHT, UNWIND_PROC_SLOTS};
 
 // name: sched_process_exit
 // field:char comm[16];    offset:8;  size:16; signed:0;
@@ -37,6 +37,6 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let Some(id) = current() else { return 0 };
     // The old address space's mapping table no longer applies; the agent registers the new one.
     let _ = UNWIND_PROC_SLOTS.remove((id >> 32) as u32);
-    emit(&event(KIND_EXEC, id));
+    emit_code_event(&event(KIND_EXEC, id), (id >> 32) as u32);
     0
 }

@@ -33,6 +33,8 @@ pub struct Session {
     /// How long registering a process's unwind tables may wait for them to be in place (`None`:
     /// not at all, the agent's intake never waits).
     unwind_wait: Option<Duration>,
+    /// Processes the kernel stops whenever they map code ([`Session::gate`]).
+    gated: Vec<u32>,
 }
 
 impl Session {
@@ -48,7 +50,30 @@ impl Session {
             only: Vec::new(),
             unwound: HashMap::new(),
             unwind_wait: Some(Duration::from_secs(30)),
+            gated: Vec::new(),
         })
+    }
+
+    /// Has the kernel stop `pid` (SIGSTOP) whenever it execs or maps code, and [`Session::poll`]
+    /// continue it (SIGCONT) once it has loaded the unwind tables of that code: even the first
+    /// stacks of a command traced from its start are whole, where they would otherwise be walked
+    /// with frame pointers while its tables are built. For `memtrace trace -- CMD`.
+    pub fn gate(&mut self, pid: u32) -> Result<(), ProbeError> {
+        self.probes.set_gated(pid, true)?;
+        self.gated.push(pid);
+        Ok(())
+    }
+
+    /// Ends [`Session::gate`] for `pid` and continues it, should it be stopped by the gate.
+    pub fn ungate(&mut self, pid: u32) {
+        if !self.gated.contains(&pid) {
+            return;
+        }
+        if let Err(err) = self.probes.set_gated(pid, false) {
+            log::warn!("pid {pid} stays gated: {err}");
+        }
+        self.gated.retain(|&p| p != pid);
+        cont(pid);
     }
 
     /// Applies only the events of these processes from now on (cheaper when the host is busy).
@@ -198,10 +223,19 @@ impl Session {
     /// Drains the ring buffer and applies every event. Returns how many records were read.
     pub fn poll(&mut self) -> usize {
         let mut total = 0;
+        let mut stopped: Vec<u32> = Vec::new();
         loop {
             self.batch.clear();
             let read = events::drain(&mut self.ring, &mut self.batch, &self.stats);
             total += read;
+            if !self.gated.is_empty() {
+                stopped.extend(
+                    self.batch
+                        .iter()
+                        .filter(|(kind, ev)| self.gated.contains(&ev.tgid) && maps_code(*kind, ev))
+                        .map(|(_, ev)| ev.tgid),
+                );
+            }
             if self.only.is_empty() {
                 self.accounting.apply_batch(&self.batch);
             } else {
@@ -214,6 +248,12 @@ impl Session {
             self.accounting.refresh_dirty_modules();
             self.follow_code();
             if read < events::BATCH_MAX {
+                // Their new code's tables are in place (follow_code waited for them).
+                stopped.sort_unstable();
+                stopped.dedup();
+                for pid in stopped {
+                    cont(pid);
+                }
                 return total;
             }
         }
@@ -247,4 +287,23 @@ fn runs_this_executable(pid: u32) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether the kernel stops a gated process at this event: it exec'd or mapped code from a file.
+fn maps_code(kind: events::Kind, ev: &memtrace_common::Event) -> bool {
+    match kind {
+        events::Kind::Exec => true,
+        events::Kind::Mmap => {
+            ev.flags & memtrace_common::MAP_ANONYMOUS == 0 && (ev.aux >> 32) & PROT_EXEC != 0
+        }
+        _ => false,
+    }
+}
+
+const PROT_EXEC: u64 = 0x4;
+
+/// Continues a process the gate stopped (a process gone already is fine).
+fn cont(pid: u32) {
+    // SAFETY: kill(2) with a plain signal number; no memory is passed.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
 }

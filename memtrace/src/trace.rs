@@ -112,7 +112,15 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
     );
     catch_interrupts();
     if let Some(child) = child.as_mut() {
-        child.release()?;
+        // The command stops at its exec and at each library it maps until their unwind tables
+        // are loaded: its first stacks are whole.
+        if let Err(err) = session.gate(pid) {
+            log::warn!("{err}: the first stacks of pid {pid} may be cut short");
+        }
+        if let Err(err) = child.release() {
+            session.ungate(pid);
+            return Err(err.into());
+        }
     }
     let started = Instant::now();
     // A duration too long for the clock is no deadline.
@@ -141,6 +149,8 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport, TraceError> {
             break false;
         }
     };
+    // A command still running goes on without memtrace.
+    session.ungate(pid);
     let process = if exited {
         session
             .accounting

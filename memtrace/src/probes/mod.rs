@@ -474,6 +474,29 @@ impl Probes {
         Ok(report)
     }
 
+    /// Has the kernel stop `pid` whenever it execs or maps code (see `Session::gate`), or no longer.
+    pub fn set_gated(&mut self, pid: u32, on: bool) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("GATED")
+            .ok_or(ProbeError::Missing("GATED"))?;
+        let mut map =
+            aya::maps::HashMap::<_, u32, u8>::try_from(map).map_err(|source| ProbeError::Map {
+                name: "GATED",
+                source,
+            })?;
+        if on {
+            map.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
+                name: "GATED",
+                source,
+            })
+        } else {
+            // Absent already is fine.
+            let _ = map.remove(&pid);
+            Ok(())
+        }
+    }
+
     /// Marks (or unmarks) a process whose syscall events carry user stacks (key 0: all).
     fn set_stack_pid(&mut self, pid: Option<u32>, on: bool) {
         let key = pid.unwrap_or(0);
