@@ -182,7 +182,7 @@ pub fn emit(event: &Event) {
 #[inline(always)]
 pub fn emit_code_event(event: &Event, tgid: u32) {
     // SAFETY: a lookup in a map the agent fills; the value is not used.
-    if unsafe { GATED.get(&tgid) }.is_none() {
+    if unsafe { GATED.get(tgid) }.is_none() {
         emit(event);
         return;
     }
