@@ -158,7 +158,7 @@ pub struct AgentArgs {
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
     /// Trace the malloc family of every process on the host (agent.mallocAll). Every malloc and
-    /// free then costs traps (cargo xtask bench: about 2.1 µs a call on a 2-core VM; see
+    /// free then costs traps (cargo xtask bench: about 1.4 µs a call on a 2-core VM; see
     /// docs/benchmarks.md): allocation-heavy programs slow down many times.
     #[arg(long)]
     pub malloc_all: bool,

@@ -448,7 +448,9 @@ impl Attributor {
         now_s: u64,
     ) -> ConsumerReport {
         let mut consumers: HashMap<String, Consumer> = HashMap::new();
-        let mut largest_site: HashMap<String, u64> = HashMap::new();
+        // The consumer's stack is its site holding the most live bytes; of sites holding as much
+        // (none, in a process that freed everything before it exited), the one that held most.
+        let mut largest_site: HashMap<String, (u64, u64)> = HashMap::new();
         let mut site_consumer: HashMap<u32, (String, String, String, Vec<String>)> = HashMap::new();
         let inner = symbols::blazesym(&self.symbolizer.debug_dirs);
         let mut sites = Vec::new();
@@ -507,9 +509,10 @@ impl Attributor {
             consumer.metadata.sites += 1;
             let largest = largest_site
                 .entry(attributed.consumer_id.clone())
-                .or_insert(0);
-            if consumer.stack_trace.is_empty() || stats.live_bytes > *largest {
-                *largest = stats.live_bytes;
+                .or_insert((0, 0));
+            let size = (stats.live_bytes, stats.peak_bytes);
+            if consumer.stack_trace.is_empty() || size > *largest {
+                *largest = size;
                 consumer.stack_trace = attributed.stack.clone();
             }
         }
@@ -682,5 +685,67 @@ mod tests {
         let frames = [frame("libc.so.6", "fopen"), frame("libc.so.6", "something")];
         assert_eq!(attributed_frame(&frames, &[]), 0);
         assert_eq!(attributed_frame(&[], &[]), 0);
+    }
+
+    struct Stacks(HashMap<i64, Vec<u64>>);
+
+    impl StackSource for Stacks {
+        fn frames(&mut self, stack_id: i64) -> Option<Vec<u64>> {
+            self.0.get(&stack_id).cloned()
+        }
+    }
+
+    /// Two stacks through one caller: the consumer shows the one holding more, and when neither
+    /// holds anything (the process freed all before it exited), the one that held more.
+    #[test]
+    fn a_consumers_stack_is_its_largest_site() {
+        let site = |id: u32, stack_id: i64, live: u64, peak: u64| {
+            (
+                id,
+                SiteStats {
+                    key: SiteKey {
+                        class: SiteClass::Malloc,
+                        stack_id,
+                        caller: 0x1000,
+                    },
+                    live_bytes: live,
+                    live_count: u64::from(live > 0),
+                    peak_bytes: peak,
+                    total_calls: 1,
+                    total_bytes: peak,
+                },
+            )
+        };
+        let mut stacks = Stacks(HashMap::from([
+            (1, vec![0x10, 0x1000, 0x2000]),
+            (2, vec![0x10, 0x1000, 0x3000]),
+        ]));
+        let input = |sites| AttributionInput {
+            pid: 0,
+            start_time: 0,
+            comm: "t".into(),
+            heap_traced: true,
+            sites,
+            overflowed_sites: 0,
+            modules: Arc::new(Modules::default()),
+            old_allocations: Vec::new(),
+        };
+        let outer = |report: &ConsumerReport| {
+            assert_eq!(report.consumers.len(), 1, "{:?}", report.consumers);
+            report.consumers[0].stack_trace[1].clone()
+        };
+        let mut attributor = Attributor::new(TrackingConfig::default());
+        let held = attributor.report(
+            &input(vec![site(0, 1, 0, 4096), site(1, 2, 64, 64)]),
+            &mut stacks,
+            0,
+        );
+        assert_eq!(outer(&held), "[unknown]+0x2fff");
+        let freed = attributor.report(
+            &input(vec![site(0, 1, 0, 64), site(1, 2, 0, 4096)]),
+            &mut stacks,
+            0,
+        );
+        assert_eq!(outer(&freed), "[unknown]+0x2fff");
     }
 }

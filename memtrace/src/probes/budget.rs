@@ -17,13 +17,13 @@ use serde::{Deserialize, Serialize};
 use super::placement::Placement;
 
 /// CPU cost to the traced process of one traced allocator call, with placed probes, user stacks
-/// unwound from CFI tables and exact accounting, in ns: half the 4,171 ns of CPU per malloc+free
+/// unwound from CFI tables and exact accounting, in ns: half the 2,861 ns of CPU per malloc+free
 /// pair that `cargo xtask bench` measured for `memtrace trace` on the malloc loop (full run of
-/// docs/benchmarks.md, commit c5a4854, this project's 2-core VM, kernel 6.18, glibc 2.36; median of
-/// 5 pairs of (traced − bare) work-loop CPU). Elapsed time was 4,192 ns a pair; `--no-stacks`
-/// 3,138 ns of CPU; `--entry-probes` (glibc's `free` single-stepped) 15,185 ns. Deeper stacks cost
-/// more (~0.15 µs a frame, docs/benchmarks.md).
-pub const DEFAULT_PER_CALL_NS: f64 = 2_086.0;
+/// docs/benchmarks.md, commit 8b101ae, this project's 2-core VM, kernel 6.18, glibc 2.36; median of
+/// 5 pairs of (traced − bare) work-loop CPU). Elapsed time was 2,862 ns a pair; `--no-stacks`
+/// 2,340 ns of CPU; `--entry-probes` (glibc's `free` single-stepped) 13,857 ns. Deeper stacks cost
+/// more (~0.03 µs a frame, docs/benchmarks.md).
+pub const DEFAULT_PER_CALL_NS: f64 = 1_431.0;
 
 /// The budget of an automatic drill-down: 5% of one core.
 pub const DRILLDOWN_BUDGET_CORES: f64 = 0.05;
@@ -182,9 +182,9 @@ pub fn decide(load: Load, budget: Budget) -> Decision {
 }
 
 /// CPU cost of one traced call when the hot allocator functions' entry probes are single-stepped
-/// (`probes.entryProbes`, or no safe place past the entry): half the 15,185 ns per malloc+free
+/// (`probes.entryProbes`, or no safe place past the entry): half the 13,857 ns per malloc+free
 /// pair measured for `memtrace trace --entry-probes` in the same run as [`DEFAULT_PER_CALL_NS`].
-pub const SINGLE_STEPPED_PER_CALL_NS: f64 = 7_593.0;
+pub const SINGLE_STEPPED_PER_CALL_NS: f64 = 6_929.0;
 
 /// How long a newly traced process is measured before its budget decides: its probes are
 /// attached, its allocator calls counted.
