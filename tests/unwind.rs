@@ -577,3 +577,35 @@ fn a_fifo_under_the_debug_link_name_is_not_opened() {
         "the symbolizer opened the FIFO"
     );
 }
+
+/// glibc's own frames (`__libc_start_call_main`, a static function) are named, with file:line,
+/// from its separate debug file (Debian's libc6-dbg, by build id; its DWARF is zlib-compressed).
+#[test]
+fn libc_frames_named_from_its_debug_package() {
+    let installed = std::path::Path::new("/var/lib/dpkg/info/libc6-dbg:amd64.list").exists();
+    if !installed {
+        assert!(
+            std::env::var("CI").is_err(),
+            "libc6-dbg is needed (apt-get install libc6-dbg)"
+        );
+        eprintln!("!!! SKIPPED: libc6-dbg is not installed !!!");
+        return;
+    }
+    let Some(mut session) = session() else { return };
+    let mut w = unwind_workload("cfi");
+    let pid = w.pid();
+    session.trace_pid(pid).expect("attach");
+    w.send("a");
+    w.expect("ok");
+    let report = report(&mut session, pid, &[]);
+    let a = site(&report, &["uw_xalloc", "lib_a_fn", "main"]);
+    assert_eq!((a.live_bytes, a.live_count), (40 * 5000, 40));
+    let start = a
+        .frames
+        .iter()
+        .find(|f| f.function.as_deref() == Some("__libc_start_call_main"))
+        .unwrap_or_else(|| panic!("{:?}", names(a)));
+    assert_eq!(start.module, "libc.so.6");
+    assert_eq!(start.file.as_deref(), Some("libc_start_call_main.h"));
+    assert!(start.line.is_some(), "{start:?}");
+}

@@ -416,10 +416,16 @@ const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ),
     ("chromium", &["chromium"]),
     ("golang-go", &["go"]),
+    // glibc's separate debug file, found by build id (symbols of libc's own frames).
+    ("libc6-dbg", &["/var/lib/dpkg/info/libc6-dbg:amd64.list"]),
 ];
 
-/// Whether `program` is in /usr/bin or on PATH (as the tests look for it).
+/// Whether `program` is in /usr/bin or on PATH (as the tests look for it); an absolute path:
+/// whether that file exists.
 fn installed(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).is_file();
+    }
     Path::new("/usr/bin").join(program).is_file()
         || env::var_os("PATH")
             .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(program).is_file()))

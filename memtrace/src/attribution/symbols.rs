@@ -449,7 +449,16 @@ fn lookup(inner: &Blazesym, path: &Path, offset: u64, debug: &DebugSearch) -> Re
     };
     let mut elf = Elf::new(crate::os::files::reopen_path(&file));
     elf.debug_syms = matches!(debug, DebugSearch::Blazesym);
-    resolve(inner.symbolize_single(&Source::Elf(elf), Input::FileOffset(offset)))
+    match inner.symbolize_single(&Source::Elf(elf.clone()), Input::FileOffset(offset)) {
+        // Debug information that cannot be read (a compression blazesym is not built with, a
+        // damaged debug file) leaves the names of .symtab and .dynsym.
+        Err(err) if elf.debug_syms => {
+            log::debug!("debug information of {}: {err}", path.display());
+            elf.debug_syms = false;
+            resolve(inner.symbolize_single(&Source::Elf(elf), Input::FileOffset(offset)))
+        }
+        symbolized => resolve(symbolized),
+    }
 }
 
 fn resolve(symbolized: blazesym::Result<Symbolized<'_>>) -> Resolved {
