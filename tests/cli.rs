@@ -263,6 +263,39 @@ fn json_logs_are_one_object_per_line() {
     assert!(warning["target"].as_str().is_some());
 }
 
+/// Runs `memtrace trace --json OPTIONS -- PROGRAM ARGS` with `input` on the command's standard
+/// input (then its end); asserts it succeeds. The JSON report and memtrace's standard error.
+fn trace_json(
+    options: &[&str],
+    program: &std::path::Path,
+    args: &[&str],
+    input: &[u8],
+) -> (serde_json::Value, String) {
+    let mut child = Command::new(memtrace_binary())
+        .args(["trace", "--json"])
+        .args(options)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memtrace runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        stdin.write_all(input).expect("the workload goes");
+    }
+    let out = child.wait_with_output().expect("memtrace finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report =
+        serde_json::from_str(&stdout[stdout.find('{').expect("a JSON report")..]).expect("JSON");
+    (report, stderr)
+}
+
 /// Guards the placement of C++ `operator new` under `trace -- CMD`: the host's `libstdc++.so.6`
 /// is a link, which the placement (opening libraries without following links) refused, so every
 /// `operator new` probe of a C++ program run that way sat on its single-stepped entry.
@@ -274,27 +307,8 @@ fn trace_of_a_cxx_command_places_operator_new() {
     let program = std::path::PathBuf::from(env!("OUT_DIR"))
         .join("attrib-fp")
         .join("attrib_main");
-    let mut child = Command::new(memtrace_binary())
-        .args(["trace", "--json", "--"])
-        .arg(&program)
-        .arg("exit")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("memtrace runs");
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin piped");
-        stdin.write_all(b"g").expect("the workload goes");
-    }
-    let out = child.wait_with_output().expect("memtrace finishes");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (report, stderr) = trace_json(&[], &program, &["exit"], b"g");
     assert!(!stderr.contains("entry probes on libstdc++"), "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').expect("a JSON report")..]).expect("JSON");
     let placements = report["placements"].as_array().expect("placements");
     let new = placements
         .iter()
@@ -318,26 +332,8 @@ fn trace_of_a_command_unwinds_its_first_allocations() {
     let program = std::path::PathBuf::from(env!("OUT_DIR"))
         .join("unwind-cfi")
         .join("unwind_main");
-    let mut child = Command::new(memtrace_binary())
-        .args(["trace", "--json", "--wrapper", "uw_xalloc", "--"])
-        .arg(&program)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("memtrace runs");
-    {
-        use std::io::Write as _;
-        // Read by the workload as soon as it starts; then end of input, and it exits.
-        let mut stdin = child.stdin.take().expect("stdin piped");
-        stdin.write_all(b"ab").expect("the workload goes");
-    }
-    let out = child.wait_with_output().expect("memtrace finishes");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').expect("a JSON report")..]).expect("JSON");
+    // Read by the workload as soon as it starts; then end of input, and it exits.
+    let (report, stderr) = trace_json(&["--wrapper", "uw_xalloc"], &program, &[], b"ab");
     assert_eq!(report["exitCode"], 0, "{stderr}");
     assert_eq!(
         report["kernel"]["unwind_process_without_tables"], 0,

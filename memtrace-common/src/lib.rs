@@ -46,6 +46,16 @@ pub const MAP_SHARED: u32 = 0x01;
 pub const MAP_ANONYMOUS: u32 = 0x20;
 pub const MAP_FIXED: u32 = 0x10;
 
+/// `mmap` protection bit of executable mappings (code of a loaded library).
+pub const PROT_EXEC: u64 = 0x4;
+
+/// Whether an `mmap` event (its `flags`, and its `aux`: protection in the high half) maps code from
+/// a file: a library or program the unwinder needs the tables of.
+#[inline(always)]
+pub fn maps_file_code(flags: u32, aux: u64) -> bool {
+    flags & MAP_ANONYMOUS == 0 && (aux >> 32) & PROT_EXEC != 0
+}
+
 /// Set in `Event::flags` of `mmap`, `mremap` and `brk` events made while an allocator call of the
 /// same thread was in flight: memory the allocator maps for itself, accounted in the process's
 /// mappings but not attributed as a direct mapping of the caller.

@@ -155,24 +155,7 @@ const WAKEUP_CHECK_EVERY: u64 = 32;
 /// Sends an event to the agent, counting it, or counting the drop when the ring buffer is full.
 #[inline(always)]
 pub fn emit(event: &Event) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(*event);
-            let sent = bump(memtrace_common::COUNTER_EVENTS);
-            let flags = if sent.is_multiple_of(WAKEUP_CHECK_EVERY)
-                && EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
-                    >= WAKEUP_BYTES.load()
-            {
-                aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP
-            } else {
-                aya_ebpf::bindings::BPF_RB_NO_WAKEUP
-            };
-            entry.submit(u64::from(flags));
-        }
-        None => {
-            bump(memtrace_common::COUNTER_RINGBUF_DROPS);
-        }
-    }
+    submit(event, false);
 }
 
 /// [`emit`] for an event that maps code in process `tgid` (an exec, an executable file mapping): a
@@ -182,19 +165,35 @@ pub fn emit(event: &Event) {
 #[inline(always)]
 pub fn emit_code_event(event: &Event, tgid: u32) {
     // SAFETY: a lookup in a map the agent fills; the value is not used.
-    if unsafe { GATED.get(tgid) }.is_none() {
-        emit(event);
-        return;
+    let gated = unsafe { GATED.get(tgid) }.is_some();
+    if submit(event, gated) && gated {
+        // SAFETY: signals the current process (the one mapping code), as the helper's contract
+        // says.
+        unsafe { aya_ebpf::helpers::bpf_send_signal(SIGSTOP) };
     }
+}
+
+/// Puts `event` in the ring buffer, waking the agent at once when `wake`, else when the buffer
+/// fills up; counts it or its drop. Whether it went in.
+#[inline(always)]
+fn submit(event: &Event, wake: bool) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(memtrace_common::COUNTER_RINGBUF_DROPS);
-        return;
+        return false;
     };
     entry.write(*event);
-    bump(memtrace_common::COUNTER_EVENTS);
-    entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP));
-    // SAFETY: signals the current process (the one mapping code), as the helper's contract says.
-    unsafe { aya_ebpf::helpers::bpf_send_signal(SIGSTOP) };
+    let sent = bump(memtrace_common::COUNTER_EVENTS);
+    let flags = if wake
+        || (sent.is_multiple_of(WAKEUP_CHECK_EVERY)
+            && EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA))
+                >= WAKEUP_BYTES.load())
+    {
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP
+    } else {
+        aya_ebpf::bindings::BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
+    true
 }
 
 const SIGSTOP: u32 = 19;

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::{
-    SyscallArgs, FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP, KIND_MUNMAP,
-    MAP_ANONYMOUS,
+    maps_file_code, SyscallArgs, FLAG_ALLOCATOR_INTERNAL, KIND_BRK, KIND_MMAP, KIND_MREMAP,
+    KIND_MUNMAP,
 };
 
 use crate::{
@@ -110,16 +110,13 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     ev.flags = args.flags;
     ev.aux = args.aux;
     attribute(id, &mut ev);
-    if args.flags & MAP_ANONYMOUS == 0 && (args.aux >> 32) & PROT_EXEC != 0 {
+    if maps_file_code(args.flags, args.aux) {
         emit_code_event(&ev, (id >> 32) as u32);
     } else {
         emit(&ev);
     }
     0
 }
-
-/// `mmap` protection bit of code.
-const PROT_EXEC: u64 = 0x4;
 
 // name: sys_enter_munmap
 // field:unsigned long addr; offset:16; size:8; signed:0;

@@ -293,14 +293,10 @@ fn runs_this_executable(pid: u32) -> bool {
 fn maps_code(kind: events::Kind, ev: &memtrace_common::Event) -> bool {
     match kind {
         events::Kind::Exec => true,
-        events::Kind::Mmap => {
-            ev.flags & memtrace_common::MAP_ANONYMOUS == 0 && (ev.aux >> 32) & PROT_EXEC != 0
-        }
+        events::Kind::Mmap => memtrace_common::maps_file_code(ev.flags, ev.aux),
         _ => false,
     }
 }
-
-const PROT_EXEC: u64 = 0x4;
 
 /// Continues a process the gate stopped (a process gone already is fine).
 fn cont(pid: u32) {

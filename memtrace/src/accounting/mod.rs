@@ -29,9 +29,6 @@ use crate::{
     snapshot::{HostSnapshot, ProcessSnapshot},
 };
 
-/// `mmap` protection bit of executable mappings (code of a loaded library).
-const PROT_EXEC: u64 = 4;
-
 /// `mremap` flag: keep the old range mapped.
 const MREMAP_DONTUNMAP: u32 = 4;
 
@@ -692,7 +689,7 @@ impl Accounting {
                         caller: ev.caller,
                     })
                 };
-                if map_kind == MapKind::File && (ev.aux >> 32) & PROT_EXEC != 0 {
+                if memtrace_common::maps_file_code(ev.flags, ev.aux) {
                     state.modules_dirty = true;
                 }
                 let removed = state.mappings.insert(ev.addr, ev.size, map_kind, site);

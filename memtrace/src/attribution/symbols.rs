@@ -111,8 +111,12 @@ impl Frame {
 
 /// The GNU build id of an ELF object in lowercase hex, if it has one and can be read.
 pub fn build_id(path: &Path) -> Option<String> {
-    let file = crate::os::files::open_regular(path).ok()?;
-    match blazesym::helper::read_elf_build_id(&crate::os::files::reopen_path(&file)) {
+    build_id_of(&crate::os::files::open_regular(path).ok()?)
+}
+
+/// [`build_id`] of an object already open.
+fn build_id_of(file: &std::fs::File) -> Option<String> {
+    match blazesym::helper::read_elf_build_id(&crate::os::files::reopen_path(file)) {
         Ok(Some(id)) if !id.is_empty() => Some(id.iter().map(|b| format!("{b:02x}")).collect()),
         _ => None,
     }
@@ -219,10 +223,11 @@ impl Symbolizer {
         if let Some(key) = self.keys.get(path) {
             return key.clone();
         }
-        let build_id = build_id(path);
-        let debug = crate::os::files::open_regular(path)
-            .map(|file| debug_search(&file, build_id.as_deref(), &self.debug_dirs))
-            .unwrap_or(DebugSearch::Blazesym);
+        let file = crate::os::files::open_regular(path).ok();
+        let build_id = file.as_ref().and_then(build_id_of);
+        let debug = file.map_or(DebugSearch::Blazesym, |file| {
+            debug_search(&file, build_id.as_deref(), &self.debug_dirs)
+        });
         let key = ObjectKey {
             key: build_id
                 .clone()
@@ -287,6 +292,7 @@ impl Symbolizer {
     }
 
     /// The frame of the function `addr` is in (the outermost of [`Self::frames`]).
+    #[cfg(test)]
     pub fn frame(&mut self, inner: &Blazesym, modules: &Modules, addr: u64) -> Frame {
         let mut frames = self.frames(inner, modules, addr);
         frames.pop().unwrap_or_else(|| Frame::unknown(addr))

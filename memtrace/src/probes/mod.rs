@@ -476,55 +476,29 @@ impl Probes {
 
     /// Has the kernel stop `pid` whenever it execs or maps code (see `Session::gate`), or no longer.
     pub fn set_gated(&mut self, pid: u32, on: bool) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut("GATED")
-            .ok_or(ProbeError::Missing("GATED"))?;
-        let mut map =
-            aya::maps::HashMap::<_, u32, u8>::try_from(map).map_err(|source| ProbeError::Map {
-                name: "GATED",
-                source,
-            })?;
-        if on {
-            map.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
-                name: "GATED",
-                source,
-            })
-        } else {
-            // Absent already is fine.
-            let _ = map.remove(&pid);
-            Ok(())
-        }
+        self.set_pid_flag("GATED", pid, on)
     }
 
     /// Marks (or unmarks) a process whose syscall events carry user stacks (key 0: all).
     fn set_stack_pid(&mut self, pid: Option<u32>, on: bool) {
         let key = pid.unwrap_or(0);
-        let result = self
-            .ebpf
-            .map_mut("STACK_PIDS")
-            .ok_or(ProbeError::Missing("STACK_PIDS"))
-            .and_then(|map| {
-                let mut map =
-                    aya::maps::HashMap::<_, u32, u8>::try_from(map).map_err(|source| {
-                        ProbeError::Map {
-                            name: "STACK_PIDS",
-                            source,
-                        }
-                    })?;
-                if on {
-                    map.insert(key, 1, 0).map_err(|source| ProbeError::Map {
-                        name: "STACK_PIDS",
-                        source,
-                    })
-                } else {
-                    // Absent already is fine.
-                    let _ = map.remove(&key);
-                    Ok(())
-                }
-            });
-        if let Err(err) = result {
+        if let Err(err) = self.set_pid_flag("STACK_PIDS", key, on) {
             log::warn!("stacks of pid {key}'s mappings: {err}");
+        }
+    }
+
+    /// Puts `pid` in (or takes it out of) the kernel's set `name`, a hash map of pids to 1.
+    fn set_pid_flag(&mut self, name: &'static str, pid: u32, on: bool) -> Result<(), ProbeError> {
+        let map = self.ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
+        let mut map = aya::maps::HashMap::<_, u32, u8>::try_from(map)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        if on {
+            map.insert(pid, 1, 0)
+                .map_err(|source| ProbeError::Map { name, source })
+        } else {
+            // Absent already is fine.
+            let _ = map.remove(&pid);
+            Ok(())
         }
     }
 
